@@ -1,0 +1,21 @@
+//! Beacon's domain: the canonical event, how raw input becomes one (validation,
+//! enrichment), where it goes (partition, subject), and why input is refused.
+//!
+//! Nothing here does I/O, so every rule is unit- and property-tested without a
+//! server, and every ingest path (HTTP, NATS, SDK-compatible endpoints) shares it.
+
+pub mod body;
+pub mod enrich;
+pub mod event;
+pub mod limits;
+pub mod partition;
+pub mod reject;
+pub mod subject;
+pub mod validate;
+
+pub use body::{Batch, BodyError, Item, parse_body};
+pub use event::{Context, Event, Revenue};
+pub use limits::Limits;
+pub use partition::partition_of;
+pub use reject::{Reason, Rejection};
+pub use validate::{IdSource, Origin, normalize};

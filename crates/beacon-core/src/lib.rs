@@ -10,6 +10,7 @@ pub mod event;
 pub mod limits;
 pub mod partition;
 pub mod reject;
+pub mod site;
 pub mod subject;
 pub mod validate;
 
@@ -18,4 +19,5 @@ pub use event::{Context, Event, Revenue};
 pub use limits::Limits;
 pub use partition::partition_of;
 pub use reject::{Reason, Rejection};
+pub use site::{Site, site_problems};
 pub use validate::{IdSource, Origin, normalize};

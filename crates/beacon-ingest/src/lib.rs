@@ -1,1 +1,12 @@
-//! placeholder
+//! Beacon's ingest services. The HTTP collector and the NATS-native normalizer
+//! share one [`pipeline::Pipeline`]: the same validation, the same dedupe ids,
+//! the same rejects, so an event means the same whichever way it arrived.
+
+pub mod collector;
+pub mod metrics;
+pub mod normalizer;
+pub mod pipeline;
+
+pub use collector::{CollectorSettings, run as run_collector};
+pub use normalizer::{NormalizerSettings, run as run_normalizer};
+pub use pipeline::{ItemResult, Pipeline};

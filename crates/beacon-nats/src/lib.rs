@@ -1,1 +1,16 @@
-//! placeholder
+//! Beacon's NATS layer: connecting with the credentials NATS users have, checking
+//! the server is new enough, provisioning Beacon's streams, publishing events
+//! exactly once, and running a local `nats-server` for single-machine setups.
+
+pub mod connect;
+pub mod provision;
+pub mod publish;
+pub mod server;
+
+pub use connect::{ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect};
+pub use provision::{
+    EVENTS_STREAM, INGEST_STREAM, ProvisionError, ProvisionReport, REJECTS_STREAM, StreamSettings,
+    provision,
+};
+pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
+pub use server::{LocalServer, ServerError, find_server_binary};

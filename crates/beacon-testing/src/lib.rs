@@ -1,1 +1,84 @@
-//! placeholder
+//! Dev-only test harness: real `nats-server`s on free ports with temporary stores,
+//! killed and cleaned up when dropped. Never a mock of NATS, never a fixed port.
+
+use std::path::PathBuf;
+
+use beacon_nats::{LocalServer, NatsConfig, find_server_binary};
+use tempfile::TempDir;
+
+/// A nats-server for one test. Its store lives in a temporary folder.
+#[derive(Debug)]
+pub struct TestServer {
+    server: LocalServer,
+    _dir: TempDir,
+}
+
+/// The nats-server binary tests use: `BEACON_TEST_NATS_SERVER`, else the same
+/// search `beacon up` does (PATH, then the project's tools/ folder).
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BEACON_TEST_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    find_server_binary(None).unwrap_or_else(|e| {
+        panic!("tests need a real nats-server: {e}\n(run scripts/test.sh, which installs the pinned one)")
+    })
+}
+
+impl TestServer {
+    /// Start a JetStream-enabled server on a free port.
+    pub async fn start() -> Self {
+        Self::start_with(&server_binary(), true).await
+    }
+
+    /// Start a given binary, with or without JetStream.
+    pub async fn start_with(binary: &std::path::Path, jetstream: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("beacon-test-nats-")
+            .tempdir()
+            .expect("temporary folder");
+        let server = LocalServer::start_with(binary, dir.path(), 0, jetstream)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        TestServer { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Connection settings for Beacon's services.
+    pub fn nats_config(&self) -> NatsConfig {
+        NatsConfig {
+            urls: vec![self.url()],
+            ..NatsConfig::default()
+        }
+    }
+
+    /// A plain client, as any NATS user would have.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Stop cleanly (SIGTERM); `resume` brings it back on the same port and store.
+    pub async fn stop(&mut self) {
+        self.server.stop().await;
+    }
+
+    /// Kill as a crash would (SIGKILL).
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    pub async fn resume(&mut self) {
+        self.server.resume().await.expect("restart the test server");
+    }
+
+    pub async fn restart(&mut self) {
+        self.server
+            .restart()
+            .await
+            .expect("restart the test server");
+    }
+}

@@ -1,0 +1,101 @@
+//! Sites and their keys: write keys send events, read keys read numbers.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::subject::is_valid_site_id;
+
+/// One site (or app) whose events Beacon counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Lowercase letters, digits, `-` and `_`; appears in subjects.
+    pub id: String,
+    /// Secrets that may send events for this site.
+    pub write_keys: Vec<String>,
+    /// Secrets that may read this site's numbers (never the same as a write key).
+    #[serde(default)]
+    pub read_keys: Vec<String>,
+    /// Events per second each write key may send; 0 for no limit.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Events a key may send at once above the rate; 0 means twice the rate.
+    #[serde(default)]
+    pub rate_burst: u32,
+}
+
+fn default_rate_limit() -> u32 {
+    10_000
+}
+
+/// Shortest key Beacon accepts: keys are secrets, not names.
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// Everything wrong with a list of sites, all at once.
+pub fn site_problems(sites: &[Site]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    for site in sites {
+        if !is_valid_site_id(&site.id) {
+            problems.push(format!(
+                "sites: {:?} is not a valid site id (lowercase letters, digits, - and _, at most 64)",
+                site.id
+            ));
+        }
+        if !ids.insert(site.id.as_str()) {
+            problems.push(format!("sites: {:?} is defined twice", site.id));
+        }
+        if site.write_keys.is_empty() {
+            problems.push(format!("sites.{}: needs at least one write key", site.id));
+        }
+        for key in site.write_keys.iter().chain(&site.read_keys) {
+            if key.chars().count() < MIN_KEY_CHARS || !key.chars().all(|c| c.is_ascii_graphic()) {
+                problems.push(format!(
+                    "sites.{}: keys must be at least {MIN_KEY_CHARS} printable characters without spaces",
+                    site.id
+                ));
+            }
+            if !keys.insert(key.as_str()) {
+                problems.push(format!(
+                    "sites.{}: a key is used twice (write and read keys must all differ)",
+                    site.id
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(id: &str, write: &str, read: &str) -> Site {
+        Site {
+            id: id.into(),
+            write_keys: vec![write.into()],
+            read_keys: vec![read.into()],
+            rate_limit: 0,
+            rate_burst: 0,
+        }
+    }
+
+    #[test]
+    fn good_sites_have_no_problems() {
+        let sites = [site("shop", "wk_aaaaaaaaaaaaaaaa", "rk_aaaaaaaaaaaaaaaa")];
+        assert!(site_problems(&sites).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let sites = [
+            site("Shop!", "short", "rk_aaaaaaaaaaaaaaaa"),
+            site("blog", "rk_aaaaaaaaaaaaaaaa", "rk_bbbbbbbbbbbbbbbb"),
+            site("blog", "wk_cccccccccccccccc", "rk_dddddddddddddddd"),
+        ];
+        let problems = site_problems(&sites);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The collector's answers when a request as a whole fails. One place shows the
+//! retry contract with senders: 4xx means fix the request, 429 and 503 mean
+//! send the same request again after `Retry-After`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use beacon_core::{Reason, Rejection};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body cannot be read as events.
+    #[error("{0}")]
+    BadRequest(Rejection),
+    /// 401: no write key, or one Beacon does not know.
+    #[error("{0}")]
+    Unauthorized(Rejection),
+    /// 413: the body or batch is larger than allowed.
+    #[error("{0}")]
+    TooLarge(Rejection),
+    /// 415: a `Content-Encoding` other than gzip.
+    #[error("{0}")]
+    UnsupportedEncoding(Rejection),
+    /// 429: this key is over its rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    /// 503: NATS is down or saturated; nothing from this request may be counted as stored.
+    #[error("{message}")]
+    Unavailable {
+        retry_after: Duration,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Build the error whose status fits a whole-body rejection.
+    pub fn from_rejection(rejection: Rejection) -> Self {
+        match rejection.reason {
+            Reason::BodyTooLarge | Reason::BatchTooLarge => ApiError::TooLarge(rejection),
+            Reason::MissingKey | Reason::UnknownKey => ApiError::Unauthorized(rejection),
+            _ => ApiError::BadRequest(rejection),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (reason, message, retry_after) = match &self {
+            ApiError::BadRequest(r)
+            | ApiError::Unauthorized(r)
+            | ApiError::TooLarge(r)
+            | ApiError::UnsupportedEncoding(r) => (r.reason.as_str(), r.message.clone(), None),
+            ApiError::RateLimited { retry_after } => (
+                "rate_limited",
+                "this write key sent more events than its rate limit allows; retry later"
+                    .to_owned(),
+                Some(*retry_after),
+            ),
+            ApiError::Unavailable {
+                retry_after,
+                message,
+            } => ("unavailable", message.clone(), Some(*retry_after)),
+        };
+        let mut response = (
+            status,
+            Json(json!({"error": {"reason": reason, "message": message}})),
+        )
+            .into_response();
+        if let Some(after) = retry_after {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,373 @@
+//! The HTTP collector: `POST /api/v1/events` plus `/healthz`, `/readyz`, `/metrics`.
+//!
+//! It answers 2xx only after JetStream has acknowledged every accepted event of
+//! the request; when it cannot get those acks in time it answers 503 with
+//! `Retry-After`, and the sender's retry is stored once thanks to the event ids.
+
+mod body;
+pub mod error;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body};
+use beacon_nats::{PublishFailed, RejectRecord};
+use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use self::error::ApiError;
+use crate::metrics::{IN_FLIGHT, RATE_LIMITED, UNAVAILABLE};
+use crate::pipeline::{ItemResult, Pipeline};
+
+/// Collector settings; defaults as documented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorSettings {
+    pub listen: SocketAddr,
+    /// Largest request body, before and after decompression.
+    pub max_body_bytes: usize,
+    /// Events being published at once across all requests; beyond it, 503.
+    pub max_in_flight_events: usize,
+    /// What `Retry-After` says when NATS is unavailable.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Origins browsers may send from; `["*"]` for any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for CollectorSettings {
+    fn default() -> Self {
+        CollectorSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_in_flight_events: 100_000,
+            retry_after: Duration::from_secs(2),
+            cors_origins: vec!["*".to_owned()],
+        }
+    }
+}
+
+/// A write key's site and rate limiter.
+#[derive(Debug)]
+struct WriteKey {
+    site: String,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// Everything a request needs; shared by all requests.
+#[derive(Debug)]
+pub struct Collector {
+    pipeline: Pipeline,
+    client: async_nats::Client,
+    settings: CollectorSettings,
+    partitions: u32,
+    keys: HashMap<String, WriteKey>,
+    in_flight: Semaphore,
+}
+
+impl Collector {
+    pub fn new(
+        pipeline: Pipeline,
+        client: async_nats::Client,
+        settings: CollectorSettings,
+        sites: &[Site],
+        partitions: u32,
+    ) -> Self {
+        let mut keys = HashMap::new();
+        for site in sites {
+            for key in &site.write_keys {
+                let limiter = NonZeroU32::new(site.rate_limit).map(|rate| {
+                    let burst = NonZeroU32::new(site.rate_burst)
+                        .unwrap_or(rate.saturating_mul(NonZeroU32::MIN.saturating_add(1)));
+                    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+                });
+                keys.insert(
+                    key.clone(),
+                    WriteKey {
+                        site: site.id.clone(),
+                        limiter,
+                    },
+                );
+            }
+        }
+        let in_flight = Semaphore::new(settings.max_in_flight_events.max(1));
+        Collector {
+            pipeline,
+            client,
+            settings,
+            partitions,
+            keys,
+            in_flight,
+        }
+    }
+
+    /// The routes, ready to serve.
+    pub fn router(self: Arc<Self>) -> Router {
+        let origins = if self.settings.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                self.settings
+                    .cors_origins
+                    .iter()
+                    .filter_map(|o| o.parse().ok()),
+            )
+        };
+        let cors = CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::CONTENT_ENCODING,
+            ])
+            .max_age(Duration::from_secs(24 * 3600));
+        Router::new()
+            .route("/api/v1/events", post(post_events).layer(cors))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(|| async { crate::metrics::render() }))
+            .with_state(self)
+    }
+}
+
+/// Serve `collector` on `listener` until `shutdown` resolves, then finish the
+/// requests in flight (their publishes complete) and return.
+pub async fn run(
+    collector: Collector,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::metrics::handle();
+    let app = Arc::new(collector).router();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn readyz(State(c): State<Arc<Collector>>) -> Response {
+    let state = c.client.connection_state();
+    let nats = format!("{state:?}").to_lowercase();
+    if state == async_nats::connection::State::Connected {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "nats": nats})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "nats": nats})),
+        )
+            .into_response()
+    }
+}
+
+/// One result per event, numbered by position in the request.
+#[derive(Debug, Serialize)]
+struct Indexed {
+    index: usize,
+    #[serde(flatten)]
+    result: ItemResult,
+}
+
+async fn post_events(
+    State(c): State<Arc<Collector>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = Utc::now();
+    let header_key = bearer_key(&headers);
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+        Ok(raw) => raw,
+        Err(ApiError::TooLarge(r)) => return Err(refuse(&c, r, b"", None, received_at).await),
+        Err(other) => return Err(other),
+    };
+    if let Some(key) = header_key
+        && !c.keys.contains_key(key)
+    {
+        let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
+        return Err(refuse(&c, r, &raw, None, received_at).await);
+    }
+    let batch = match parse_body(&raw, is_ndjson(&headers), c.pipeline.limits()) {
+        Ok(batch) => batch,
+        Err(r) => {
+            let site = header_key
+                .and_then(|k| c.keys.get(k))
+                .map(|k| k.site.as_str());
+            return Err(refuse(&c, r, &raw, site, received_at).await);
+        }
+    };
+    let Some(key) = header_key.or(batch.write_key.as_deref()) else {
+        let r = Rejection::new(
+            Reason::MissingKey,
+            "send the site's write key as `Authorization: Bearer <key>` (or `write_key` in the body)",
+        );
+        return Err(refuse(&c, r, &raw, None, received_at).await);
+    };
+    let Some(write_key) = c.keys.get(key) else {
+        let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
+        return Err(refuse(&c, r, &raw, None, received_at).await);
+    };
+
+    let events = u32::try_from(batch.items.len()).unwrap_or(u32::MAX).max(1);
+    if let Some(limiter) = &write_key.limiter {
+        let over = match limiter.check_n(NonZeroU32::new(events).unwrap_or(NonZeroU32::MIN)) {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))),
+            Err(_) => Some(Duration::from_secs(1)),
+        };
+        if let Some(retry_after) = over {
+            metrics::counter!(RATE_LIMITED).increment(1);
+            return Err(ApiError::RateLimited { retry_after });
+        }
+    }
+
+    let unavailable = |message: String| {
+        metrics::counter!(UNAVAILABLE).increment(1);
+        ApiError::Unavailable {
+            retry_after: c.settings.retry_after,
+            message,
+        }
+    };
+    let permits = events
+        .min(u32::try_from(c.settings.max_in_flight_events).unwrap_or(u32::MAX))
+        .max(1);
+    let _permit = tokio::time::timeout(Duration::from_secs(1), c.in_flight.acquire_many(permits))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| unavailable("Beacon is saturated; retry later".to_owned()))?;
+    let _gauge = InFlight::new(events);
+
+    let ip = client_ip(&headers, peer);
+    let origin = Origin {
+        site: &write_key.site,
+        received_at,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        ip: Some(&ip),
+        id_source: IdSource::Random,
+        partitions: c.partitions,
+    };
+    let results = match c.pipeline.ingest(&batch, &origin, "http").await {
+        Ok(results) => results,
+        Err(PublishFailed::Unavailable { last_error, .. }) => {
+            tracing::warn!(error = %last_error, "answering 503: NATS did not acknowledge in time");
+            return Err(unavailable(format!(
+                "NATS did not acknowledge the events in time ({last_error}); retry later"
+            )));
+        }
+        Err(e @ PublishFailed::Refused(_)) => return Err(unavailable(e.to_string())),
+    };
+
+    let count = |f: fn(&ItemResult) -> bool| results.iter().filter(|r| f(r)).count();
+    let accepted = count(|r| matches!(r, ItemResult::Accepted { .. }));
+    let duplicates = count(|r| matches!(r, ItemResult::Duplicate { .. }));
+    let rejected = results.len() - accepted - duplicates;
+    let status = if accepted + duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let results: Vec<Indexed> = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| Indexed { index, result })
+        .collect();
+    let body = json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results});
+    Ok((status, Json(body)).into_response())
+}
+
+/// Record an input refused as a whole, then give the error to answer with.
+/// Recorded before answering, so the sender can find it in `BEACON_REJECTS` at once.
+async fn refuse(
+    c: &Collector,
+    rejection: Rejection,
+    raw: &[u8],
+    site: Option<&str>,
+    received_at: chrono::DateTime<Utc>,
+) -> ApiError {
+    let record = RejectRecord {
+        source: "http",
+        site,
+        reason: rejection.reason,
+        message: &rejection.message,
+        raw,
+        received_at,
+    };
+    // Failing to record it never changes the answer to the sender (it is logged).
+    let _ = c.pipeline.reject_whole(record).await;
+    ApiError::from_rejection(rejection)
+}
+
+/// Keeps the in-flight gauge right however the request ends.
+struct InFlight(f64);
+
+impl InFlight {
+    fn new(events: u32) -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(f64::from(events));
+        InFlight(f64::from(events))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(self.0);
+    }
+}
+
+fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            [
+                "application/x-ndjson",
+                "application/ndjson",
+                "application/jsonl",
+            ]
+            .iter()
+            .any(|n| t.starts_with(n))
+        })
+}
+
+/// The sender's address: the first `X-Forwarded-For` hop behind a proxy, else the peer.
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+    static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    headers
+        .get(&FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| peer.ip().to_string())
+}

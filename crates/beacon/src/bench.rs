@@ -1,0 +1,286 @@
+//! `beacon bench`: throughput measured on this machine, side by side with the
+//! raw JetStream ceiling for the same payloads in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, stream};
+use beacon_core::{IdSource, Limits, Origin, Site, normalize};
+use beacon_nats::publish::Outgoing;
+use beacon_nats::{LocalServer, find_server_binary};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::services::{self, Roles};
+
+#[derive(Debug, Subcommand)]
+pub enum Stage {
+    /// Raw JetStream publish ceiling vs. events/s through the HTTP collector.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Events to send in each measurement.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// Events per HTTP request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// HTTP requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Publishes awaiting their ack at once in the raw measurement.
+    #[arg(long, default_value_t = 4096)]
+    pub window: usize,
+    /// A short run (20,000 events) that checks every figure can be measured.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(stage: Stage, nats_urls: &[String]) -> anyhow::Result<()> {
+    match stage {
+        Stage::Ingest(args) => ingest(args, nats_urls).await,
+    }
+}
+
+const SITE: &str = "bench";
+
+async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+    if args.quick {
+        args.events = args.events.min(20_000);
+    }
+    if args.events == 0 || args.batch == 0 || args.concurrency == 0 || args.window == 0 {
+        bail!("--events, --batch, --concurrency and --window must be positive");
+    }
+    // Our own server unless pointed at one; it is stopped and its store removed at the end.
+    let scratch = tempfile::Builder::new().prefix("beacon-bench-").tempdir()?;
+    let mut local = None;
+    let urls = if nats_urls.is_empty() {
+        let binary = find_server_binary(None)?;
+        let server = LocalServer::start(&binary, scratch.path(), 0).await?;
+        let url = server.url();
+        local = Some(server);
+        vec![url]
+    } else {
+        nats_urls.to_vec()
+    };
+
+    let events = sample_events(args.events);
+    let canonical = canonical_payloads(&events)?;
+    let payload_bytes = canonical.iter().map(|(_, p)| p.len()).sum::<usize>() / canonical.len();
+    eprintln!(
+        "{} events of {payload_bytes} bytes on average; nats {}",
+        args.events,
+        urls.join(",")
+    );
+
+    let client = async_nats::connect(urls.clone()).await?;
+    let raw = raw_ceiling(&client, &canonical, args.window).await?;
+    eprintln!("raw JetStream publish: {raw:.0} events/s");
+
+    let mut config = Config::default();
+    config.nats.urls = urls;
+    config.collector.listen = "127.0.0.1:0".parse()?;
+    config.sites = vec![Site {
+        id: SITE.to_owned(),
+        write_keys: vec!["wk_bench_0000000000000000".to_owned()],
+        read_keys: vec![],
+        rate_limit: 0,
+        rate_burst: 0,
+    }];
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = services::start(
+        &config,
+        Roles {
+            collector: true,
+            normalizer: false,
+        },
+        shutdown,
+    )
+    .await?;
+    let addr = running.collector_addr.context("collector did not start")?;
+    let bodies: Vec<Bytes> = events
+        .chunks(args.batch)
+        .map(|chunk| Bytes::from(serde_json::to_vec(chunk).unwrap_or_default()))
+        .collect();
+    let (collector, accepted) = http_ingest(addr, &bodies, args.concurrency).await?;
+    eprintln!("collector over HTTP: {collector:.0} events/s ({accepted} accepted)");
+    let service_result = running.run_until(stop, async {}).await;
+    if let Some(mut server) = local {
+        server.stop().await;
+    }
+    service_result?;
+    if accepted != args.events {
+        bail!("only {accepted} of {} events were accepted", args.events);
+    }
+
+    let ratio = collector / raw;
+    let report = json!({
+        "events": args.events, "payload_bytes": payload_bytes, "batch": args.batch,
+        "concurrency": args.concurrency, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "raw_jetstream_events_per_sec": raw.round(), "collector_events_per_sec": collector.round(),
+        "collector_to_raw_ratio": (ratio * 1000.0).round() / 1000.0,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "\nbeacon bench ingest: {} events, {payload_bytes} B each, HTTP batches of {}, {} in flight",
+            args.events, args.batch, args.concurrency
+        );
+        println!("{:<46} {:>14}", "measurement", "events/s");
+        println!(
+            "{:<46} {:>14.0}",
+            "raw JetStream publish (pipelined, msg ids)", raw
+        );
+        println!(
+            "{:<46} {:>14.0}",
+            "collector (HTTP → validate → JetStream ack)", collector
+        );
+        println!("{:<46} {:>13.1}%", "collector / raw ceiling", ratio * 100.0);
+    }
+    Ok(())
+}
+
+/// Native events as a site would send them: page views, clicks, sign-ups, purchases.
+fn sample_events(n: usize) -> Vec<Value> {
+    const PAGES: [&str; 6] = [
+        "/",
+        "/pricing",
+        "/docs",
+        "/blog/launch",
+        "/checkout",
+        "/signup",
+    ];
+    const AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..n)
+        .map(|i| {
+            let name = ["pageview", "pageview", "pageview", "click", "signup", "purchase"][i % 6];
+            let mut event = json!({
+                "id": format!("{run}-{i}"), "name": name, "user_id": format!("user-{}", i % 10_007),
+                "props": {"path": PAGES[i % PAGES.len()], "plan": "pro"},
+                "context": {"user_agent": AGENT, "referrer": "https://www.google.com/", "url": format!("https://shop.example{}", PAGES[i % PAGES.len()])},
+            });
+            if name == "purchase" {
+                event["revenue"] = json!({"amount": "19.99", "currency": "USD"});
+            }
+            event
+        })
+        .collect()
+}
+
+/// The stored form of each event, prepared before timing so the raw run does no Beacon work.
+fn canonical_payloads(events: &[Value]) -> anyhow::Result<Vec<(String, Bytes)>> {
+    let limits = Limits::default();
+    let origin = Origin {
+        site: SITE,
+        received_at: chrono::Utc::now(),
+        user_agent: None,
+        ip: None,
+        id_source: IdSource::Random,
+        partitions: 16,
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let event = normalize(e.clone(), i, &origin, &limits)?;
+            Ok((event.dedupe_id(), Bytes::from(serde_json::to_vec(&event)?)))
+        })
+        .collect()
+}
+
+/// Pipelined publishes of pre-serialized events with message ids to a file stream
+/// configured like `BEACON_EVENTS`, `window` acks outstanding.
+async fn raw_ceiling(
+    client: &async_nats::Client,
+    payloads: &[(String, Bytes)],
+    window: usize,
+) -> anyhow::Result<f64> {
+    let js = jetstream::new(client.clone());
+    let name = "BEACON_BENCH_RAW";
+    let _ = js.delete_stream(name).await;
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec!["beacon-bench.raw.>".to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await?;
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for (i, (id, payload)) in payloads.iter().enumerate() {
+        let m = Outgoing::deduped(format!("beacon-bench.raw.{}", i % 16), id, payload.clone());
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(m.headers)
+            .payload(m.payload);
+        acks.push(js.send_publish(m.subject, publish).await?.into_future());
+        if acks.len() >= window {
+            acks.next().await.transpose()?;
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    let rate = payloads.len() as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(name).await?;
+    Ok(rate)
+}
+
+/// Send every body to the collector from `concurrency` workers; events/s and accepted count.
+async fn http_ingest(
+    addr: std::net::SocketAddr,
+    bodies: &[Bytes],
+    concurrency: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let url = format!("http://{addr}/api/v1/events");
+    let next = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(bodies.to_vec());
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, next, bodies) =
+            (client.clone(), url.clone(), next.clone(), bodies.clone());
+        workers.spawn(async move {
+            let mut accepted = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else {
+                    return Ok::<_, anyhow::Error>(accepted);
+                };
+                let response = client
+                    .post(&url)
+                    .bearer_auth("wk_bench_0000000000000000")
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer: Value = response.json().await?;
+                if !status.is_success() {
+                    bail!("collector answered {status}: {answer}");
+                }
+                accepted += answer["accepted"].as_u64().unwrap_or(0) as usize;
+            }
+        });
+    }
+    let mut accepted = 0;
+    while let Some(done) = workers.join_next().await {
+        accepted += done??;
+    }
+    Ok((accepted as f64 / started.elapsed().as_secs_f64(), accepted))
+}

@@ -1,0 +1,124 @@
+//! The command line: raw flags, turned into config overrides and commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Overrides};
+use crate::services::{self, Roles};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "beacon",
+    version,
+    about = "Real-time event analytics on NATS JetStream"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file (default: ./beacon.toml, else <data-dir>/beacon.toml).
+    #[arg(long, global = true, env = "BEACON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory for the local NATS store and generated config.
+    #[arg(long, global = true, env = "BEACON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated; with none, `up` starts a local server.
+    #[arg(
+        long = "nats-url",
+        global = true,
+        env = "BEACON_NATS_URL",
+        value_delimiter = ','
+    )]
+    pub nats_urls: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in one process, with a local nats-server unless --nats-url is given.
+    Up {
+        /// Collector address (default 127.0.0.1:8080).
+        #[arg(long, env = "BEACON_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the HTTP collector alone, against a given NATS.
+    Collector {
+        #[arg(long, env = "BEACON_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the normalizer alone (raw events on beacon.ingest.<site> → BEACON_EVENTS).
+    Normalizer,
+    /// Send one event to a collector.
+    Send(crate::send::SendArgs),
+    /// Show the NATS server, Beacon's streams and consumers.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure throughput on this machine.
+    Bench {
+        #[command(subcommand)]
+        stage: crate::bench::Stage,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = |listen: Option<SocketAddr>| Overrides {
+        config: cli.global.config.clone(),
+        data_dir: cli.global.data_dir.clone(),
+        nats_urls: cli.global.nats_urls.clone(),
+        listen,
+    };
+    let load = |o: &Overrides| config::load(o).map_err(anyhow::Error::msg);
+    match cli.command {
+        Command::Up { listen } => crate::up::run(overrides(listen)).await,
+        Command::Collector { listen } => {
+            serve(
+                load(&overrides(listen))?.config,
+                Roles {
+                    collector: true,
+                    normalizer: false,
+                },
+            )
+            .await
+        }
+        Command::Normalizer => {
+            serve(
+                load(&overrides(None))?.config,
+                Roles {
+                    collector: false,
+                    normalizer: true,
+                },
+            )
+            .await
+        }
+        Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
+        Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
+        Command::Bench { stage } => crate::bench::run(stage, &cli.global.nats_urls).await,
+    }
+}
+
+/// Run services against an existing NATS until Ctrl-C or SIGTERM.
+async fn serve(config: config::Config, roles: Roles) -> anyhow::Result<()> {
+    if config.nats.urls.is_empty() {
+        anyhow::bail!(
+            "no NATS to connect to: pass --nats-url, set BEACON_NATS_URL, or set nats.urls in the config (or use `beacon up`)"
+        );
+    }
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = services::start(&config, roles, shutdown).await?;
+    if let Some(addr) = running.collector_addr {
+        println!("collector listening on http://{addr}");
+    }
+    if roles.normalizer {
+        println!("normalizer consuming {}", beacon_nats::INGEST_STREAM);
+    }
+    running.run_until(stop, services::signal()).await
+}

@@ -1,0 +1,227 @@
+//! Beacon's configuration: embedded defaults → TOML file → `BEACON_*` environment
+//! → command-line flags, into one typed struct, checked once with every problem
+//! reported together.
+
+use std::path::{Path, PathBuf};
+
+use beacon_core::{Limits, Site, site_problems};
+use beacon_ingest::{CollectorSettings, NormalizerSettings};
+use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Name of the config file Beacon looks for in the working and data directories.
+pub const CONFIG_FILE: &str = "beacon.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `beacon up` keeps its NATS store and generated config.
+    pub data_dir: PathBuf,
+    pub nats: NatsConfig,
+    pub streams: StreamSettings,
+    pub limits: Limits,
+    pub publish: RetryPolicy,
+    pub collector: CollectorSettings,
+    pub normalizer: NormalizerSettings,
+    pub sites: Vec<Site>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("beacon-data"),
+            nats: NatsConfig::default(),
+            streams: StreamSettings::default(),
+            limits: Limits::default(),
+            publish: RetryPolicy::default(),
+            collector: CollectorSettings::default(),
+            normalizer: NormalizerSettings::default(),
+            sites: Vec::new(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub nats_urls: Vec<String>,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// A loaded config and the file it came from, if any.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+}
+
+/// Load and check the configuration. `Err` holds every problem, one per line.
+pub fn load(overrides: &Overrides) -> Result<Loaded, String> {
+    let data_dir = overrides
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| Config::default().data_dir);
+    let file = match &overrides.config {
+        Some(path) if !path.is_file() => {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        Some(path) => Some(path.clone()),
+        None => [PathBuf::from(CONFIG_FILE), data_dir.join(CONFIG_FILE)]
+            .into_iter()
+            .find(|p| p.is_file()),
+    };
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // Nested settings use a double underscore (BEACON_COLLECTOR__LISTEN); other
+    // BEACON_* variables belong to the command line, not the file.
+    figment = figment.merge(
+        Env::prefixed("BEACON_")
+            .filter(|k| k.as_str().contains("__") || k == "data_dir")
+            .split("__"),
+    );
+    if let Some(dir) = &overrides.data_dir {
+        figment = figment.merge(Serialized::default("data_dir", dir));
+    }
+    if !overrides.nats_urls.is_empty() {
+        figment = figment.merge(Serialized::default("nats.urls", &overrides.nats_urls));
+    }
+    if let Some(listen) = overrides.listen {
+        figment = figment.merge(Serialized::default("collector.listen", listen));
+    }
+    let config: Config = figment.extract().map_err(|e| {
+        let lines: Vec<String> = e.into_iter().map(|e| format!("  - {e}")).collect();
+        format!("configuration problems:\n{}", lines.join("\n"))
+    })?;
+    let problems = config.problems();
+    if !problems.is_empty() {
+        let origin = file
+            .as_deref()
+            .map(|f| format!(" (in {})", f.display()))
+            .unwrap_or_default();
+        return Err(format!(
+            "configuration problems{origin}:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    Ok(Loaded { config, file })
+}
+
+impl Config {
+    /// Everything wrong with this configuration, all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.nats.problems();
+        problems.extend(self.streams.problems());
+        problems.extend(site_problems(&self.sites));
+        if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
+            problems.push(
+                "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),
+            );
+        }
+        if self.collector.max_body_bytes < self.limits.max_event_bytes {
+            problems.push(
+                "collector.max_body_bytes must be at least limits.max_event_bytes".to_owned(),
+            );
+        }
+        if self.publish.deadline < self.publish.attempt_timeout {
+            problems.push("publish.deadline must be at least publish.attempt_timeout".to_owned());
+        }
+        if self.normalizer.max_deliver < 1 {
+            problems.push("normalizer.max_deliver must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+/// A site with fresh keys, written to `<data_dir>/beacon.toml` on a first `beacon up`.
+pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)> {
+    let site = Site {
+        id: "default".to_owned(),
+        write_keys: vec![format!("wk_{}", uuid::Uuid::new_v4().simple())],
+        read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple())],
+        rate_limit: 10_000,
+        rate_burst: 0,
+    };
+    let text = format!(
+        "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\
+         # Every setting and its default: docs/CONFIG.md.\n\n\
+         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n",
+        site.id, site.write_keys[0], site.read_keys[0]
+    );
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join(CONFIG_FILE);
+    std::fs::write(&path, text)?;
+    Ok((path, site))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[streams]\npartitions = 0\n[[sites]]\nid = \"Bad Site\"\nwrite_keys = [\"short\"]\n",
+        )
+        .expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        assert!(err.contains("partitions"), "{err}");
+        assert!(err.contains("not a valid site id"), "{err}");
+        assert!(err.contains("at least 16"), "{err}");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(&path, "[collector]\nlisten_on = \"127.0.0.1:1\"\n").expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(&path, "[nats]\nurls = [\"nats://file:4222\"]\n").expect("write config");
+        let loaded = load(&Overrides {
+            config: Some(path),
+            nats_urls: vec!["nats://flag:4222".into()],
+            ..Overrides::default()
+        })
+        .expect("config loads");
+        assert_eq!(loaded.config.nats.urls, vec!["nats://flag:4222".to_owned()]);
+    }
+
+    #[test]
+    fn starter_config_loads_and_has_distinct_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, site) = write_starter_config(dir.path()).expect("written");
+        let loaded = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect("loads");
+        assert_eq!(loaded.config.sites, vec![site]);
+    }
+}

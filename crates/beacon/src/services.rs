@@ -1,0 +1,145 @@
+//! Wiring services together: connect, check the server, provision streams, then
+//! run the chosen services until shutdown. `up`, `collector` and `normalizer`
+//! all start services through here, and so do the tests.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use anyhow::Context as _;
+use beacon_ingest::collector::Collector;
+use beacon_ingest::{Pipeline, run_collector, run_normalizer};
+use beacon_nats::{Publisher, check_server, connect, provision};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub collector: bool,
+    pub normalizer: bool,
+}
+
+/// Services started and running.
+#[derive(Debug)]
+pub struct Running {
+    pub collector_addr: Option<std::net::SocketAddr>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Run until `until` resolves or a service stops on its own (a failure), then
+    /// signal every service to stop, wait for them to finish their in-flight
+    /// work, and return the first failure.
+    pub async fn run_until(
+        mut self,
+        stop: watch::Sender<bool>,
+        until: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        tokio::select! {
+            _ = until => tracing::info!("shutting down: finishing in-flight work"),
+            Some(joined) = self.tasks.join_next() => {
+                result = flatten(joined);
+                tracing::error!("a service stopped on its own; shutting down the others");
+            }
+        }
+        let _ = stop.send(true);
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = flatten(joined);
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    joined.context("a service panicked").and_then(|r| r)
+}
+
+/// Connect to the configured NATS, check it, provision, and start `roles`.
+pub async fn start(
+    config: &Config,
+    roles: Roles,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Running> {
+    let client = connect(&config.nats, "beacon").await?;
+    check_server(&client).await?;
+    let publisher = Publisher::new(client.clone(), config.publish);
+    let report = provision(publisher.jetstream(), &config.streams).await?;
+    for line in &report.lines {
+        tracing::info!("{line}");
+    }
+    let pipeline = Pipeline::new(publisher, config.limits.clone());
+    let mut tasks = JoinSet::new();
+    let mut collector_addr = None;
+    if roles.collector {
+        let listen = config.collector.listen;
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!(
+                "cannot listen on {listen} (collector.listen, --listen or BEACON_COLLECTOR__LISTEN)"
+            )
+        })?;
+        collector_addr = Some(listener.local_addr()?);
+        let collector = Collector::new(
+            pipeline.clone(),
+            client.clone(),
+            config.collector.clone(),
+            &config.sites,
+            config.streams.partitions,
+        );
+        let stop = stopped(shutdown.clone());
+        tasks.spawn(async move {
+            run_collector(collector, listener, stop)
+                .await
+                .context("collector failed")
+        });
+    }
+    if roles.normalizer {
+        let sites: HashSet<String> = config.sites.iter().map(|s| s.id.clone()).collect();
+        let (partitions, settings) = (config.streams.partitions, config.normalizer.clone());
+        let stop = stopped(shutdown.clone());
+        tasks.spawn(async move {
+            run_normalizer(pipeline, sites, partitions, settings, stop)
+                .await
+                .context("normalizer failed")
+        });
+    }
+    Ok(Running {
+        collector_addr,
+        tasks,
+    })
+}
+
+/// A future that resolves when shutdown is signalled (or the sender is gone).
+pub fn stopped(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,99 @@
+//! `beacon status`: the NATS server, Beacon's streams and their consumers.
+
+use anyhow::Context as _;
+use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, connect};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::up::NATS_URL_FILE;
+
+pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
+    if config.nats.urls.is_empty() {
+        let file = config.data_dir.join(NATS_URL_FILE);
+        let url = std::fs::read_to_string(&file).with_context(|| {
+            format!("no NATS to ask: pass --nats-url, or run `beacon up` (it records its local server in {})", file.display())
+        })?;
+        config.nats.urls = vec![url.trim().to_owned()];
+    }
+    let client = connect(&config.nats, "beacon-status").await?;
+    let info = client.server_info();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut streams = Vec::new();
+    for name in [EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM] {
+        let Ok(mut stream) = js.get_stream(name).await else {
+            streams.push(json!({"name": name, "exists": false}));
+            continue;
+        };
+        let state = stream.info().await?.state.clone();
+        let partitions = stream
+            .cached_info()
+            .config
+            .metadata
+            .get("beacon.partitions")
+            .cloned();
+        let consumers: Vec<Value> = stream
+            .consumers()
+            .map_ok(|c| json!({"name": c.name, "pending": c.num_pending, "ack_pending": c.num_ack_pending, "redelivered": c.num_redelivered}))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        streams.push(json!({
+            "name": name, "exists": true, "messages": state.messages, "bytes": state.bytes,
+            "first_seq": state.first_sequence, "last_seq": state.last_sequence,
+            "partitions": partitions, "consumers": consumers,
+        }));
+    }
+    let report = json!({
+        "server": {"version": info.version, "name": info.server_name, "url": config.nats.urls.join(","), "jetstream": true},
+        "streams": streams,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "NATS {} (nats-server {}, {})",
+        config.nats.urls.join(","),
+        info.version,
+        info.server_name
+    );
+    println!(
+        "\n{:<16} {:>12} {:>14} {:>12}  {}",
+        "STREAM", "MESSAGES", "BYTES", "LAST SEQ", "NOTES"
+    );
+    for s in report["streams"].as_array().into_iter().flatten() {
+        if s["exists"] == json!(false) {
+            println!(
+                "{:<16} {:>12} {:>14} {:>12}  not created yet",
+                s["name"].as_str().unwrap_or(""),
+                "-",
+                "-",
+                "-"
+            );
+            continue;
+        }
+        let notes = s["partitions"]
+            .as_str()
+            .map(|p| format!("{p} partitions"))
+            .unwrap_or_default();
+        println!(
+            "{:<16} {:>12} {:>14} {:>12}  {}",
+            s["name"].as_str().unwrap_or(""),
+            s["messages"].to_string(),
+            s["bytes"].to_string(),
+            s["last_seq"].to_string(),
+            notes
+        );
+        for c in s["consumers"].as_array().into_iter().flatten() {
+            println!(
+                "  consumer {:<20} pending {}  ack pending {}  redelivered {}",
+                c["name"].as_str().unwrap_or(""),
+                c["pending"],
+                c["ack_pending"],
+                c["redelivered"]
+            );
+        }
+    }
+    Ok(())
+}

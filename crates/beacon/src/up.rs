@@ -1,0 +1,140 @@
+//! `beacon up`: every service in one process and, unless told a NATS URL, a
+//! supervised local nats-server whose store lives in the data directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use beacon_nats::server::binary_version;
+use beacon_nats::{LocalServer, find_server_binary};
+use tokio::sync::{Mutex, watch};
+
+use crate::config::{self, Overrides, write_starter_config};
+use crate::services::{self, Roles};
+
+/// File in the data directory naming the running local server, for `status` and `send`.
+pub const NATS_URL_FILE: &str = "nats.url";
+
+pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
+    let mut loaded = config::load(&overrides).map_err(anyhow::Error::msg)?;
+    if loaded.config.sites.is_empty() && loaded.file.is_none() {
+        let (path, _) = write_starter_config(&loaded.config.data_dir).with_context(|| {
+            format!(
+                "cannot write a starter config in {}",
+                loaded.config.data_dir.display()
+            )
+        })?;
+        println!(
+            "First start: created site \"default\" with new keys in {}",
+            path.display()
+        );
+        loaded = config::load(&Overrides {
+            config: Some(path),
+            ..overrides.clone()
+        })
+        .map_err(anyhow::Error::msg)?;
+    }
+    let mut config = loaded.config;
+    let data_dir = config.data_dir.clone();
+
+    let local = if config.nats.urls.is_empty() {
+        let binary = find_server_binary(config.nats.server_binary.as_deref())?;
+        let store = data_dir.join("nats");
+        let server = LocalServer::start(&binary, &store, config.nats.server_port)
+            .await
+            .with_context(|| {
+                format!("cannot start the local nats-server ({})", binary.display())
+            })?;
+        let version = binary_version(&binary).unwrap_or_default();
+        config.nats.urls = vec![server.url()];
+        std::fs::write(data_dir.join(NATS_URL_FILE), server.url())?;
+        println!(
+            "Started nats-server {version} on {} (store {})",
+            server.url(),
+            store.display()
+        );
+        Some(Arc::new(Mutex::new(server)))
+    } else {
+        None
+    };
+
+    let (stop, shutdown) = watch::channel(false);
+    let running = services::start(
+        &config,
+        Roles {
+            collector: true,
+            normalizer: true,
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    if let Some(server) = &local {
+        tokio::spawn(supervise(server.clone(), shutdown));
+    }
+    print_banner(
+        &config,
+        running.collector_addr,
+        loaded
+            .file
+            .as_deref()
+            .or(Some(&data_dir.join(config::CONFIG_FILE))),
+    );
+
+    let result = running.run_until(stop, services::signal()).await;
+    if let Some(server) = local {
+        server.lock().await.stop().await;
+        let _ = std::fs::remove_file(data_dir.join(NATS_URL_FILE));
+        println!("Stopped the local nats-server.");
+    }
+    result
+}
+
+/// Restart the local server if it dies, on the same port and store, until shutdown.
+async fn supervise(server: Arc<Mutex<LocalServer>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let mut server = server.lock().await;
+        if *shutdown.borrow() || server.is_running() {
+            continue;
+        }
+        tracing::warn!("the local nats-server exited; restarting it");
+        if let Err(e) = server.resume().await {
+            tracing::error!(error = %e, "cannot restart the local nats-server; retrying");
+        }
+    }
+}
+
+fn print_banner(
+    config: &config::Config,
+    collector: Option<std::net::SocketAddr>,
+    file: Option<&std::path::Path>,
+) {
+    let Some(addr) = collector else { return };
+    println!("\nBeacon is up.");
+    println!("  collector  http://{addr}/api/v1/events");
+    println!("  health     http://{addr}/readyz   metrics http://{addr}/metrics");
+    println!("  NATS       {}", config.nats.urls.join(","));
+    if let Some(file) = file {
+        println!("  config     {}", file.display());
+    }
+    for site in &config.sites {
+        println!(
+            "  site {:<10} write key {}   read key {}",
+            site.id,
+            site.write_keys.first().map(String::as_str).unwrap_or("-"),
+            site.read_keys.first().map(String::as_str).unwrap_or("-"),
+        );
+    }
+    if let Some(site) = config.sites.first()
+        && let Some(key) = site.write_keys.first()
+    {
+        println!("\nSend an event:");
+        println!(
+            "  curl -X POST http://{addr}/api/v1/events -H 'Authorization: Bearer {key}' \\\n    -d '{{\"name\": \"pageview\", \"user_id\": \"u-1\", \"props\": {{\"path\": \"/\"}}}}'"
+        );
+    }
+    println!("\nPress Ctrl-C to stop.");
+}

@@ -72,7 +72,19 @@ pub async fn run(
 ) -> Result<(), NormalizerError> {
     let shutdown = shutdown.boxed().shared();
     let js = pipeline.publisher().jetstream().clone();
-    let consumer = open_consumer(&js, &settings).await?;
+    // NATS may be away when we start or restart: keep trying until it is back.
+    let consumer = loop {
+        match open_consumer(&js, &settings).await {
+            Ok(consumer) => break consumer,
+            Err(e) => {
+                tracing::warn!(error = %e, "normalizer cannot open its consumer yet; retrying");
+                tokio::select! {
+                    _ = shutdown.clone() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         pipeline,
         sites,

@@ -106,6 +106,7 @@ impl StreamSettings {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::WorkQueue,
             max_age: self.ingest_max_age,
+            max_bytes: -1,
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             ..Default::default()

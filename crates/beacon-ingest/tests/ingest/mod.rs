@@ -1,0 +1,5 @@
+mod collector;
+mod normalizer;
+mod provisioning;
+mod server;
+mod support;

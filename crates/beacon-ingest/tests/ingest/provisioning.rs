@@ -1,0 +1,66 @@
+//! Stream provisioning: idempotent, applies what JetStream can change, refuses what it cannot.
+
+use std::time::Duration;
+
+use beacon_nats::{EVENTS_STREAM, ProvisionError, StreamSettings, provision};
+use beacon_testing::TestServer;
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_reports_changes() {
+    let nats = TestServer::start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let settings = StreamSettings::default();
+
+    let first = provision(&js, &settings).await.expect("created");
+    assert_eq!(
+        first.lines,
+        [
+            "BEACON_EVENTS: created",
+            "BEACON_INGEST: created",
+            "BEACON_REJECTS: created"
+        ]
+    );
+    let second = provision(&js, &settings).await.expect("unchanged");
+    assert_eq!(
+        second.lines,
+        [
+            "BEACON_EVENTS: up to date",
+            "BEACON_INGEST: up to date",
+            "BEACON_REJECTS: up to date"
+        ]
+    );
+
+    let shorter = StreamSettings {
+        events_max_age: Duration::from_secs(7 * 86_400),
+        ..settings.clone()
+    };
+    let third = provision(&js, &shorter).await.expect("updated");
+    assert_eq!(
+        third.lines[0],
+        "BEACON_EVENTS: updated max_age 30days → 7days"
+    );
+    let info = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(info.max_age, Duration::from_secs(7 * 86_400));
+    assert_eq!(info.duplicate_window, Duration::from_secs(600));
+
+    let repartitioned = StreamSettings {
+        partitions: 32,
+        ..shorter
+    };
+    let err = provision(&js, &repartitioned)
+        .await
+        .expect_err("partitions cannot change");
+    assert!(matches!(err, ProvisionError::PartitionsChanged { .. }));
+    assert!(
+        err.to_string().contains("created with 16 partitions"),
+        "{err}"
+    );
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the ingest services against real nats-servers.
+
+mod ingest;

@@ -664,7 +664,7 @@ mod tests {
                 prop_assert!(event.name.chars().count() <= limits.max_name_chars);
                 prop_assert!(event.name.chars().any(char::is_alphanumeric));
                 prop_assert!(event.user_id.is_some());
-                prop_assert!(depth + 1 <= limits.max_depth);
+                prop_assert!(depth < limits.max_depth);
                 prop_assert!(event.partition < 16);
                 let ahead = event.ts.signed_duration_since(received);
                 prop_assert!(ahead <= chrono::Duration::minutes(10));

@@ -116,10 +116,8 @@ pub async fn start(
 }
 
 /// A future that resolves when shutdown is signalled (or the sender is gone).
-pub fn stopped(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    }
+pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

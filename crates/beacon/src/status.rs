@@ -59,8 +59,8 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         info.server_name
     );
     println!(
-        "\n{:<16} {:>12} {:>14} {:>12}  {}",
-        "STREAM", "MESSAGES", "BYTES", "LAST SEQ", "NOTES"
+        "\n{:<16} {:>12} {:>14} {:>12}  NOTES",
+        "STREAM", "MESSAGES", "BYTES", "LAST SEQ"
     );
     for s in report["streams"].as_array().into_iter().flatten() {
         if s["exists"] == json!(false) {

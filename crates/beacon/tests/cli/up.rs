@@ -1,0 +1,102 @@
+//! `beacon up` from nothing: local NATS, a starter site, events in, status out, clean stop.
+
+use std::time::Duration;
+
+use super::process::{beacon, sigterm, spawn_until, url_in};
+
+#[tokio::test]
+async fn up_starts_everything_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut up = beacon(dir.path());
+    up.args(["up", "--listen", "127.0.0.1:0"]);
+    let (mut child, line) = spawn_until(up, "collector  http://").await;
+    let url = url_in(&line);
+
+    let config = std::fs::read_to_string(dir.path().join("beacon-data/beacon.toml"))
+        .expect("starter config written");
+    let key = config
+        .split('"')
+        .find(|s| s.starts_with("wk_"))
+        .expect("a write key")
+        .to_owned();
+    let nats_url = std::fs::read_to_string(dir.path().join("beacon-data/nats.url"))
+        .expect("local server recorded");
+
+    let sent = beacon(dir.path())
+        .args([
+            "send", "--url", &url, "--key", &key, "--name", "signup", "--user", "u-1", "--id",
+            "first", "--prop", "plan=pro",
+        ])
+        .output()
+        .await
+        .expect("send runs");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stdout)
+    );
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("\"accepted\": 1"));
+
+    let status = beacon(dir.path())
+        .args(["status", "--json"])
+        .output()
+        .await
+        .expect("status runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let events = report["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .find(|s| s["name"] == "BEACON_EVENTS")
+        .expect("events stream")
+        .clone();
+    assert_eq!(events["messages"], 1);
+    assert_eq!(events["partitions"], "16");
+    assert!(
+        report["server"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("2."))
+    );
+
+    sigterm(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(exit.success(), "beacon up exited with {exit}");
+    assert!(!dir.path().join("beacon-data/nats.url").exists());
+    // The local server is gone with it.
+    let gone = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats_url.trim())
+        .await;
+    assert!(
+        gone.is_err(),
+        "the local nats-server still answers after beacon up exited"
+    );
+}
+
+#[tokio::test]
+async fn bad_config_is_reported_in_one_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("beacon.toml"),
+        "[streams]\nreplicas = 2\n[[sites]]\nid = \"Shop\"\nwrite_keys = [\"k\"]\n",
+    )
+    .expect("config");
+    let out = beacon(dir.path())
+        .args(["collector", "--nats-url", "nats://127.0.0.1:1"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for problem in ["streams.replicas", "not a valid site id", "at least 16"] {
+        assert!(text.contains(problem), "missing {problem:?} in {text}");
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test against real
+# nats-servers (the pinned one, plus an old one to check Beacon refuses it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BEACON_TEST_NATS_SERVER="$(scripts/install-nats-server.sh)"
+BEACON_TEST_OLD_NATS_SERVER="$(NATS_SERVER_VERSION=2.10.26 scripts/install-nats-server.sh --pinned)"
+export BEACON_TEST_NATS_SERVER BEACON_TEST_OLD_NATS_SERVER
+echo "nats-server for tests: $BEACON_TEST_NATS_SERVER ($("$BEACON_TEST_NATS_SERVER" --version))"
+
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace

@@ -162,14 +162,31 @@ fn single_object<'a>(
     write_key: Option<String>,
     limits: &Limits,
 ) -> Batch<'a> {
-    let event = sized(
-        Cow::Borrowed(text.as_bytes()),
-        Ok(Value::Object(obj)),
-        limits,
-    );
+    // The copy kept for rejects must not hold the key: re-serialize without it.
+    let raw = match write_key {
+        Some(_) => Cow::Owned(serde_json::to_vec(&obj).unwrap_or_default()),
+        None => Cow::Borrowed(text.as_bytes()),
+    };
+    let event = sized(raw, Ok(Value::Object(obj)), limits);
     Batch {
         write_key,
         items: vec![event],
+    }
+}
+
+/// A whole body as it may be kept in `BEACON_REJECTS`: without any `write_key`
+/// it carries (secrets are never stored). A body that holds one but cannot be
+/// parsed to remove it is withheld entirely (`None`).
+pub fn without_write_key(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if !raw.windows(b"write_key".len()).any(|w| w == b"write_key") {
+        return Some(Cow::Borrowed(raw));
+    }
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(mut obj)) => {
+            obj.remove("write_key");
+            serde_json::to_vec(&obj).ok().map(Cow::Owned)
+        }
+        _ => None,
     }
 }
 
@@ -290,6 +307,22 @@ mod tests {
             single.items[0].value.as_ref().ok(),
             Some(&serde_json::json!({"name": "a"}))
         );
+    }
+
+    #[test]
+    fn write_keys_never_reach_reject_copies() {
+        let single = parse_body(
+            br#"{"write_key":"wk_secret","name":"a"}"#,
+            false,
+            &Limits::default(),
+        )
+        .expect("parses");
+        assert!(!String::from_utf8_lossy(&single.items[0].raw).contains("wk_secret"));
+        let envelope = br#"{"write_key":"wk_secret","batch":[{"name":"a"}]}"#;
+        let kept = without_write_key(envelope).expect("parsable");
+        assert!(!String::from_utf8_lossy(&kept).contains("wk_secret"));
+        assert!(without_write_key(br#"{"write_key":"wk_secret", broken"#).is_none());
+        assert_eq!(without_write_key(b"[1]").as_deref(), Some(&b"[1]"[..]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod site;
 pub mod subject;
 pub mod validate;
 
-pub use body::{Batch, BodyError, Item, parse_body};
+pub use body::{Batch, BodyError, Item, parse_body, without_write_key};
 pub use event::{Context, Event, Revenue};
 pub use limits::Limits;
 pub use partition::partition_of;

@@ -51,7 +51,9 @@ pub struct Origin<'a> {
 /// How an event without an id gets one.
 #[derive(Debug, Clone, Copy)]
 pub enum IdSource<'a> {
-    /// A fresh UUIDv7: right for HTTP, where a retry is a new request anyway.
+    /// For HTTP. An event with a timestamp but no id is named by a hash of its
+    /// site and content, so a resend of the same event dedupes; one with neither
+    /// gets a fresh UUIDv7 (a resend of it cannot be told from a new event).
     Random,
     /// `<prefix>-<index in batch>`: stable across redeliveries of the same message,
     /// so a message redelivered after a crash dedupes instead of counting twice.
@@ -82,6 +84,9 @@ pub fn normalize(
             ));
         }
         None => match origin.id_source {
+            IdSource::Random if obj.get("ts").is_some_and(|ts| !ts.is_null()) => {
+                content_id(origin.site, &obj)
+            }
             IdSource::Random => uuid::Uuid::now_v7().to_string(),
             IdSource::Derived(prefix) => format!("{prefix}-{index}"),
         },
@@ -211,6 +216,15 @@ pub fn normalize(
         revenue,
         context,
     })
+}
+
+/// `h` + 128-bit XXH3 of the site and the event's JSON (keys in a fixed order).
+fn content_id(site: &str, obj: &Map<String, Value>) -> String {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(site.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&serde_json::to_vec(obj).unwrap_or_default());
+    format!("h{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -514,6 +528,16 @@ mod tests {
         let a = check(json!({"name": "x", "user_id": "u"})).expect("valid");
         let b = check(json!({"name": "x", "user_id": "u"})).expect("valid");
         assert_ne!(a.id, b.id);
+        // With a timestamp, a resend is recognisably the same event.
+        let sent =
+            json!({"name": "x", "user_id": "u", "ts": "2026-11-25T09:00:00Z", "props": {"a": 1}});
+        let c = check(sent.clone()).expect("valid");
+        assert_eq!(c.id, check(sent).expect("valid").id);
+        let other = check(
+            json!({"name": "x", "user_id": "u", "ts": "2026-11-25T09:00:00Z", "props": {"a": 2}}),
+        )
+        .expect("valid");
+        assert_ne!(c.id, other.id);
         let nats = Origin {
             id_source: IdSource::Derived("ingest-7"),
             ..origin()

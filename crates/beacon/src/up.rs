@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, watch};
 use crate::config::{self, Overrides, write_starter_config};
 use crate::services::{self, Roles};
 
-/// File in the data directory naming the running local server, for `status` and `send`.
+/// File in the data directory naming the running local server, for `status`.
 pub const NATS_URL_FILE: &str = "nats.url";
 
 pub async fn run(overrides: Overrides) -> anyhow::Result<()> {

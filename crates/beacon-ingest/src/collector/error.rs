@@ -47,6 +47,18 @@ impl ApiError {
         }
     }
 
+    /// The refusal this error reports, when it is one (not for 429 and 503, which
+    /// say "send again" rather than "this input is wrong").
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            ApiError::BadRequest(r)
+            | ApiError::Unauthorized(r)
+            | ApiError::TooLarge(r)
+            | ApiError::UnsupportedEncoding(r) => Some(r),
+            ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => None,
+        }
+    }
+
     /// Build the error whose status fits a whole-body rejection.
     pub fn from_rejection(rejection: Rejection) -> Self {
         match rejection.reason {

@@ -7,6 +7,7 @@
 mod body;
 pub mod error;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body};
+use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body, without_write_key};
 use beacon_nats::{PublishFailed, RejectRecord};
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -67,6 +68,8 @@ impl Default for CollectorSettings {
 struct WriteKey {
     site: String,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Most events one request may carry under the rate limit.
+    burst: u32,
 }
 
 /// Everything a request needs; shared by all requests.
@@ -91,16 +94,20 @@ impl Collector {
         let mut keys = HashMap::new();
         for site in sites {
             for key in &site.write_keys {
-                let limiter = NonZeroU32::new(site.rate_limit).map(|rate| {
-                    let burst = NonZeroU32::new(site.rate_burst)
-                        .unwrap_or(rate.saturating_mul(NonZeroU32::MIN.saturating_add(1)));
+                let rate = NonZeroU32::new(site.rate_limit);
+                // Burst defaults to twice the rate.
+                let burst = NonZeroU32::new(site.rate_burst)
+                    .or(rate.map(|r| r.saturating_mul(NonZeroU32::MIN.saturating_add(1))));
+                let limiter = rate.zip(burst).map(|(rate, burst)| {
                     RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
                 });
+                let site = site.id.clone();
                 keys.insert(
                     key.clone(),
                     WriteKey {
-                        site: site.id.clone(),
+                        site,
                         limiter,
+                        burst: burst.map_or(u32::MAX, NonZeroU32::get),
                     },
                 );
             }
@@ -199,14 +206,14 @@ async fn post_events(
     let header_key = bearer_key(&headers);
     let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
         Ok(raw) => raw,
-        Err(ApiError::TooLarge(r)) => return Err(refuse(&c, r, b"", None, received_at).await),
-        Err(other) => return Err(other),
+        // Unreadable bodies are kept as far as they were read (none, when too large).
+        Err(e) => return Err(refuse(&c, e, b"", None, received_at).await),
     };
     if let Some(key) = header_key
         && !c.keys.contains_key(key)
     {
         let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
-        return Err(refuse(&c, r, &raw, None, received_at).await);
+        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
     }
     let batch = match parse_body(&raw, is_ndjson(&headers), c.pipeline.limits()) {
         Ok(batch) => batch,
@@ -214,7 +221,7 @@ async fn post_events(
             let site = header_key
                 .and_then(|k| c.keys.get(k))
                 .map(|k| k.site.as_str());
-            return Err(refuse(&c, r, &raw, site, received_at).await);
+            return Err(refuse(&c, ApiError::from_rejection(r), &raw, site, received_at).await);
         }
     };
     let Some(key) = header_key.or(batch.write_key.as_deref()) else {
@@ -222,11 +229,11 @@ async fn post_events(
             Reason::MissingKey,
             "send the site's write key as `Authorization: Bearer <key>` (or `write_key` in the body)",
         );
-        return Err(refuse(&c, r, &raw, None, received_at).await);
+        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
     };
     let Some(write_key) = c.keys.get(key) else {
         let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
-        return Err(refuse(&c, r, &raw, None, received_at).await);
+        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
     };
 
     let events = u32::try_from(batch.items.len()).unwrap_or(u32::MAX).max(1);
@@ -236,7 +243,23 @@ async fn post_events(
             Ok(Err(not_until)) => Some(not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ))),
-            Err(_) => Some(Duration::from_secs(1)),
+            Err(_) => {
+                let r = Rejection::new(
+                    Reason::BatchTooLarge,
+                    format!(
+                        "{events} events in one request; this key's rate limit allows at most {} at once",
+                        write_key.burst
+                    ),
+                );
+                return Err(refuse(
+                    &c,
+                    ApiError::from_rejection(r),
+                    &raw,
+                    Some(&write_key.site),
+                    received_at,
+                )
+                .await);
+            }
         };
         if let Some(retry_after) = over {
             metrics::counter!(RATE_LIMITED).increment(1);
@@ -301,26 +324,40 @@ async fn post_events(
     Ok((status, Json(body)).into_response())
 }
 
-/// Record an input refused as a whole, then give the error to answer with.
-/// Recorded before answering, so the sender can find it in `BEACON_REJECTS` at once.
+/// Record an input refused as a whole, then give back the error to answer with.
+/// Recorded before answering, so the sender can find it in `BEACON_REJECTS` at once;
+/// failing to record it never changes the answer (it is logged).
 async fn refuse(
     c: &Collector,
-    rejection: Rejection,
+    error: ApiError,
     raw: &[u8],
     site: Option<&str>,
     received_at: chrono::DateTime<Utc>,
 ) -> ApiError {
+    let Some(rejection) = error.rejection() else {
+        return error;
+    };
+    // Secrets are never stored: a body-carried write key is removed first.
+    let (kept, message) = match without_write_key(raw) {
+        Some(kept) => (kept, rejection.message.clone()),
+        None => (
+            Cow::Borrowed(&b""[..]),
+            format!(
+                "{} (body withheld: it holds a write key)",
+                rejection.message
+            ),
+        ),
+    };
     let record = RejectRecord {
         source: "http",
         site,
         reason: rejection.reason,
-        message: &rejection.message,
-        raw,
+        message: &message,
+        raw: &kept,
         received_at,
     };
-    // Failing to record it never changes the answer to the sender (it is logged).
     let _ = c.pipeline.reject_whole(record).await;
-    ApiError::from_rejection(rejection)
+    error
 }
 
 /// Keeps the in-flight gauge right however the request ends.

@@ -179,6 +179,8 @@ async fn whole_body_refusals_have_their_status() {
         [
             "batch_too_large",
             "body_too_large",
+            "invalid_encoding",
+            "invalid_encoding",
             "invalid_utf8",
             "malformed_json",
             "missing_key",
@@ -239,6 +241,15 @@ async fn gzip_browser_beacons_and_cors_work() {
         Some(&b"*"[..])
     );
     assert_eq!(events(&svc.js).await.len(), 3);
+
+    // A refused beacon event is kept in rejects without the key it carried.
+    let refused = json!({"write_key": SHOP_KEY, "name": "pageview"});
+    let (status, _) = svc.post_with("", &[], refused.to_string()).await;
+    assert_eq!(status, 400);
+    let kept = support::messages(&svc.js, beacon_nats::REJECTS_STREAM).await;
+    assert_eq!(kept.len(), 1);
+    assert!(!String::from_utf8_lossy(&kept[0].payload).contains(SHOP_KEY));
+    assert!(String::from_utf8_lossy(&kept[0].payload).contains("pageview"));
     svc.shutdown().await;
 }
 
@@ -262,6 +273,15 @@ async fn a_key_over_its_rate_limit_gets_429_with_retry_after() {
         .expect("answered");
     assert_eq!(response.status().as_u16(), 429);
     assert!(response.headers().get("retry-after").is_some());
+    // A batch larger than the burst could never pass: 413 saying why, not 429 forever.
+    let six: Vec<_> = (0..6)
+        .map(|i| json!({"name": "x", "user_id": format!("u{i}")}))
+        .collect();
+    let (status, answer) = svc.post_with(BLOG_KEY, &[], json!(six).to_string()).await;
+    assert_eq!(
+        (status, answer["error"]["reason"].clone()),
+        (413, json!("batch_too_large"))
+    );
     assert_eq!(events(&svc.js).await.len(), 5);
     svc.shutdown().await;
 }

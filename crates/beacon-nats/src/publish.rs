@@ -6,11 +6,12 @@
 //! awaited); only the ones not acknowledged are retried, with exponential
 //! backoff and jitter, until a deadline. Past it the caller answers 503.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use beacon_core::{Reason, subject::reject_subject};
+use beacon_core::{Reason, subject::reject_subject, without_write_key};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -201,19 +202,31 @@ pub struct RejectRecord<'a> {
 }
 
 impl RejectRecord<'_> {
-    /// The message to publish: original bytes as payload (cut at 64 KiB), the rest in headers.
+    /// The message to publish: original bytes as payload (cut at 64 KiB), the rest
+    /// in headers. A `write_key` in the input is removed first; an input that holds
+    /// one but cannot be parsed to remove it is withheld (secrets are never stored).
     pub fn to_outgoing(&self) -> Outgoing {
         let mut headers = HeaderMap::new();
         headers.insert("Beacon-Reason", self.reason.as_str());
-        headers.insert("Beacon-Message", header_safe(self.message).as_str());
+        let (raw, message) = match without_write_key(self.raw) {
+            Some(raw) => (raw, header_safe(self.message)),
+            None => (
+                Cow::Borrowed(&b""[..]),
+                header_safe(&format!(
+                    "{} (body withheld: it holds a write key)",
+                    self.message
+                )),
+            ),
+        };
+        headers.insert("Beacon-Message", message.as_str());
         headers.insert("Beacon-Source", self.source);
         headers.insert("Beacon-Received-At", self.received_at.to_rfc3339().as_str());
         if let Some(site) = self.site {
             headers.insert("Beacon-Site", header_safe(site).as_str());
         }
-        let kept = &self.raw[..self.raw.len().min(MAX_REJECT_BYTES)];
-        if kept.len() < self.raw.len() {
-            headers.insert("Beacon-Original-Bytes", self.raw.len().to_string().as_str());
+        let kept = &raw[..raw.len().min(MAX_REJECT_BYTES)];
+        if kept.len() < raw.len() {
+            headers.insert("Beacon-Original-Bytes", raw.len().to_string().as_str());
         }
         Outgoing {
             subject: reject_subject(self.source),
@@ -271,6 +284,28 @@ mod tests {
         assert_eq!(
             out.headers.get("Beacon-Original-Bytes").map(|v| v.as_str()),
             Some((MAX_REJECT_BYTES + 10).to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn rejects_never_keep_a_write_key() {
+        let record = |raw: &'static [u8]| RejectRecord {
+            source: "nats",
+            site: None,
+            reason: Reason::UnknownField,
+            message: "m",
+            raw,
+            received_at: Utc::now(),
+        };
+        let parsed = record(br#"{"write_key":"wk_secret_0000000000","name":"a"}"#).to_outgoing();
+        assert!(!String::from_utf8_lossy(&parsed.payload).contains("wk_secret"));
+        let broken = record(br#"{"write_key":"wk_secret_0000000000","#).to_outgoing();
+        assert!(broken.payload.is_empty());
+        assert!(
+            broken
+                .headers
+                .get("Beacon-Message")
+                .is_some_and(|m| m.as_str().contains("withheld"))
         );
     }
 }

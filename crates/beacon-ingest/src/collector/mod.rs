@@ -7,7 +7,6 @@
 mod body;
 pub mod error;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body, without_write_key};
+use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body};
 use beacon_nats::{PublishFailed, RejectRecord};
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -295,7 +294,7 @@ async fn post_events(
         id_source: IdSource::Random,
         partitions: c.partitions,
     };
-    let results = match c.pipeline.ingest(&batch, &origin, "http").await {
+    let results = match c.pipeline.ingest(batch, &origin, "http").await {
         Ok(results) => results,
         Err(PublishFailed::Unavailable { last_error, .. }) => {
             tracing::warn!(error = %last_error, "answering 503: NATS did not acknowledge in time");
@@ -337,23 +336,12 @@ async fn refuse(
     let Some(rejection) = error.rejection() else {
         return error;
     };
-    // Secrets are never stored: a body-carried write key is removed first.
-    let (kept, message) = match without_write_key(raw) {
-        Some(kept) => (kept, rejection.message.clone()),
-        None => (
-            Cow::Borrowed(&b""[..]),
-            format!(
-                "{} (body withheld: it holds a write key)",
-                rejection.message
-            ),
-        ),
-    };
     let record = RejectRecord {
         source: "http",
         site,
         reason: rejection.reason,
-        message: &message,
-        raw: &kept,
+        message: &rejection.message,
+        raw,
         received_at,
     };
     let _ = c.pipeline.reject_whole(record).await;

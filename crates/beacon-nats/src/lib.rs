@@ -13,4 +13,4 @@ pub use provision::{
     provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
-pub use server::{LocalServer, ServerError, find_server_binary};
+pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};

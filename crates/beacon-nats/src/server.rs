@@ -142,7 +142,25 @@ pub struct LocalServer {
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
-    jetstream: bool,
+    options: ServerOptions,
+}
+
+/// How a local server is run, beyond its binary, folder and port.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// JetStream on (Beacon needs it; tests turn it off to check the refusal).
+    pub jetstream: bool,
+    /// More nats-server arguments, e.g. `--user`/`--pass` or `--config`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            jetstream: true,
+            extra_args: Vec::new(),
+        }
+    }
 }
 
 /// How long a starting server may take to report its port.
@@ -151,16 +169,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 impl LocalServer {
     /// Start `binary` with its JetStream store and log in `dir`, on `port` (0: a free one).
     pub async fn start(binary: &Path, dir: &Path, port: u16) -> Result<Self, ServerError> {
-        Self::start_with(binary, dir, port, true).await
+        Self::start_with(binary, dir, port, ServerOptions::default()).await
     }
 
-    /// As [`LocalServer::start`], choosing whether JetStream is on (tests check Beacon's
-    /// refusal of servers without it).
+    /// As [`LocalServer::start`], with options (tests run servers without JetStream,
+    /// or requiring credentials).
     pub async fn start_with(
         binary: &Path,
         dir: &Path,
         port: u16,
-        jetstream: bool,
+        options: ServerOptions,
     ) -> Result<Self, ServerError> {
         let io = |source| ServerError::Io {
             path: dir.to_owned(),
@@ -173,7 +191,7 @@ impl LocalServer {
             binary: binary.to_owned(),
             dir,
             port,
-            jetstream,
+            options,
         };
         server.spawn().await?;
         Ok(server)
@@ -201,9 +219,10 @@ impl LocalServer {
             self.port.to_string()
         };
         let mut command = Command::new(&self.binary);
-        if self.jetstream {
+        if self.options.jetstream {
             command.arg("--jetstream");
         }
+        command.args(&self.options.extra_args);
         let child = command
             .args([
                 "--addr",

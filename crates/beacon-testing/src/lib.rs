@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use beacon_nats::{LocalServer, NatsConfig, find_server_binary};
+use beacon_nats::{LocalServer, NatsConfig, ServerOptions, find_server_binary};
 use tempfile::TempDir;
 
 /// A nats-server for one test. Its store lives in a temporary folder.
@@ -27,19 +27,24 @@ pub fn server_binary() -> PathBuf {
 impl TestServer {
     /// Start a JetStream-enabled server on a free port.
     pub async fn start() -> Self {
-        Self::start_with(&server_binary(), true).await
+        Self::start_with(&server_binary(), ServerOptions::default()).await
     }
 
-    /// Start a given binary, with or without JetStream.
-    pub async fn start_with(binary: &std::path::Path, jetstream: bool) -> Self {
+    /// Start a given binary with options (no JetStream, credentials required, …).
+    pub async fn start_with(binary: &std::path::Path, options: ServerOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("beacon-test-nats-")
             .tempdir()
             .expect("temporary folder");
-        let server = LocalServer::start_with(binary, dir.path(), 0, jetstream)
+        let server = LocalServer::start_with(binary, dir.path(), 0, options)
             .await
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         TestServer { server, _dir: dir }
+    }
+
+    /// A folder that lives as long as the server, for files a test hands it.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn url(&self) -> String {

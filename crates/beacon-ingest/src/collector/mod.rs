@@ -211,8 +211,7 @@ async fn post_events(
     if let Some(key) = header_key
         && !c.keys.contains_key(key)
     {
-        let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
-        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
+        return Err(refuse(&c, unknown_key(), &raw, None, received_at).await);
     }
     let batch = match parse_body(&raw, is_ndjson(&headers), c.pipeline.limits()) {
         Ok(batch) => batch,
@@ -231,8 +230,7 @@ async fn post_events(
         return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
     };
     let Some(write_key) = c.keys.get(key) else {
-        let r = Rejection::new(Reason::UnknownKey, "the write key is not known to Beacon");
-        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
+        return Err(refuse(&c, unknown_key(), &raw, None, received_at).await);
     };
 
     let events = u32::try_from(batch.items.len()).unwrap_or(u32::MAX).max(1);
@@ -321,6 +319,13 @@ async fn post_events(
         .collect();
     let body = json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results});
     Ok((status, Json(body)).into_response())
+}
+
+fn unknown_key() -> ApiError {
+    ApiError::from_rejection(Rejection::new(
+        Reason::UnknownKey,
+        "the write key is not known to Beacon",
+    ))
 }
 
 /// Record an input refused as a whole, then give back the error to answer with.

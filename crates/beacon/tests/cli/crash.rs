@@ -148,14 +148,29 @@ async fn a_normalizer_killed_mid_stream_counts_nothing_twice() {
         let _ = child.wait().await;
         (child, _) = start_normalizer().await;
     }
+    // Count only once every ingest message is acknowledged: the ones the killed
+    // normalizers held have then been redelivered (after the 1 s ack wait) and processed.
+    let consumer = || async {
+        let stream = js.get_stream("BEACON_INGEST").await.expect("stream");
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("beacon-normalizer")
+            .await
+            .expect("consumer");
+        consumer.info().await.expect("info").clone()
+    };
     for _ in 0..600 {
-        if stored_ids(&nats).await.len() >= total {
+        let info = consumer().await;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let any redelivery that could duplicate happen before counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let info = consumer().await;
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "every ingest message is settled"
+    );
     assert_exactly_once(&stored_ids(&nats).await, total);
     child.start_kill().expect("stop");
 }

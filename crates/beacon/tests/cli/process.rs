@@ -25,12 +25,13 @@ pub fn beacon(dir: &Path) -> Command {
     command
 }
 
-/// A config with one site, "shop", without a rate limit.
+/// A config with one site, "shop", without a rate limit. Unacknowledged ingest
+/// messages come back after 1 s, so redeliveries happen within a test.
 pub fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("beacon.toml");
     std::fs::write(
         &path,
-        format!("[[sites]]\nid = \"shop\"\nwrite_keys = [\"{SHOP_KEY}\"]\nread_keys = [\"rk_test_shop_000000000\"]\nrate_limit = 0\n"),
+        format!("[[sites]]\nid = \"shop\"\nwrite_keys = [\"{SHOP_KEY}\"]\nread_keys = [\"rk_test_shop_000000000\"]\nrate_limit = 0\n[normalizer]\nack_wait = \"1s\"\n"),
     )
     .expect("write config");
     path

@@ -5,6 +5,7 @@
 pub mod collector;
 pub mod metrics;
 pub mod normalizer;
+pub mod ops;
 pub mod pipeline;
 
 pub use collector::{CollectorSettings, run as run_collector};

@@ -102,8 +102,9 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
         &config,
         Roles {
             collector: true,
-            normalizer: false,
+            ..Roles::NONE
         },
+        None,
         shutdown,
     )
     .await?;

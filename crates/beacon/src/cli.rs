@@ -54,6 +54,12 @@ pub enum Command {
     },
     /// Run the normalizer alone (raw events on beacon.ingest.<site> → BEACON_EVENTS).
     Normalizer,
+    /// Run an aggregator: own a share of the partitions and keep their rollups.
+    Aggregator {
+        /// Serve /healthz, /readyz and /metrics here (default: no listener).
+        #[arg(long, env = "BEACON_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
     /// Send one event to a collector.
     Send(crate::send::SendArgs),
     /// Show the NATS server, Beacon's streams and consumers.
@@ -80,24 +86,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { listen } => crate::up::run(overrides(listen)).await,
         Command::Collector { listen } => {
-            serve(
-                load(&overrides(listen))?.config,
-                Roles {
-                    collector: true,
-                    normalizer: false,
-                },
-            )
-            .await
+            let roles = Roles {
+                collector: true,
+                ..Roles::NONE
+            };
+            serve(load(&overrides(listen))?.config, roles, None).await
         }
         Command::Normalizer => {
-            serve(
-                load(&overrides(None))?.config,
-                Roles {
-                    collector: false,
-                    normalizer: true,
-                },
-            )
-            .await
+            let roles = Roles {
+                normalizer: true,
+                ..Roles::NONE
+            };
+            serve(load(&overrides(None))?.config, roles, None).await
+        }
+        Command::Aggregator { listen } => {
+            let roles = Roles {
+                aggregator: true,
+                ..Roles::NONE
+            };
+            serve(load(&overrides(None))?.config, roles, listen).await
         }
         Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
@@ -106,19 +113,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Run services against an existing NATS until Ctrl-C or SIGTERM.
-async fn serve(config: config::Config, roles: Roles) -> anyhow::Result<()> {
+async fn serve(
+    config: config::Config,
+    roles: Roles,
+    ops_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     if config.nats.urls.is_empty() {
         anyhow::bail!(
             "no NATS to connect to: pass --nats-url, set BEACON_NATS_URL, or set nats.urls in the config (or use `beacon up`)"
         );
     }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let running = services::start(&config, roles, shutdown).await?;
+    let running = services::start(&config, roles, ops_listen, shutdown).await?;
     if let Some(addr) = running.collector_addr {
         println!("collector listening on http://{addr}");
     }
     if roles.normalizer {
         println!("normalizer consuming {}", beacon_nats::INGEST_STREAM);
+    }
+    if roles.aggregator {
+        println!(
+            "aggregator sharing {} partitions of {}",
+            config.streams.partitions,
+            beacon_nats::EVENTS_STREAM
+        );
+    }
+    if let Some(addr) = running.ops_addr {
+        println!("metrics on http://{addr}/metrics");
     }
     running.run_until(stop, services::signal()).await
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use beacon_aggregate::AggregatorSettings;
 use beacon_core::{Limits, Site, site_problems};
 use beacon_ingest::{CollectorSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
@@ -25,6 +26,7 @@ pub struct Config {
     pub publish: RetryPolicy,
     pub collector: CollectorSettings,
     pub normalizer: NormalizerSettings,
+    pub aggregator: AggregatorSettings,
     pub sites: Vec<Site>,
 }
 
@@ -38,6 +40,7 @@ impl Default for Config {
             publish: RetryPolicy::default(),
             collector: CollectorSettings::default(),
             normalizer: NormalizerSettings::default(),
+            aggregator: AggregatorSettings::default(),
             sites: Vec::new(),
         }
     }
@@ -122,6 +125,7 @@ impl Config {
         let mut problems = self.nats.problems();
         problems.extend(self.streams.problems());
         problems.extend(site_problems(&self.sites));
+        problems.extend(self.aggregator.problems());
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
                 "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),

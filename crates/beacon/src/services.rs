@@ -20,12 +20,28 @@ use crate::config::Config;
 pub struct Roles {
     pub collector: bool,
     pub normalizer: bool,
+    pub aggregator: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        collector: true,
+        normalizer: true,
+        aggregator: true,
+    };
+    pub const NONE: Roles = Roles {
+        collector: false,
+        normalizer: false,
+        aggregator: false,
+    };
 }
 
 /// Services started and running.
 #[derive(Debug)]
 pub struct Running {
     pub collector_addr: Option<std::net::SocketAddr>,
+    /// Where `/metrics` is served when there is no collector.
+    pub ops_addr: Option<std::net::SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -62,9 +78,12 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 }
 
 /// Connect to the configured NATS, check it, provision, and start `roles`.
+/// `ops_listen` serves `/healthz`, `/readyz` and `/metrics` for a process
+/// without a collector (whose listener has them already).
 pub async fn start(
     config: &Config,
     roles: Roles,
+    ops_listen: Option<std::net::SocketAddr>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Running> {
     let client = connect(&config.nats, "beacon").await?;
@@ -109,8 +128,36 @@ pub async fn start(
                 .context("normalizer failed")
         });
     }
+    if roles.aggregator {
+        let settings = config.aggregator.clone();
+        let (client, partitions, replicas) = (
+            client.clone(),
+            config.streams.partitions,
+            config.streams.replicas,
+        );
+        let stop = stopped(shutdown.clone());
+        tasks.spawn(async move {
+            beacon_aggregate::run(client, settings, partitions, replicas, stop)
+                .await
+                .context("aggregator failed")
+        });
+    }
+    let mut ops_addr = None;
+    if let Some(listen) = ops_listen.filter(|_| !roles.collector) {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
+        ops_addr = Some(listener.local_addr()?);
+        let (client, stop) = (client.clone(), stopped(shutdown.clone()));
+        tasks.spawn(async move {
+            beacon_ingest::ops::serve(client, listener, stop)
+                .await
+                .context("metrics listener failed")
+        });
+    }
     Ok(Running {
         collector_addr,
+        ops_addr,
         tasks,
     })
 }

@@ -59,15 +59,7 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     };
 
     let (stop, shutdown) = watch::channel(false);
-    let running = services::start(
-        &config,
-        Roles {
-            collector: true,
-            normalizer: true,
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let running = services::start(&config, Roles::ALL, None, shutdown.clone()).await?;
     if let Some(server) = &local {
         tokio::spawn(supervise(server.clone(), shutdown));
     }

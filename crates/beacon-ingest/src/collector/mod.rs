@@ -170,21 +170,7 @@ pub async fn run(
 }
 
 async fn readyz(State(c): State<Arc<Collector>>) -> Response {
-    let state = c.client.connection_state();
-    let nats = format!("{state:?}").to_lowercase();
-    if state == async_nats::connection::State::Connected {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "nats": nats})),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "nats": nats})),
-        )
-            .into_response()
-    }
+    crate::ops::readiness(&c.client)
 }
 
 /// One result per event, numbered by position in the request.

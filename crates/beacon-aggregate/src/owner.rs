@@ -1,0 +1,236 @@
+//! One partition's owner: load the committed state, claim the log, then apply
+//! events in stream order and commit each delta with the sequence it reaches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::context::Context;
+use async_nats::jetstream::stream::Stream;
+use beacon_core::Event;
+use beacon_core::rollup::{Outcome, Working};
+use beacon_core::subject::EVENTS_PREFIX;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::metrics::{
+    APPLIED, COMMIT_FAILURES, COMMIT_SECONDS, COMMITTED_SEQ, DROPPED_LATE, FRESHNESS, LAG,
+    STATE_BYTES, UNREADABLE,
+};
+use crate::settings::AggregatorSettings;
+use crate::store::{Log, StoreError, load};
+
+/// What every owner in a process shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub js: Context,
+    pub events: Stream,
+    pub rollups: Stream,
+    pub settings: AggregatorSettings,
+    /// This aggregator's member id; it also names the records it writes.
+    pub id: String,
+}
+
+/// How long a stopping owner keeps trying to commit while NATS is away. What
+/// it cannot commit is simply counted again by the next owner.
+const STOP_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Commit even an empty delta this often, so retention moves on idle partitions.
+const IDLE_COMMIT: Duration = Duration::from_secs(60);
+
+/// Resolves once `stop` turns true (the guard `wait_for` returns is not `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Own `partition` until `stop` turns true (then commit and return) or the
+/// partition is taken over by someone else (`Err(Fenced)`).
+pub async fn own(
+    shared: Arc<Shared>,
+    partition: u32,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let loaded = load(&shared.rollups, partition).await?;
+    let mut log = Log::new(
+        shared.js.clone(),
+        shared.rollups.clone(),
+        partition,
+        &shared.id,
+        loaded.last,
+    );
+    log.takeover(loaded.state.through_seq).await?;
+    tracing::info!(
+        partition,
+        through_seq = loaded.state.through_seq,
+        "took partition"
+    );
+    let mut owner = Owner {
+        working: Working::new(loaded.state, shared.settings.rollup(), now_ms()),
+        snapshot_bytes: loaded.snapshot_bytes,
+        bytes_since_snapshot: loaded.bytes_since_snapshot,
+        last_commit: Instant::now(),
+        lag: 0,
+        label: partition.to_string(),
+        log,
+        shared: shared.clone(),
+    };
+    owner.publish_gauges();
+
+    // A second view of the stop flag, for commits made while `stop` is awaited.
+    let stopping = stop.clone();
+    let filter = format!("{EVENTS_PREFIX}.{partition}.>");
+    let mut tick = tokio::time::interval(shared.settings.commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'consume: loop {
+        let start = owner.working.through_seq() + 1;
+        let messages = async {
+            let consumer = shared
+                .events
+                .create_consumer(OrderedConfig {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(StoreError::unavailable)?;
+            consumer
+                .messages()
+                .await
+                .map_err(StoreError::unavailable)
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot read events; retrying");
+                tokio::select! {
+                    _ = stopped(&mut stop) => break 'consume,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'consume,
+                }
+            }
+        };
+        loop {
+            let full = owner.working.pending_events() >= shared.settings.commit_max_events;
+            tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break 'consume,
+                _ = tick.tick() => owner.commit_if_due(&stopping).await?,
+                next = messages.next(), if !full => match next {
+                    Some(Ok(message)) => owner.apply(&message),
+                    Some(Err(e)) => {
+                        tracing::warn!(partition, error = %e, "event consumer failed; recreating it");
+                        continue 'consume;
+                    }
+                    None => continue 'consume,
+                },
+            }
+            if owner.working.pending_events() >= shared.settings.commit_max_events {
+                owner.commit(&stopping).await?;
+            }
+        }
+    }
+    owner.commit(&stopping).await?;
+    tracing::info!(partition, through_seq = owner.working.state.through_seq, "released partition");
+    Ok(())
+}
+
+struct Owner {
+    working: Working,
+    log: Log,
+    shared: Arc<Shared>,
+    snapshot_bytes: usize,
+    bytes_since_snapshot: usize,
+    last_commit: Instant,
+    /// Events of this partition in the stream after the last one applied.
+    lag: u64,
+    label: String,
+}
+
+impl Owner {
+    fn apply(&mut self, message: &async_nats::jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let seq = info.stream_sequence;
+        self.lag = info.pending;
+        match serde_json::from_slice::<Event>(&message.payload) {
+            Ok(event) => match self.working.apply_event(&event, seq) {
+                Outcome::Counted => metrics::counter!(APPLIED).increment(1),
+                Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
+            },
+            Err(e) => {
+                // Only Beacon writes BEACON_EVENTS; an unreadable event is a bug or
+                // a foreign writer. Skip it loudly rather than stall the partition.
+                metrics::counter!(UNREADABLE).increment(1);
+                tracing::error!(seq, error = %e, "skipping an unreadable event in BEACON_EVENTS");
+                self.working.skip(seq);
+            }
+        }
+    }
+
+    async fn commit_if_due(&mut self, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+        let moved = self.working.through_seq() > self.working.state.through_seq;
+        if moved || self.last_commit.elapsed() >= IDLE_COMMIT {
+            self.commit(stop).await?;
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    /// Store the pending delta; retry while NATS is unavailable (bounded once
+    /// stopping). Only a stored delta is applied to the state.
+    async fn commit(&mut self, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+        let delta = self.working.take_delta();
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let bytes = loop {
+            match self.log.commit(&delta).await {
+                Ok(bytes) => break bytes,
+                Err(StoreError::Unavailable(e)) => {
+                    metrics::counter!(COMMIT_FAILURES).increment(1);
+                    if *stop.borrow() && started.elapsed() > STOP_COMMIT_DEADLINE {
+                        return Err(StoreError::Unavailable(e));
+                    }
+                    tracing::warn!(partition = %self.label, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        self.working.committed(&delta, now_ms());
+        self.last_commit = Instant::now();
+        self.bytes_since_snapshot += bytes;
+        if self.bytes_since_snapshot > self.shared.settings.snapshot_min_bytes.max(self.snapshot_bytes) {
+            match self.log.snapshot(&self.working.state).await {
+                Ok(size) => {
+                    self.snapshot_bytes = size;
+                    self.bytes_since_snapshot = 0;
+                }
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(partition = %self.label, error = %e, "snapshot failed; will retry")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn publish_gauges(&self) {
+        let state = &self.working.state;
+        let label = self.label.clone();
+        metrics::gauge!(LAG, "partition" => label.clone()).set(self.lag as f64);
+        metrics::gauge!(COMMITTED_SEQ, "partition" => label.clone()).set(state.through_seq as f64);
+        metrics::gauge!(STATE_BYTES, "partition" => label.clone()).set(state.approx_bytes() as f64);
+        if state.newest_received_ms > 0 {
+            let age = (now_ms() - state.newest_received_ms).max(0) as f64 / 1000.0;
+            metrics::gauge!(FRESHNESS, "partition" => label).set(age);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Rollup cells: everything counted for one site in one time bucket, and the
+//! delta form the same figures take between two commits.
+
+use std::collections::{BTreeMap, HashSet};
+
+use datasketches::hll::{HllSketch, HllType};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::bounded::Bounded;
+use super::bucket::Granularity;
+use crate::event::Event;
+
+/// HyperLogLog precision: 2^14 registers, a relative standard error of 0.8%.
+pub const HLL_LG_K: u8 = 14;
+
+/// What a breakdown is by; `(none)` stands for events that carry no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Path,
+    ReferrerSource,
+    Browser,
+    Os,
+    Device,
+    Country,
+}
+
+/// Every dimension, in the order of [`Counters::dims`].
+pub const DIMENSIONS: [Dimension; 6] = [
+    Dimension::Path,
+    Dimension::ReferrerSource,
+    Dimension::Browser,
+    Dimension::Os,
+    Dimension::Device,
+    Dimension::Country,
+];
+
+/// The value events without one are counted under.
+pub const NONE: &str = "(none)";
+
+impl Dimension {
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dimension::Path => "path",
+            Dimension::ReferrerSource => "referrer_source",
+            Dimension::Browser => "browser",
+            Dimension::Os => "os",
+            Dimension::Device => "device",
+            Dimension::Country => "country",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Dimension> {
+        DIMENSIONS.into_iter().find(|d| d.name() == name)
+    }
+
+    /// This dimension's value on `event`, or [`NONE`].
+    pub fn of(self, event: &Event) -> &str {
+        let c = &event.context;
+        match self {
+            Dimension::Path => c.path.as_deref(),
+            Dimension::ReferrerSource => c.referrer_source.as_deref(),
+            Dimension::Browser => c.browser.as_deref(),
+            Dimension::Os => c.os.as_deref(),
+            Dimension::Device => c.device.as_deref(),
+            Dimension::Country => c.country.as_deref(),
+        }
+        .unwrap_or(NONE)
+    }
+}
+
+/// Which cell: a site's bucket of one granularity starting at `start` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CellKey {
+    pub site: String,
+    pub granularity: Granularity,
+    pub start: i64,
+}
+
+/// Session figures of the sessions that *started* in a bucket. They change as
+/// those sessions go on (a second page view un-bounces, the exit page moves).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCounters {
+    pub started: i64,
+    /// Sessions with exactly one page view.
+    pub bounces: i64,
+    /// Sum over sessions of last event time minus first.
+    pub duration_ms: i64,
+    /// Page views inside these sessions.
+    pub pageviews: i64,
+    pub entries: Bounded,
+    pub exits: Bounded,
+}
+
+impl SessionCounters {
+    fn merge(&mut self, other: &SessionCounters) {
+        self.started += other.started;
+        self.bounces += other.bounces;
+        self.duration_ms += other.duration_ms;
+        self.pageviews += other.pageviews;
+        self.entries.merge(&other.entries);
+        self.exits.merge(&other.exits);
+    }
+}
+
+/// The additive figures of a cell: a committed total or a delta to add to one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Events by name.
+    pub events: Bounded,
+    pub pageviews: i64,
+    /// Revenue per ISO currency, exact.
+    pub revenue: BTreeMap<String, Decimal>,
+    /// Events by each [`Dimension`], in [`DIMENSIONS`] order.
+    pub dims: [Bounded; 6],
+    /// Events by name × each dimension.
+    pub by_name: BTreeMap<String, [Bounded; 6]>,
+    pub sessions: SessionCounters,
+}
+
+impl Counters {
+    pub fn merge(&mut self, other: &Counters) {
+        self.events.merge(&other.events);
+        self.pageviews += other.pageviews;
+        for (currency, amount) in &other.revenue {
+            *self.revenue.entry(currency.clone()).or_default() += *amount;
+        }
+        merge_dims(&mut self.dims, &other.dims);
+        for (name, dims) in &other.by_name {
+            merge_dims(self.by_name.entry(name.clone()).or_default(), dims);
+        }
+        self.sessions.merge(&other.sessions);
+    }
+
+    /// Bound every map to `top_n` keys. Names beyond the kept ones have their
+    /// per-dimension counts folded under `(other)` too.
+    pub fn truncate(&mut self, top_n: usize) {
+        self.events.truncate(top_n);
+        for dims in &mut self.dims {
+            dims.truncate(top_n);
+        }
+        let dropped: Vec<String> = self
+            .by_name
+            .keys()
+            .filter(|n| n.as_str() != super::OTHER && self.events.get(n) == 0)
+            .cloned()
+            .collect();
+        for name in dropped {
+            if let Some(dims) = self.by_name.remove(&name) {
+                merge_dims(
+                    self.by_name.entry(super::OTHER.to_owned()).or_default(),
+                    &dims,
+                );
+            }
+        }
+        for dims in self.by_name.values_mut() {
+            for d in dims.iter_mut() {
+                d.truncate(top_n);
+            }
+        }
+        self.sessions.entries.truncate(top_n);
+        self.sessions.exits.truncate(top_n);
+    }
+
+    pub fn total_events(&self) -> i64 {
+        self.events.total()
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let dims: usize = self.dims.iter().map(Bounded::approx_bytes).sum();
+        let by_name: usize = self
+            .by_name
+            .iter()
+            .map(|(n, d)| n.len() + 48 + d.iter().map(Bounded::approx_bytes).sum::<usize>())
+            .sum();
+        self.events.approx_bytes()
+            + dims
+            + by_name
+            + self.sessions.entries.approx_bytes()
+            + self.sessions.exits.approx_bytes()
+            + 64 * self.revenue.len()
+    }
+}
+
+fn merge_dims(into: &mut [Bounded; 6], from: &[Bounded; 6]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        a.merge(b);
+    }
+}
+
+/// A committed cell: its counters and the sketch of its unique users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub counters: Counters,
+    #[serde(with = "sketch_bytes")]
+    pub users: HllSketch,
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Cell {
+            counters: Counters::default(),
+            users: new_sketch(),
+        }
+    }
+}
+
+impl Cell {
+    pub fn apply(&mut self, delta: &CellDelta, top_n: usize) {
+        self.counters.merge(&delta.counters);
+        for user in &delta.users {
+            self.users.update(user);
+        }
+        self.counters.truncate(top_n);
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        self.counters.approx_bytes() + self.users.estimated_size() + 128
+    }
+}
+
+/// What one commit adds to a cell: counter increments and the hashes of the
+/// users seen (a sketch update is idempotent, but each delta is applied once anyway).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellDelta {
+    pub counters: Counters,
+    pub users: HashSet<u64>,
+}
+
+/// An empty unique-user sketch of Beacon's precision.
+pub fn new_sketch() -> HllSketch {
+    HllSketch::new(HLL_LG_K, HllType::Hll8).unwrap_or_else(|_| unreachable!("HLL_LG_K is valid"))
+}
+
+/// The hash a user key enters sketches as (stable across processes and versions).
+pub fn user_hash(user_key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(user_key.as_bytes())
+}
+
+/// Sketches are stored in DataSketches' own compact binary form.
+mod sketch_bytes {
+    use datasketches::hll::HllSketch;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(sketch: &HllSketch, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&sketch.serialize())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HllSketch, D::Error> {
+        let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        HllSketch::deserialize(&bytes).map_err(serde::de::Error::custom)
+    }
+}

@@ -48,10 +48,13 @@ pub async fn bucket(js: &Context, ttl: Duration, replicas: usize) -> Result<Stor
 
 /// Announce `id` as alive (again).
 pub async fn heartbeat(kv: &Store, id: &str) -> Result<(), LeaseError> {
-    kv.put(format!("{MEMBERS}{id}"), chrono::Utc::now().to_rfc3339().into())
-        .await
-        .map(|_| ())
-        .map_err(err)
+    kv.put(
+        format!("{MEMBERS}{id}"),
+        chrono::Utc::now().to_rfc3339().into(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(err)
 }
 
 /// Leave: others take over this member's partitions without waiting for expiry.
@@ -61,7 +64,13 @@ pub async fn leave(kv: &Store, id: &str) -> Result<(), LeaseError> {
 
 /// Members alive now, sorted.
 pub async fn members(kv: &Store) -> Result<Vec<String>, LeaseError> {
-    let keys: Vec<String> = kv.keys().await.map_err(err)?.try_collect().await.map_err(err)?;
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(err)?
+        .try_collect()
+        .await
+        .map_err(err)?;
     let mut members: Vec<String> = keys
         .into_iter()
         .filter_map(|k| k.strip_prefix(MEMBERS).map(str::to_owned))
@@ -146,7 +155,10 @@ mod tests {
             .iter()
             .map(|m| assignment(&members, 16, m))
             .collect();
-        assert_eq!(shares.iter().map(Vec::len).collect::<Vec<_>>(), vec![6, 5, 5]);
+        assert_eq!(
+            shares.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![6, 5, 5]
+        );
         let mut all: Vec<u32> = shares.concat();
         all.sort_unstable();
         assert_eq!(all, (0..16).collect::<Vec<_>>());

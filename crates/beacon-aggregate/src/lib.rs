@@ -17,19 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
-use beacon_nats::EVENTS_STREAM;
+use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::settings::AggregatorSettings;
-pub use self::store::{ROLLUPS_STREAM, StoreError, load, rollup_subject};
+pub use self::store::{StoreError, load, rollup_subject};
 use crate::lease::Lease;
 use crate::owner::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {
-    #[error("{EVENTS_STREAM} does not exist; provision the streams first: {0}")]
-    NoEventStream(String),
+    #[error("{0} does not exist; provision the streams first: {1}")]
+    NoStream(&'static str, String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -54,11 +54,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AggregateError> {
     let js = async_nats::jetstream::new(client);
-    let events = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| AggregateError::NoEventStream(e.to_string()))?;
-    let rollups = store::ensure_stream(&js, replicas).await?;
+    let stream = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_stream(name)
+                .await
+                .map_err(|e| AggregateError::NoStream(name, e.to_string()))
+        }
+    };
+    let events = stream(EVENTS_STREAM).await?;
+    let rollups = stream(ROLLUPS_STREAM).await?;
     let kv = lease::bucket(&js, settings.lease_ttl, replicas).await?;
     let id = format!(
         "{}-{}",
@@ -122,7 +127,10 @@ pub async fn run(
         }
         ::metrics::gauge!(metrics::OWNED).set(owned.len() as f64);
     }
-    tracing::info!(id, "aggregator stopping: committing and releasing partitions");
+    tracing::info!(
+        id,
+        "aggregator stopping: committing and releasing partitions"
+    );
     for o in owned.values() {
         let _ = o.stop.send(true);
     }
@@ -155,7 +163,10 @@ async fn finish(kv: &Store, partition: u32, o: Owned) {
         Ok(Ok(())) => {}
         Ok(Err(StoreError::Fenced(_))) => {
             ::metrics::counter!(metrics::FENCED).increment(1);
-            tracing::warn!(partition, "fenced: another aggregator owns this partition now");
+            tracing::warn!(
+                partition,
+                "fenced: another aggregator owns this partition now"
+            );
         }
         Ok(Err(e)) => tracing::error!(partition, error = %e, "partition owner failed"),
         Err(e) => tracing::error!(partition, error = %e, "partition owner panicked"),

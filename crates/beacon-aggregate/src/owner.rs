@@ -99,10 +99,7 @@ pub async fn own(
                 })
                 .await
                 .map_err(StoreError::unavailable)?;
-            consumer
-                .messages()
-                .await
-                .map_err(StoreError::unavailable)
+            consumer.messages().await.map_err(StoreError::unavailable)
         }
         .await;
         let mut messages = match messages {
@@ -136,7 +133,11 @@ pub async fn own(
         }
     }
     owner.commit(&stopping).await?;
-    tracing::info!(partition, through_seq = owner.working.state.through_seq, "released partition");
+    tracing::info!(
+        partition,
+        through_seq = owner.working.state.through_seq,
+        "released partition"
+    );
     Ok(())
 }
 
@@ -206,7 +207,13 @@ impl Owner {
         self.working.committed(&delta, now_ms());
         self.last_commit = Instant::now();
         self.bytes_since_snapshot += bytes;
-        if self.bytes_since_snapshot > self.shared.settings.snapshot_min_bytes.max(self.snapshot_bytes) {
+        if self.bytes_since_snapshot
+            > self
+                .shared
+                .settings
+                .snapshot_min_bytes
+                .max(self.snapshot_bytes)
+        {
             match self.log.snapshot(&self.working.state).await {
                 Ok(size) => {
                     self.snapshot_bytes = size;

@@ -16,13 +16,11 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use beacon_core::rollup::{Delta, PartitionState};
+use beacon_core::subject::ROLLUPS_PREFIX;
 use bytes::Bytes;
 use futures::StreamExt;
-
-pub const ROLLUPS_STREAM: &str = "BEACON_ROLLUPS";
-pub const ROLLUPS_PREFIX: &str = "beacon.rollups";
 
 /// Largest payload of one message of a record.
 const PART_BYTES: usize = 512 * 1024;
@@ -57,26 +55,6 @@ impl StoreError {
     pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(e.to_string())
     }
-}
-
-/// Create `BEACON_ROLLUPS` if missing (replicated like the event stream, never
-/// expiring: it holds the only copy of the counted state).
-pub async fn ensure_stream(js: &Context, replicas: usize) -> Result<Stream, StoreError> {
-    js.get_or_create_stream(stream::Config {
-        name: ROLLUPS_STREAM.to_owned(),
-        description: Some(
-            "Beacon rollup logs: beacon.rollups.<partition> (deltas and snapshots with the event sequence they reach)"
-                .to_owned(),
-        ),
-        subjects: vec![format!("{ROLLUPS_PREFIX}.*")],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        num_replicas: replicas,
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(StoreError::unavailable)
 }
 
 /// What a record holds.
@@ -114,7 +92,13 @@ struct PartHeader {
 
 impl PartHeader {
     fn render(&self) -> String {
-        format!("{} {} {}/{}", self.kind.as_str(), self.id, self.part, self.parts)
+        format!(
+            "{} {} {}/{}",
+            self.kind.as_str(),
+            self.id,
+            self.part,
+            self.parts
+        )
     }
 
     fn parse(s: &str) -> Option<PartHeader> {
@@ -194,7 +178,10 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         .map_err(|_| StoreError::Unavailable("reading the rollup log timed out".into()))?
     {
         let message = message.map_err(StoreError::unavailable)?;
-        let seq = message.info().map_err(StoreError::unavailable)?.stream_sequence;
+        let seq = message
+            .info()
+            .map_err(StoreError::unavailable)?
+            .stream_sequence;
         let header = message
             .headers
             .as_ref()
@@ -282,7 +269,9 @@ impl Log {
 
     /// Claim the log: after this, a previous owner's appends fail.
     pub async fn takeover(&mut self, through_seq: u64) -> Result<(), StoreError> {
-        self.append(Kind::Takeover, &[], through_seq).await.map(|_| ())
+        self.append(Kind::Takeover, &[], through_seq)
+            .await
+            .map(|_| ())
     }
 
     /// Commit a delta; returns the bytes written.
@@ -314,7 +303,12 @@ impl Log {
     }
 
     /// Append one record (split into parts); returns the sequence of its first part.
-    async fn append(&mut self, kind: Kind, bytes: &[u8], through_seq: u64) -> Result<u64, StoreError> {
+    async fn append(
+        &mut self,
+        kind: Kind,
+        bytes: &[u8],
+        through_seq: u64,
+    ) -> Result<u64, StoreError> {
         self.records += 1;
         let id = format!("{}-{}", self.owner, self.records);
         let chunks: Vec<&[u8]> = if bytes.is_empty() {
@@ -342,7 +336,12 @@ impl Log {
 
     /// Publish one message fenced on `self.last`. When the outcome is unknown
     /// (timeout, lost connection), read the log's end to learn whether it landed.
-    async fn append_part(&mut self, part: &str, payload: Bytes, through_seq: u64) -> Result<u64, StoreError> {
+    async fn append_part(
+        &mut self,
+        part: &str,
+        payload: Bytes,
+        through_seq: u64,
+    ) -> Result<u64, StoreError> {
         let mut headers = HeaderMap::new();
         headers.insert(RECORD, part);
         headers.insert(THROUGH_SEQ, through_seq.to_string().as_str());
@@ -366,7 +365,11 @@ impl Log {
         // Refused or unknown (a retry of a part that did land is refused too):
         // the log's end tells. Only this writer's own part can follow
         // `self.last` without another owner having fenced it.
-        let end = match self.stream.get_last_raw_message_by_subject(&self.subject).await {
+        let end = match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject)
+            .await
+        {
             Ok(m) => Some(m),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
             Err(e) => return Err(StoreError::unavailable(e)),

@@ -10,6 +10,8 @@ pub const EVENTS_PREFIX: &str = "beacon.events";
 pub const INGEST_PREFIX: &str = "beacon.ingest";
 /// Subjects of `BEACON_REJECTS`: `beacon.rejects.<source>`.
 pub const REJECTS_PREFIX: &str = "beacon.rejects";
+/// Subjects of `BEACON_ROLLUPS`: `beacon.rollups.<partition>`.
+pub const ROLLUPS_PREFIX: &str = "beacon.rollups";
 
 /// Longest token Beacon puts in a subject; longer names are cut (the event keeps them whole).
 pub const MAX_TOKEN_CHARS: usize = 64;

@@ -9,8 +9,8 @@ pub mod server;
 
 pub use connect::{ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect};
 pub use provision::{
-    EVENTS_STREAM, INGEST_STREAM, ProvisionError, ProvisionReport, REJECTS_STREAM, StreamSettings,
-    provision,
+    EVENTS_STREAM, INGEST_STREAM, ProvisionError, ProvisionReport, REJECTS_STREAM, ROLLUPS_STREAM,
+    StreamSettings, provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
 pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};

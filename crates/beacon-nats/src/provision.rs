@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use beacon_core::subject::{EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX};
+use beacon_core::subject::{EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX};
 use serde::{Deserialize, Serialize};
 
 pub const EVENTS_STREAM: &str = "BEACON_EVENTS";
 pub const INGEST_STREAM: &str = "BEACON_INGEST";
 pub const REJECTS_STREAM: &str = "BEACON_REJECTS";
+pub const ROLLUPS_STREAM: &str = "BEACON_ROLLUPS";
 
 /// Stream metadata key recording the partition count fixed at creation.
 const PARTITIONS_KEY: &str = "beacon.partitions";
@@ -82,8 +83,8 @@ impl StreamSettings {
         problems
     }
 
-    /// The three stream configurations these settings describe.
-    pub fn stream_configs(&self) -> [stream::Config; 3] {
+    /// The stream configurations these settings describe.
+    pub fn stream_configs(&self) -> [stream::Config; 4] {
         let events = stream::Config {
             name: EVENTS_STREAM.to_owned(),
             description: Some(
@@ -124,7 +125,22 @@ impl StreamSettings {
             num_replicas: self.replicas,
             ..Default::default()
         };
-        [events, ingest, rejects]
+        // The aggregators' committed state: never expires, replicated like the
+        // events, since it is the only copy of what was counted.
+        let rollups = stream::Config {
+            name: ROLLUPS_STREAM.to_owned(),
+            description: Some(
+                "Beacon rollup logs: beacon.rollups.<partition> (deltas and snapshots with the event sequence they reach)"
+                    .to_owned(),
+            ),
+            subjects: vec![format!("{ROLLUPS_PREFIX}.*")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        [events, ingest, rejects, rollups]
     }
 }
 

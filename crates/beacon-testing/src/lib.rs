@@ -1,6 +1,8 @@
 //! Dev-only test harness: real `nats-server`s on free ports with temporary stores,
 //! killed and cleaned up when dropped. Never a mock of NATS, never a fixed port.
 
+pub mod truth;
+
 use std::path::PathBuf;
 
 use beacon_nats::{LocalServer, NatsConfig, ServerOptions, find_server_binary};

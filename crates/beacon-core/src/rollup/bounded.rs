@@ -2,31 +2,36 @@
 //! `(other)`, so a breakdown's memory stays bounded however many distinct
 //! values (paths, referrers, names) arrive.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// The key every folded-away value is counted under.
 pub const OTHER: &str = "(other)";
 
-/// Counts per key. Increments may be negative (a session's exit page moves);
-/// [`Bounded::truncate`] drops keys at zero and folds the tail into [`OTHER`].
+/// Counts per key, sorted by key. Increments may be negative (a session's exit
+/// page moves); [`Bounded::truncate`] drops keys at zero and folds the tail
+/// into [`OTHER`]. A sorted vector, not a map: rollups hold hundreds of
+/// thousands of these, most with a handful of keys, and a vector costs only
+/// what it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Bounded(BTreeMap<String, i64>);
+pub struct Bounded(Vec<(String, i64)>);
 
 impl Bounded {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
     pub fn add(&mut self, key: &str, n: i64) {
         if n == 0 {
             return;
         }
-        if let Some(v) = self.0.get_mut(key) {
-            *v += n;
-        } else if n < 0 && self.0.contains_key(OTHER) {
-            // The key was folded into (other) earlier: take it back from there.
-            *self.0.entry(OTHER.to_owned()).or_default() += n;
-        } else {
-            self.0.insert(key.to_owned(), n);
+        match self.find(key) {
+            Ok(i) => self.0[i].1 += n,
+            Err(_) if n < 0 && self.find(OTHER).is_ok() => {
+                // The key was folded into (other) earlier: take it back from there.
+                self.add(OTHER, n);
+            }
+            Err(i) => self.0.insert(i, (key.to_owned(), n)),
         }
     }
 
@@ -37,7 +42,7 @@ impl Bounded {
     }
 
     pub fn get(&self, key: &str) -> i64 {
-        self.0.get(key).copied().unwrap_or(0)
+        self.find(key).map_or(0, |i| self.0[i].1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
@@ -53,32 +58,42 @@ impl Bounded {
     }
 
     pub fn total(&self) -> i64 {
-        self.0.values().sum()
+        self.0.iter().map(|(_, v)| v).sum()
     }
 
     /// Keep the `n` largest keys (ties by key, so the result never depends on
     /// insertion order), fold the rest into [`OTHER`], drop zeros.
     pub fn truncate(&mut self, n: usize) {
-        self.0.retain(|_, v| *v != 0);
-        let named = self.0.len() - usize::from(self.0.contains_key(OTHER));
-        if named <= n {
+        self.0.retain(|(_, v)| *v != 0);
+        let has_other = self.find(OTHER).is_ok();
+        if self.0.len() - usize::from(has_other) <= n {
             return;
         }
-        let mut ranked: Vec<(&String, &i64)> =
-            self.0.iter().filter(|(k, _)| k.as_str() != OTHER).collect();
-        ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-        let dropped: Vec<String> = ranked[n..].iter().map(|(k, _)| (*k).clone()).collect();
+        let mut ranked: Vec<(&str, i64)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k != OTHER)
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let dropped: std::collections::HashSet<String> =
+            ranked[n..].iter().map(|(k, _)| (*k).to_owned()).collect();
         let mut folded = 0;
-        for key in dropped {
-            folded += self.0.remove(&key).unwrap_or(0);
-        }
-        *self.0.entry(OTHER.to_owned()).or_default() += folded;
-        self.0.retain(|_, v| *v != 0);
+        self.0.retain(|(k, v)| {
+            let drop = dropped.contains(k);
+            if drop {
+                folded += *v;
+            }
+            !drop
+        });
+        self.add(OTHER, folded);
+        self.0.retain(|(_, v)| *v != 0);
+        self.0.shrink_to_fit();
     }
 
     /// Rough heap bytes, for the state-size metric.
     pub fn approx_bytes(&self) -> usize {
-        self.0.keys().map(|k| k.len() + 48).sum()
+        self.0.iter().map(|(k, _)| k.len() + 32).sum()
     }
 }
 

@@ -102,7 +102,9 @@ impl Retention {
             .iter()
             .any(|g| self.of(*g).as_millis() < g.millis() as u128)
         {
-            problems.push("aggregator.retention must keep at least one bucket of each granularity".to_owned());
+            problems.push(
+                "aggregator.retention must keep at least one bucket of each granularity".to_owned(),
+            );
         }
         problems
     }
@@ -115,7 +117,10 @@ mod tests {
     #[test]
     fn buckets_are_utc_aligned_also_before_1970() {
         assert_eq!(Granularity::Minute.bucket_start(119_999), 60_000);
-        assert_eq!(Granularity::Hour.bucket_start(3_600_000 * 5 + 1), 3_600_000 * 5);
+        assert_eq!(
+            Granularity::Hour.bucket_start(3_600_000 * 5 + 1),
+            3_600_000 * 5
+        );
         assert_eq!(Granularity::Day.bucket_start(-1), -86_400_000);
     }
 

@@ -118,8 +118,9 @@ pub struct Counters {
     pub revenue: BTreeMap<String, Decimal>,
     /// Events by each [`Dimension`], in [`DIMENSIONS`] order.
     pub dims: [Bounded; 6],
-    /// Events by name × each dimension.
-    pub by_name: BTreeMap<String, [Bounded; 6]>,
+    /// Events by name × each dimension, sorted by name (a vector for the same
+    /// reason as [`Bounded`]).
+    pub by_name: Vec<(String, [Bounded; 6])>,
     pub sessions: SessionCounters,
 }
 
@@ -132,7 +133,7 @@ impl Counters {
         }
         merge_dims(&mut self.dims, &other.dims);
         for (name, dims) in &other.by_name {
-            merge_dims(self.by_name.entry(name.clone()).or_default(), dims);
+            merge_dims(self.name_dims_mut(name), dims);
         }
         self.sessions.merge(&other.sessions);
     }
@@ -144,21 +145,14 @@ impl Counters {
         for dims in &mut self.dims {
             dims.truncate(top_n);
         }
-        let dropped: Vec<String> = self
-            .by_name
-            .keys()
-            .filter(|n| n.as_str() != super::OTHER && self.events.get(n) == 0)
-            .cloned()
-            .collect();
-        for name in dropped {
-            if let Some(dims) = self.by_name.remove(&name) {
-                merge_dims(
-                    self.by_name.entry(super::OTHER.to_owned()).or_default(),
-                    &dims,
-                );
-            }
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.by_name)
+            .into_iter()
+            .partition(|(n, _)| n == super::OTHER || self.events.get(n) != 0);
+        self.by_name = kept;
+        for (_, dims) in dropped {
+            merge_dims(self.name_dims_mut(super::OTHER), &dims);
         }
-        for dims in self.by_name.values_mut() {
+        for (_, dims) in &mut self.by_name {
             for d in dims.iter_mut() {
                 d.truncate(top_n);
             }
@@ -169,6 +163,26 @@ impl Counters {
 
     pub fn total_events(&self) -> i64 {
         self.events.total()
+    }
+
+    /// The per-dimension counts of events named `name`, if any.
+    pub fn name_dims(&self, name: &str) -> Option<&[Bounded; 6]> {
+        self.by_name
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.by_name[i].1)
+    }
+
+    pub fn name_dims_mut(&mut self, name: &str) -> &mut [Bounded; 6] {
+        let i = match self.by_name.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.by_name
+                    .insert(i, (name.to_owned(), Default::default()));
+                i
+            }
+        };
+        &mut self.by_name[i].1
     }
 
     fn approx_bytes(&self) -> usize {

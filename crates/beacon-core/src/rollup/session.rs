@@ -31,7 +31,12 @@ pub struct Step {
 /// `ts_ms`; `page` is the path when the event is a page view. Events are taken
 /// in stream order: one later than `last_ms + timeout` opens a new session,
 /// anything else joins the current one (an earlier time does not shorten it).
-pub fn advance(prev: Option<&UserSession>, ts_ms: i64, page: Option<&str>, timeout_ms: i64) -> Step {
+pub fn advance(
+    prev: Option<&UserSession>,
+    ts_ms: i64,
+    page: Option<&str>,
+    timeout_ms: i64,
+) -> Step {
     let mut counters = SessionCounters::default();
     let mut session = match prev {
         Some(s) if ts_ms <= s.last_ms.saturating_add(timeout_ms) => s.clone(),
@@ -99,7 +104,10 @@ mod tests {
         let (c, _) = run(&[(0, Some("/"))]);
         assert_eq!((c.started, c.bounces, c.duration_ms), (1, 1, 0));
         let (c, s) = run(&[(0, Some("/")), (5 * MIN, Some("/pricing")), (6 * MIN, None)]);
-        assert_eq!((c.started, c.bounces, c.pageviews, c.duration_ms), (1, 0, 2, 6 * MIN));
+        assert_eq!(
+            (c.started, c.bounces, c.pageviews, c.duration_ms),
+            (1, 0, 2, 6 * MIN)
+        );
         assert_eq!(c.entries.get("/"), 1);
         assert_eq!((c.exits.get("/"), c.exits.get("/pricing")), (0, 1));
         assert_eq!(s.exit.as_deref(), Some("/pricing"));
@@ -107,7 +115,11 @@ mod tests {
 
     #[test]
     fn a_pause_longer_than_the_timeout_starts_a_new_session() {
-        let (c, s) = run(&[(0, Some("/")), (30 * MIN, Some("/a")), (61 * MIN, Some("/b"))]);
+        let (c, s) = run(&[
+            (0, Some("/")),
+            (30 * MIN, Some("/a")),
+            (61 * MIN, Some("/b")),
+        ]);
         assert_eq!((c.started, c.bounces, c.pageviews), (2, 1, 3));
         assert_eq!(s.start_ms, 61 * MIN);
         // An event only without a page view is a session, never a bounce.

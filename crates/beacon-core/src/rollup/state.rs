@@ -11,6 +11,9 @@ use super::cell::{Cell, CellDelta, CellKey, DIMENSIONS, user_hash};
 use super::session::{UserSession, advance};
 use crate::event::Event;
 
+/// Granularity of the session-forgetting horizon.
+const FORGET_STEP_MS: i64 = 5 * 60_000;
+
 /// The event name that counts as a page view.
 pub const PAGEVIEW: &str = "pageview";
 
@@ -48,7 +51,9 @@ impl RollupSettings {
             problems.push("aggregator.session_timeout must be positive".to_owned());
         }
         if self.session_memory < self.session_timeout {
-            problems.push("aggregator.session_memory must be at least aggregator.session_timeout".to_owned());
+            problems.push(
+                "aggregator.session_memory must be at least aggregator.session_timeout".to_owned(),
+            );
         }
         if self.top_n == 0 {
             problems.push("aggregator.top_n must be positive".to_owned());
@@ -77,6 +82,10 @@ pub struct PartitionState {
     pub newest_received_ms: i64,
     /// Newest event time counted (Unix ms).
     pub newest_event_ms: i64,
+    /// The retention cutoffs last applied.
+    pub cutoffs: [i64; 3],
+    /// Sessions idle since before this were forgotten.
+    pub forgotten_before: i64,
 }
 
 /// The outcome of the events between two commits, in a form that can be stored,
@@ -113,15 +122,25 @@ impl PartitionState {
         self.through_seq = self.through_seq.max(delta.through_seq);
         for (key, cell) in &delta.cells {
             if key.start >= delta.cutoffs[key.granularity.index()] {
-                self.cells.entry(key.clone()).or_default().apply(cell, delta.top_n);
+                self.cells
+                    .entry(key.clone())
+                    .or_default()
+                    .apply(cell, delta.top_n);
             }
         }
-        self.cells
-            .retain(|key, _| key.start >= delta.cutoffs[key.granularity.index()]);
+        // Full passes only when a cutoff moved (at most once a minute).
+        if delta.cutoffs != self.cutoffs {
+            self.cells
+                .retain(|key, _| key.start >= delta.cutoffs[key.granularity.index()]);
+            self.cutoffs = delta.cutoffs;
+        }
         for (user, session) in &delta.users {
             self.users.insert(user.clone(), session.clone());
         }
-        self.users.retain(|_, s| s.last_ms >= delta.forget_before);
+        if delta.forget_before > self.forgotten_before {
+            self.users.retain(|_, s| s.last_ms >= delta.forget_before);
+            self.forgotten_before = delta.forget_before;
+        }
         self.dropped_late += delta.dropped_late;
         self.applied += delta.applied;
         self.newest_received_ms = self.newest_received_ms.max(delta.newest_received_ms);
@@ -221,11 +240,12 @@ impl Working {
             if let Some(revenue) = &event.revenue {
                 *c.revenue.entry(revenue.currency.clone()).or_default() += revenue.amount;
             }
-            let by_name = c.by_name.entry(event.name.clone()).or_default();
             for d in DIMENSIONS {
-                let value = d.of(event);
-                c.dims[d.index()].add(value, 1);
-                by_name[d.index()].add(value, 1);
+                c.dims[d.index()].add(d.of(event), 1);
+            }
+            let by_name = c.name_dims_mut(&event.name);
+            for d in DIMENSIONS {
+                by_name[d.index()].add(d.of(event), 1);
             }
             cell.users.insert(hash);
         }
@@ -268,7 +288,9 @@ impl Working {
     /// once it is stored, or drop this `Working` if the commit failed.
     pub fn take_delta(&mut self) -> Delta {
         let newest = self.state.newest_event_ms.max(self.pending.newest_event_ms);
-        self.pending.forget_before = newest.saturating_sub(millis(self.settings.session_memory));
+        // Rounded down, so the pass over all sessions runs every few minutes of event time.
+        let forget = newest.saturating_sub(millis(self.settings.session_memory));
+        self.pending.forget_before = forget.saturating_sub(forget.rem_euclid(FORGET_STEP_MS));
         self.pending.clone()
     }
 
@@ -315,7 +337,12 @@ mod tests {
         (0..400)
             .map(|i| {
                 let name = ["pageview", "pageview", "click", "purchase"][i % 4];
-                event(&format!("u{}", i % 37), name, NOW - 3_600_000 + i as i64 * 7_000, &format!("/p{}", i % 5))
+                event(
+                    &format!("u{}", i % 37),
+                    name,
+                    NOW - 3_600_000 + i as i64 * 7_000,
+                    &format!("/p{}", i % 5),
+                )
             })
             .collect()
     }
@@ -350,7 +377,10 @@ mod tests {
         let one = fold(&events, 1);
         let many = fold(&events, 17);
         let all = fold(&events, 10_000);
-        assert_eq!(one.cells.keys().collect::<Vec<_>>(), all.cells.keys().collect::<Vec<_>>());
+        assert_eq!(
+            one.cells.keys().collect::<Vec<_>>(),
+            all.cells.keys().collect::<Vec<_>>()
+        );
         for (key, cell) in &all.cells {
             assert_eq!(cell.counters, one.cells[key].counters, "{key:?}");
             assert_eq!(cell.counters, many.cells[key].counters, "{key:?}");
@@ -376,9 +406,15 @@ mod tests {
     fn events_too_old_for_a_granularity_count_in_the_others() {
         let mut w = Working::new(PartitionState::default(), RollupSettings::default(), NOW);
         let three_days = NOW - 3 * 86_400_000;
-        assert_eq!(w.apply_event(&event("u", "click", three_days, "/"), 1), Outcome::Counted);
+        assert_eq!(
+            w.apply_event(&event("u", "click", three_days, "/"), 1),
+            Outcome::Counted
+        );
         let ancient = NOW - 800 * 86_400_000;
-        assert_eq!(w.apply_event(&event("u", "click", ancient, "/"), 2), Outcome::DroppedLate);
+        assert_eq!(
+            w.apply_event(&event("u", "click", ancient, "/"), 2),
+            Outcome::DroppedLate
+        );
         let d = w.take_delta();
         w.committed(&d, NOW);
         let grans: Vec<Granularity> = w.state.cells.keys().map(|k| k.granularity).collect();
@@ -386,7 +422,14 @@ mod tests {
         assert_eq!(w.state.dropped_late, 1);
         // Later, retention drops the hour bucket too.
         let later = NOW + 90 * 86_400_000;
-        w.committed(&Delta { cutoffs: RollupSettings::default().retention.cutoffs(later), top_n: 100, ..Delta::default() }, later);
+        w.committed(
+            &Delta {
+                cutoffs: RollupSettings::default().retention.cutoffs(later),
+                top_n: 100,
+                ..Delta::default()
+            },
+            later,
+        );
         let grans: Vec<Granularity> = w.state.cells.keys().map(|k| k.granularity).collect();
         assert_eq!(grans, vec![Granularity::Day]);
     }
@@ -394,13 +437,18 @@ mod tests {
     #[test]
     fn unique_users_are_estimated_across_buckets() {
         let state = fold(&events(), 50);
-        let mut union = datasketches::hll::HllUnion::new(super::super::cell::HLL_LG_K).expect("union");
+        let mut union =
+            datasketches::hll::HllUnion::new(super::super::cell::HLL_LG_K).expect("union");
         for (k, c) in &state.cells {
             if k.granularity == Granularity::Minute {
                 union.update(&c.users);
             }
         }
-        assert!((union.estimate() - 37.0).abs() < 1.0, "{}", union.estimate());
+        assert!(
+            (union.estimate() - 37.0).abs() < 1.0,
+            "{}",
+            union.estimate()
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ impl View {
     pub fn unique_users(&self, site: &str, granularity: Granularity, range: Range<i64>) -> f64 {
         let mut union = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
         for state in &self.partitions {
-            for (_, cell) in state.cells.range(key_range(site, granularity, range.clone())) {
+            for (_, cell) in state
+                .cells
+                .range(key_range(site, granularity, range.clone()))
+            {
                 union.update(&cell.users);
             }
         }

@@ -1,0 +1,4 @@
+mod fencing;
+mod retention;
+mod support;
+mod truth;

@@ -1,0 +1,120 @@
+//! A test nats-server with Beacon's streams, in-process aggregators, and
+//! reading the committed rollups back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use beacon_aggregate::{AggregatorSettings, load, store};
+use beacon_core::rollup::{Retention, View};
+use beacon_nats::ROLLUPS_STREAM;
+use beacon_nats::{StreamSettings, provision};
+use beacon_testing::TestServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const PARTITIONS: u32 = 8;
+
+pub struct Setup {
+    pub _nats: TestServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+pub async fn setup() -> Setup {
+    let nats = TestServer::start().await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    provision(
+        &js,
+        &StreamSettings {
+            partitions: PARTITIONS,
+            ..StreamSettings::default()
+        },
+    )
+    .await
+    .expect("provision");
+    Setup {
+        _nats: nats,
+        client,
+        js,
+    }
+}
+
+/// Fast commits and leases; minute buckets kept for a month so data spread over
+/// days is counted at every granularity.
+pub fn settings() -> AggregatorSettings {
+    AggregatorSettings {
+        commit_interval: Duration::from_millis(100),
+        lease_ttl: Duration::from_secs(3),
+        retention: Retention {
+            minute: Duration::from_secs(40 * 86_400),
+            ..Retention::default()
+        },
+        ..AggregatorSettings::default()
+    }
+}
+
+/// An aggregator running in this process until the sender is set to true.
+pub struct Running {
+    pub stop: watch::Sender<bool>,
+    pub task: JoinHandle<Result<(), beacon_aggregate::AggregateError>>,
+}
+
+pub fn aggregator(client: &async_nats::Client, settings: AggregatorSettings) -> Running {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(beacon_aggregate::run(
+        client.clone(),
+        settings,
+        PARTITIONS,
+        1,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    Running { stop, task }
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.stop.send(true).expect("running");
+        self.task.await.expect("joined").expect("clean stop");
+    }
+}
+
+/// Wait (bounded) until every partition has committed up to `last`.
+pub async fn wait_committed(js: &jetstream::Context, last: &BTreeMap<u32, u64>, within: Duration) {
+    let stream = js.get_stream(ROLLUPS_STREAM).await.expect("rollup stream");
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut behind = Vec::new();
+        for (p, seq) in last {
+            let committed = store::committed_seq(&stream, *p)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            if committed < *seq {
+                behind.push((*p, committed, *seq));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions still behind (partition, committed, last): {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every partition's committed state, loaded as a new owner would.
+pub async fn view(js: &jetstream::Context) -> View {
+    let stream = js.get_stream(ROLLUPS_STREAM).await.expect("rollup stream");
+    let mut states = Vec::new();
+    for p in 0..PARTITIONS {
+        states.push(load(&stream, p).await.expect("load").state);
+    }
+    View::new(states)
+}

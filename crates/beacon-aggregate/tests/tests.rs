@@ -1,0 +1,3 @@
+//! Integration tests of the aggregators against real nats-servers.
+
+mod aggregate;

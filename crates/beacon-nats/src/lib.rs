@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod provision;
 pub mod publish;
+pub mod salts;
 pub mod server;
 
 pub use connect::{ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect};
@@ -13,4 +14,5 @@ pub use provision::{
     provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
+pub use salts::{SALTS_BUCKET, SaltError, Salts};
 pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};

@@ -12,7 +12,7 @@ use crate::reject::{Reason, Rejection};
 #[derive(Debug)]
 pub struct Request {
     pub domains: Vec<String>,
-    pub event: Map<String, Value>,
+    pub event: Value,
 }
 
 /// Read a request body. The tracker script sends one-letter field names
@@ -33,12 +33,16 @@ pub fn request(body: Value) -> Result<Request, Rejection> {
             "domain is required: the site's domain as configured in Beacon",
         ));
     }
-    Ok(Request { domains, event })
+    Ok(Request {
+        domains,
+        event: Value::Object(event),
+    })
 }
 
 /// Reshape the event; `visitor` is the anonymous id (see [`visitor_id`]).
 /// The client address is never put on the event.
-pub fn translate(mut event: Map<String, Value>, visitor: String) -> Result<Native, Rejection> {
+pub fn translate(event: Value, visitor: String) -> Result<Native, Rejection> {
+    let mut event = object(event)?;
     let field = |event: &mut Map<String, Value>, long: &str, short: &str| {
         take(event, long).or_else(|| take(event, short))
     };

@@ -49,6 +49,22 @@ impl Call {
     }
 }
 
+/// The write key of an `Authorization: Basic` header: Segment's SDKs send it
+/// as the user name, with an empty password.
+pub fn basic_auth_user(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
 /// Split a body into write key, send time and calls. `/v1/batch` takes
 /// `{batch: [...], sentAt, writeKey}`; the other endpoints take one call.
 pub fn payload(body: Value, call: Call) -> Result<Payload, Rejection> {
@@ -237,6 +253,17 @@ mod tests {
             ),
             (json!("alias"), json!("u-2"), json!("a-2"))
         );
+    }
+
+    #[test]
+    fn the_write_key_is_the_basic_auth_user() {
+        // base64("wk_segment:")
+        assert_eq!(
+            basic_auth_user("Basic d2tfc2VnbWVudDo=").as_deref(),
+            Some("wk_segment")
+        );
+        assert_eq!(basic_auth_user("Bearer d2tfc2VnbWVudDo="), None);
+        assert_eq!(basic_auth_user("Basic %%%"), None);
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl Default for Setup {
                     read_keys: vec![],
                     rate_limit: 0,
                     rate_burst: 0,
+                    domains: vec!["shop.example".into()],
                 },
                 Site {
                     id: "blog".into(),
@@ -53,6 +54,7 @@ impl Default for Setup {
                     read_keys: vec![],
                     rate_limit: 1,
                     rate_burst: 5,
+                    domains: vec!["blog.example".into()],
                 },
             ],
         }

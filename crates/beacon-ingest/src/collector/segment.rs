@@ -1,0 +1,81 @@
+//! The Segment-compatible endpoints `/v1/<call>`. `beacon_core::compat::segment`
+//! reshapes the calls; the shared submit path does the rest.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use beacon_core::Batch;
+use beacon_core::compat::segment::{self, Call};
+use beacon_core::compat::{parse_json, translate_all};
+use chrono::Utc;
+use serde_json::json;
+
+use super::answer::Protocol;
+use super::{
+    ApiError, Collector, Submission, bearer_key, body, client_ip, refused, submit, user_agent,
+};
+
+pub async fn calls(
+    State(c): State<Arc<Collector>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(call): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    const P: Protocol = Protocol::Segment;
+    let Some(call) = Call::from_path(&call) else {
+        let message = format!(
+            "/v1/{call} is not a Segment call; use track, identify, page, screen, group, alias or batch"
+        );
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"success": false, "code": "not_found", "message": message})),
+        )
+            .into_response();
+    };
+    let received_at = Utc::now();
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+        Ok(raw) => raw,
+        Err(e) => return refused(&c, P, e, b"", received_at).await,
+    };
+    let payload = match parse_json(&raw).and_then(|value| segment::payload(value, call)) {
+        Ok(payload) => payload,
+        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
+    };
+    // The SDKs send the key as the Basic user; the body's `writeKey` is the fallback.
+    let header_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(segment::basic_auth_user)
+        .or_else(|| bearer_key(&headers).map(str::to_owned));
+    let key = header_key.or(payload.key);
+    let sent_at = payload.sent_at;
+    let translated = translate_all(payload.events, c.pipeline.limits(), |event, _| {
+        segment::translate(event, sent_at.as_ref(), received_at)
+    });
+    let items = match translated {
+        Ok(items) => items,
+        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
+    };
+    let ip = client_ip(&headers, peer);
+    let submission = Submission {
+        key: key.as_deref(),
+        batch: Batch {
+            write_key: None,
+            items,
+        },
+        raw: &raw,
+        received_at,
+        user_agent: user_agent(&headers),
+        ip: Some(&ip),
+    };
+    match submit(&c, submission).await {
+        Ok(results) => P.results(results),
+        Err(e) => P.refusal(e),
+    }
+}

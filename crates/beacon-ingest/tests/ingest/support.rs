@@ -153,6 +153,31 @@ impl Services {
         )
     }
 
+    /// Send `body` to any collector path with the given headers; the answer's
+    /// status and its body (JSON when it is JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("collector answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
     /// Every message in a stream, in order.
     pub async fn messages(&self, stream: &str) -> Vec<StreamMessage> {
         messages(&self.js, stream).await
@@ -202,6 +227,29 @@ pub async fn reject_reasons(js: &jetstream::Context) -> Vec<String> {
                 .map(|v| v.as_str().to_owned())
         })
         .collect()
+}
+
+/// Every stored reject as (reason, payload as text).
+pub async fn rejects(js: &jetstream::Context) -> Vec<(String, String)> {
+    messages(js, beacon_nats::REJECTS_STREAM)
+        .await
+        .iter()
+        .map(|m| {
+            let reason = m
+                .headers
+                .get("Beacon-Reason")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            (reason, String::from_utf8_lossy(&m.payload).into_owned())
+        })
+        .collect()
+}
+
+/// The stored event with this id; fails unless there is exactly one.
+pub fn only<'a>(stored: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = stored.iter().filter(|e| e["id"] == id).collect();
+    assert_eq!(found.len(), 1, "event {id} is stored {} times", found.len());
+    found[0]
 }
 
 /// Wait (bounded) until `check` holds; the bound only guards against hangs.

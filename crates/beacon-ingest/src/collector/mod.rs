@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use beacon_core::{Batch, IdSource, Origin, Reason, Rejection, Site, parse_body};
+use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Site, parse_body};
 use beacon_nats::{PublishFailed, RejectRecord, Salts};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -359,15 +359,51 @@ impl Collector {
     }
 }
 
-/// Record a whole-request refusal, then answer it in the protocol's shape.
-pub(crate) async fn refused(
-    c: &Collector,
-    protocol: Protocol,
-    error: ApiError,
-    raw: &[u8],
-    received_at: DateTime<Utc>,
-) -> Response {
-    protocol.refusal(refuse(c, error, raw, None, received_at).await)
+/// A request to one of the other protocols' endpoints: what the shared steps
+/// after translation need, and the protocol that shapes the answers.
+pub(crate) struct Compat<'a> {
+    pub protocol: Protocol,
+    pub received_at: DateTime<Utc>,
+    pub headers: &'a HeaderMap,
+}
+
+impl Compat<'_> {
+    /// Record a whole-request refusal, then answer it in the protocol's shape.
+    pub async fn refuse(&self, c: &Collector, error: ApiError, raw: &[u8]) -> Response {
+        self.protocol
+            .refusal(refuse(c, error, raw, None, self.received_at).await)
+    }
+
+    /// Submit the translated events (or refuse the request, when translating
+    /// refused it as a whole) and answer in the protocol's shape.
+    pub async fn submit(
+        &self,
+        c: &Collector,
+        key: Option<&str>,
+        translated: Result<Vec<Item<'static>>, Rejection>,
+        raw: &[u8],
+        ip: Option<&str>,
+    ) -> Response {
+        let items = match translated {
+            Ok(items) => items,
+            Err(r) => return self.refuse(c, ApiError::from_rejection(r), raw).await,
+        };
+        let submission = Submission {
+            key,
+            batch: Batch {
+                write_key: None,
+                items,
+            },
+            raw,
+            received_at: self.received_at,
+            user_agent: user_agent(self.headers),
+            ip,
+        };
+        match submit(c, submission).await {
+            Ok(results) => self.protocol.results(results),
+            Err(e) => self.protocol.refusal(e),
+        }
+    }
 }
 
 pub(crate) fn unknown_key() -> ApiError {

@@ -10,11 +10,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use beacon_core::compat::{parse_json, plausible, translate_all};
-use beacon_core::{Batch, Reason, Rejection};
+use beacon_core::{Reason, Rejection};
 use chrono::Utc;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Submission, body, client_ip, refused, submit, user_agent};
+use super::{ApiError, Collector, Compat, body, client_ip, user_agent};
 
 pub async fn event(
     State(c): State<Arc<Collector>>,
@@ -22,15 +22,19 @@ pub async fn event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const P: Protocol = Protocol::Plausible;
     let received_at = Utc::now();
+    let compat = Compat {
+        protocol: Protocol::Plausible,
+        received_at,
+        headers: &headers,
+    };
     let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
         Ok(raw) => raw,
-        Err(e) => return refused(&c, P, e, b"", received_at).await,
+        Err(e) => return compat.refuse(&c, e, b"").await,
     };
     let request = match parse_json(&raw).and_then(plausible::request) {
         Ok(request) => request,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
+        Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
     };
     let Some((site, key)) = request.domains.iter().find_map(|d| c.domains.get(d)) else {
         let r = Rejection::new(
@@ -40,13 +44,15 @@ pub async fn event(
                 request.domains.join(",")
             ),
         );
-        return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await;
+        return compat.refuse(&c, ApiError::from_rejection(r), &raw).await;
     };
     let salt = match c.salts.for_day(received_at.date_naive()).await {
         Ok(salt) => salt,
         Err(e) => {
             tracing::warn!(error = %e, "answering 503: no visitor salt");
-            return P.refusal(c.unavailable(format!("{e}; retry later")));
+            return compat
+                .protocol
+                .refusal(c.unavailable(format!("{e}; retry later")));
         }
     };
     let agent = user_agent(&headers);
@@ -59,24 +65,6 @@ pub async fn event(
     let translated = translate_all(vec![request.event], c.pipeline.limits(), |event, _| {
         plausible::translate(event, visitor.clone())
     });
-    let items = match translated {
-        Ok(items) => items,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
-    };
-    let submission = Submission {
-        key: Some(key),
-        batch: Batch {
-            write_key: None,
-            items,
-        },
-        raw: &raw,
-        received_at,
-        user_agent: agent,
-        // Plausible's promise: the address is hashed, never stored.
-        ip: None,
-    };
-    match submit(&c, submission).await {
-        Ok(results) => P.results(results),
-        Err(e) => P.refusal(e),
-    }
+    // Plausible's promise: the address is hashed, never stored.
+    compat.submit(&c, Some(key), translated, &raw, None).await
 }

@@ -9,13 +9,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use beacon_core::Batch;
 use beacon_core::compat::{parse_json, posthog, translate_all};
 use chrono::Utc;
 use serde_json::Value;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Submission, body, client_ip, refused, submit, user_agent};
+use super::{ApiError, Collector, Compat, body, client_ip};
 
 /// Every path PostHog's SDKs post events to (and GET with `data=`).
 pub const PATHS: &[&str] = &[
@@ -39,26 +38,34 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const P: Protocol = Protocol::PostHog;
     let received_at = Utc::now();
+    let request = Compat {
+        protocol: Protocol::PostHog,
+        received_at,
+        headers: &headers,
+    };
     let limit = c.settings.max_body_bytes;
     let raw = if method == Method::GET {
         Bytes::from(query.get("data").cloned().unwrap_or_default())
     } else {
         match body::read_body(&headers, body, limit).await {
             Ok(raw) => raw,
-            Err(e) => return refused(&c, P, e, b"", received_at).await,
+            Err(e) => return request.refuse(&c, e, b"").await,
         }
     };
     let compression = query.get("compression").map(String::as_str);
     let decoded = match posthog::decode(&raw, compression, limit) {
         Ok(decoded) => decoded,
         // What cannot be decoded cannot be cleared of keys either: nothing is kept.
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), b"", received_at).await,
+        Err(r) => return request.refuse(&c, ApiError::from_rejection(r), b"").await,
     };
     let payload = match parse_json(&decoded).and_then(posthog::payload) {
         Ok(payload) => payload,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &decoded, received_at).await,
+        Err(r) => {
+            return request
+                .refuse(&c, ApiError::from_rejection(r), &decoded)
+                .await;
+        }
     };
     // posthog-js says when it sent the body in `_` (epoch milliseconds).
     let sent_at = payload.sent_at.or_else(|| {
@@ -73,24 +80,8 @@ pub async fn capture(
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, raw| {
         posthog::translate(event, raw, sent_at.as_ref(), received_at)
     });
-    let items = match translated {
-        Ok(items) => items,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &decoded, received_at).await,
-    };
     let ip = client_ip(&headers, peer);
-    let submission = Submission {
-        key: key.as_deref(),
-        batch: Batch {
-            write_key: None,
-            items,
-        },
-        raw: &decoded,
-        received_at,
-        user_agent: user_agent(&headers),
-        ip: Some(&ip),
-    };
-    match submit(&c, submission).await {
-        Ok(results) => P.results(results),
-        Err(e) => P.refusal(e),
-    }
+    request
+        .submit(&c, key.as_deref(), translated, &decoded, Some(&ip))
+        .await
 }

@@ -9,16 +9,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use beacon_core::Batch;
 use beacon_core::compat::segment::{self, Call};
 use beacon_core::compat::{parse_json, translate_all};
 use chrono::Utc;
 use serde_json::json;
 
 use super::answer::Protocol;
-use super::{
-    ApiError, Collector, Submission, bearer_key, body, client_ip, refused, submit, user_agent,
-};
+use super::{ApiError, Collector, Compat, bearer_key, body, client_ip};
 
 pub async fn calls(
     State(c): State<Arc<Collector>>,
@@ -27,7 +24,6 @@ pub async fn calls(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const P: Protocol = Protocol::Segment;
     let Some(call) = Call::from_path(&call) else {
         let message = format!(
             "/v1/{call} is not a Segment call; use track, identify, page, screen, group, alias or batch"
@@ -38,14 +34,18 @@ pub async fn calls(
         )
             .into_response();
     };
-    let received_at = Utc::now();
+    let request = Compat {
+        protocol: Protocol::Segment,
+        received_at: Utc::now(),
+        headers: &headers,
+    };
     let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
         Ok(raw) => raw,
-        Err(e) => return refused(&c, P, e, b"", received_at).await,
+        Err(e) => return request.refuse(&c, e, b"").await,
     };
     let payload = match parse_json(&raw).and_then(|value| segment::payload(value, call)) {
         Ok(payload) => payload,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
+        Err(r) => return request.refuse(&c, ApiError::from_rejection(r), &raw).await,
     };
     // The SDKs send the key as the Basic user; the body's `writeKey` is the fallback.
     let header_key = headers
@@ -56,26 +56,10 @@ pub async fn calls(
     let key = header_key.or(payload.key);
     let sent_at = payload.sent_at;
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, _| {
-        segment::translate(event, sent_at.as_ref(), received_at)
+        segment::translate(event, sent_at.as_ref(), request.received_at)
     });
-    let items = match translated {
-        Ok(items) => items,
-        Err(r) => return refused(&c, P, ApiError::from_rejection(r), &raw, received_at).await,
-    };
     let ip = client_ip(&headers, peer);
-    let submission = Submission {
-        key: key.as_deref(),
-        batch: Batch {
-            write_key: None,
-            items,
-        },
-        raw: &raw,
-        received_at,
-        user_agent: user_agent(&headers),
-        ip: Some(&ip),
-    };
-    match submit(&c, submission).await {
-        Ok(results) => P.results(results),
-        Err(e) => P.refusal(e),
-    }
+    request
+        .submit(&c, key.as_deref(), translated, &raw, Some(&ip))
+        .await
 }

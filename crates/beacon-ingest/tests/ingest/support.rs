@@ -134,23 +134,13 @@ impl Services {
         headers: &[(&str, &str)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, serde_json::Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/api/v1/events", self.url))
-            .body(body);
+        let bearer = format!("Bearer {key}");
+        let mut all = headers.to_vec();
         if !key.is_empty() {
-            request = request.bearer_auth(key);
+            all.push(("authorization", &bearer));
         }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.expect("collector answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        self.send(reqwest::Method::POST, "/api/v1/events", &all, body)
+            .await
     }
 
     /// Send `body` to any collector path with the given headers; the answer's

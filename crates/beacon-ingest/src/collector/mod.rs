@@ -277,7 +277,8 @@ pub(crate) async fn submit(c: &Collector, s: Submission<'_>) -> Result<Vec<ItemR
     let Some(key) = s.key else {
         let r = Rejection::new(
             Reason::MissingKey,
-            "send the site's write key (see docs/INGEST.md for where each protocol carries it)",
+            "send the site's write key as `Authorization: Bearer <key>` (or `write_key` in the body); \
+             docs/INGEST.md says where each SDK protocol carries it",
         );
         return Err(refuse(c, ApiError::from_rejection(r), s.raw, None, s.received_at).await);
     };

@@ -1,6 +1,7 @@
 //! Beacon's NATS layer: connecting with the credentials NATS users have, checking
 //! the server is new enough, provisioning Beacon's streams, publishing events
-//! exactly once, and running a local `nats-server` for single-machine setups.
+//! exactly once, sharing the daily salts of cookieless visitor ids, and running a
+//! local `nats-server` for single-machine setups.
 
 pub mod connect;
 pub mod provision;

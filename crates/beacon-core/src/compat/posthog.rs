@@ -86,6 +86,7 @@ pub fn payload(body: Value) -> Result<Payload, Rejection> {
         Value::Array(events) => {
             let key = events
                 .iter()
+                .filter_map(Value::as_object)
                 .find_map(|e| key_of(e).transpose())
                 .transpose()?;
             Ok(Payload {
@@ -95,7 +96,7 @@ pub fn payload(body: Value) -> Result<Payload, Rejection> {
             })
         }
         Value::Object(mut obj) if obj.get("batch").is_some_and(Value::is_array) => {
-            let key = key_of(&Value::Object(obj.clone()))?;
+            let key = key_of(&obj)?;
             let sent_at = take(&mut obj, "sent_at");
             let events = match obj.remove("batch") {
                 Some(Value::Array(events)) => events,
@@ -108,7 +109,7 @@ pub fn payload(body: Value) -> Result<Payload, Rejection> {
             })
         }
         Value::Object(mut obj) => {
-            let key = key_of(&Value::Object(obj.clone()))?;
+            let key = key_of(&obj)?;
             let sent_at = take(&mut obj, "sent_at");
             Ok(Payload {
                 key,
@@ -124,10 +125,10 @@ pub fn payload(body: Value) -> Result<Payload, Rejection> {
 }
 
 /// `api_key`, `token` or `properties.token`, whichever comes first.
-fn key_of(event: &Value) -> Result<Option<String>, Rejection> {
+fn key_of(event: &Map<String, Value>) -> Result<Option<String>, Rejection> {
     let found = ["api_key", "token"]
         .iter()
-        .find_map(|f| event.get(f))
+        .find_map(|f| event.get(*f))
         .or_else(|| event.get("properties").and_then(|p| p.get("token")))
         .filter(|k| !k.is_null());
     match found {

@@ -7,7 +7,7 @@
 //! passes in `BEACON_TEST_PYTHON`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,9 +33,9 @@ fn python() -> PathBuf {
 }
 
 /// Run tests/sdk/send.py with one SDK against `host`; fails the test if the SDK gave up.
-async fn run_sdk(sdk: &str, host: &str, base: DateTime<Utc>) {
+async fn run_sdk(python: &Path, sdk: &str, host: &str, base: DateTime<Utc>) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/send.py");
-    let output = tokio::process::Command::new(python())
+    let output = tokio::process::Command::new(python)
         .arg(script)
         .args([sdk, host, SHOP_KEY, &base.to_rfc3339()])
         .kill_on_drop(true)
@@ -296,11 +296,12 @@ fn check_segment(stored: &[Value], base: DateTime<Utc>) {
 /// The SDK sends through a proxy that loses the first response; its retry must
 /// be recognised as the same events.
 async fn lost_response(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
+    let python = python();
     let nats = TestServer::start().await;
     let svc = support::start(&nats, quick_setup()).await;
     let proxy = Proxy::start(&svc.url, Fault::LoseFirstResponse).await;
     let base = base_time();
-    run_sdk(sdk, &proxy.url, base).await;
+    run_sdk(&python, sdk, &proxy.url, base).await;
     let statuses = proxy.statuses();
     assert!(statuses.len() >= 2, "the SDK did not retry: {statuses:?}");
     check(&events(&svc.js).await, base);
@@ -310,6 +311,7 @@ async fn lost_response(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
 /// NATS is away when the SDK first sends: the collector answers 503 (never
 /// 2xx), and once NATS is back the SDK's retry stores every event once.
 async fn nats_away(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
+    let python = python();
     let mut nats = TestServer::start().await;
     let svc: Services = support::start(&nats, quick_setup()).await;
     let proxy = Proxy::start(&svc.url, Fault::None).await;
@@ -317,7 +319,7 @@ async fn nats_away(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
     nats.stop().await;
     let sending = tokio::spawn({
         let (sdk, url) = (sdk.to_owned(), proxy.url.clone());
-        async move { run_sdk(&sdk, &url, base).await }
+        async move { run_sdk(&python, &sdk, &url, base).await }
     });
     eventually("the collector answers 503 while NATS is away", || async {
         proxy.statuses().contains(&503)

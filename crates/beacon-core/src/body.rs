@@ -79,16 +79,7 @@ pub fn parse_body<'a>(
 }
 
 fn finish<'a>(batch: Batch<'a>, limits: &Limits) -> Result<Batch<'a>, BodyError> {
-    if batch.items.len() > limits.max_batch_events {
-        return Err(Rejection::new(
-            Reason::BatchTooLarge,
-            format!(
-                "{} events in one body; at most {} are allowed",
-                batch.items.len(),
-                limits.max_batch_events
-            ),
-        ));
-    }
+    check_batch_size(batch.items.len(), limits)?;
     Ok(batch)
 }
 
@@ -173,20 +164,58 @@ fn single_object<'a>(
     }
 }
 
-/// A whole body as it may be kept in `BEACON_REJECTS`: without any `write_key`
-/// it carries (secrets are never stored). A body that holds one but cannot be
-/// parsed to remove it is withheld entirely (`None`).
+/// Body fields that hold a write key in one protocol or another: Beacon's own,
+/// PostHog's (`api_key`, `token`, also inside `properties`) and Segment's.
+pub const SECRET_FIELDS: &[&str] = &["write_key", "api_key", "token", "writeKey"];
+
+/// A whole body as it may be kept in `BEACON_REJECTS`: without any write key it
+/// carries, at any depth (secrets are never stored). A body that seems to hold
+/// one but cannot be parsed to remove it is withheld entirely (`None`).
 pub fn without_write_key(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
-    if !raw.windows(b"write_key".len()).any(|w| w == b"write_key") {
+    let mentions = |name: &str| raw.windows(name.len()).any(|w| w == name.as_bytes());
+    if !SECRET_FIELDS.iter().any(|name| mentions(name)) {
         return Some(Cow::Borrowed(raw));
     }
-    match serde_json::from_slice::<Value>(raw) {
-        Ok(Value::Object(mut obj)) => {
-            obj.remove("write_key");
-            serde_json::to_vec(&obj).ok().map(Cow::Owned)
+    let mut value = serde_json::from_slice::<Value>(raw).ok()?;
+    strip_secrets(&mut value);
+    serde_json::to_vec(&value).ok().map(Cow::Owned)
+}
+
+/// Remove every [`SECRET_FIELDS`] key from `value`, at any depth.
+pub fn strip_secrets(value: &mut Value) {
+    match value {
+        Value::Object(obj) => {
+            obj.retain(|k, _| !SECRET_FIELDS.contains(&k.as_str()));
+            obj.values_mut().for_each(strip_secrets);
         }
-        _ => None,
+        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        _ => {}
     }
+}
+
+/// An event that arrived in another protocol's format, reshaped into a native
+/// event (or refused while reshaping). `raw` is the original, kept for rejects;
+/// the same size bound applies to it as to a native event.
+pub fn translated_item(
+    raw: Vec<u8>,
+    value: Result<Value, Rejection>,
+    limits: &Limits,
+) -> Item<'static> {
+    sized(Cow::Owned(raw), value, limits)
+}
+
+/// Refuse a batch with more events than one body may carry.
+pub fn check_batch_size(events: usize, limits: &Limits) -> Result<(), BodyError> {
+    if events > limits.max_batch_events {
+        return Err(Rejection::new(
+            Reason::BatchTooLarge,
+            format!(
+                "{events} events in one body; at most {} are allowed",
+                limits.max_batch_events
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_lines<'a>(body: &'a [u8], limits: &Limits) -> Batch<'a> {
@@ -315,6 +344,10 @@ mod tests {
         assert!(!String::from_utf8_lossy(&kept).contains("wk_secret"));
         assert!(without_write_key(br#"{"write_key":"wk_secret", broken"#).is_none());
         assert_eq!(without_write_key(b"[1]").as_deref(), Some(&b"[1]"[..]));
+        // Other protocols' keys, nested too (PostHog puts `token` in properties).
+        let posthog = br#"[{"api_key":"phc_secret","properties":{"token":"phc_secret","a":1}}]"#;
+        let kept = without_write_key(posthog).expect("parsable");
+        assert_eq!(&kept[..], br#"[{"properties":{"a":1}}]"#);
     }
 
     #[test]

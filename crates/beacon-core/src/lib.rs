@@ -5,6 +5,8 @@
 //! server, and every ingest path (HTTP, NATS, SDK-compatible endpoints) shares it.
 
 pub mod body;
+pub mod compat;
+pub mod encoding;
 pub mod enrich;
 pub mod event;
 pub mod limits;

@@ -23,6 +23,10 @@ pub struct Site {
     /// Events a key may send at once above the rate; 0 means twice the rate.
     #[serde(default)]
     pub rate_burst: u32,
+    /// Host names whose events count for this site on the Plausible-compatible
+    /// endpoint (its `domain` field), e.g. `shop.example.com`.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 fn default_rate_limit() -> u32 {
@@ -37,7 +41,28 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
+    let mut domains = HashSet::new();
     for site in sites {
+        for domain in &site.domains {
+            if domain.is_empty()
+                || domain.len() > 253
+                || domain.contains(',')
+                || domain
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_ascii_uppercase())
+            {
+                problems.push(format!(
+                    "sites.{}: {domain:?} is not a domain (lowercase, no spaces or commas)",
+                    site.id
+                ));
+            }
+            if !domains.insert(domain.as_str()) {
+                problems.push(format!(
+                    "sites.{}: domain {domain:?} belongs to two sites",
+                    site.id
+                ));
+            }
+        }
         if !is_valid_site_id(&site.id) {
             problems.push(format!(
                 "sites: {:?} is not a valid site id (lowercase letters, digits, - and _, at most 64)",
@@ -79,6 +104,7 @@ mod tests {
             read_keys: vec![read.into()],
             rate_limit: 0,
             rate_burst: 0,
+            domains: vec![],
         }
     }
 
@@ -97,5 +123,10 @@ mod tests {
         ];
         let problems = site_problems(&sites);
         assert_eq!(problems.len(), 4, "{problems:#?}");
+        let mut a = site("a", "wk_aaaaaaaaaaaaaaaa", "rk_aaaaaaaaaaaaaaaa");
+        let mut b = site("b", "wk_bbbbbbbbbbbbbbbb", "rk_bbbbbbbbbbbbbbbb");
+        a.domains = vec!["a.example".into(), "Bad Domain".into()];
+        b.domains = vec!["a.example".into()];
+        assert_eq!(site_problems(&[a, b]).len(), 2);
     }
 }

@@ -224,10 +224,15 @@ fn content_id(site: &str, obj: &Map<String, Value>) -> String {
     bytes.extend_from_slice(site.as_bytes());
     bytes.push(0);
     bytes.extend_from_slice(&serde_json::to_vec(obj).unwrap_or_default());
-    format!("h{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+    content_hash(&bytes)
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// `h` + 128-bit XXH3 of `bytes`: an id that a resend of the same content repeats.
+pub fn content_hash(bytes: &[u8]) -> String {
+    format!("h{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

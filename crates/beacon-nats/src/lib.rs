@@ -1,10 +1,12 @@
 //! Beacon's NATS layer: connecting with the credentials NATS users have, checking
 //! the server is new enough, provisioning Beacon's streams, publishing events
-//! exactly once, and running a local `nats-server` for single-machine setups.
+//! exactly once, sharing the daily salts of cookieless visitor ids, and running a
+//! local `nats-server` for single-machine setups.
 
 pub mod connect;
 pub mod provision;
 pub mod publish;
+pub mod salts;
 pub mod server;
 
 pub use connect::{ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect};
@@ -13,4 +15,5 @@ pub use provision::{
     StreamSettings, provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
+pub use salts::{SALTS_BUCKET, SaltError, Salts};
 pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};

@@ -96,6 +96,7 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
         read_keys: vec![],
         rate_limit: 0,
         rate_burst: 0,
+        domains: vec![],
     }];
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let running = services::start(

@@ -154,6 +154,7 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple())],
         rate_limit: 10_000,
         rate_burst: 0,
+        domains: vec![],
     };
     let text = format!(
         "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\

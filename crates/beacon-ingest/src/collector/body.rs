@@ -1,16 +1,12 @@
 //! Reading a request body: bounded in size before and after gzip.
 
-use std::io::Read;
-
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
+use beacon_core::encoding::{GZIP_MAGIC, gunzip_bounded};
 use beacon_core::{Reason, Rejection};
-use flate2::read::GzDecoder;
 use http_body_util::LengthLimitError;
 
 use super::error::ApiError;
-
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// The request body, decompressed, at most `limit` bytes either way.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -47,22 +43,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if !gzip {
         return Ok(raw);
     }
-    let mut inflated = Vec::with_capacity(raw.len() * 4);
-    // One byte past the limit tells "exactly at the limit" from "over it" without
-    // inflating a whole zip bomb.
-    GzDecoder::new(&raw[..])
-        .take(limit as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|e| {
-            ApiError::BadRequest(Rejection::new(
-                Reason::InvalidEncoding,
-                format!("the body is not valid gzip: {e}"),
-            ))
-        })?;
-    if inflated.len() > limit {
-        return Err(too_large());
-    }
-    Ok(Bytes::from(inflated))
+    gunzip_bounded(&raw, limit)
+        .map(Bytes::from)
+        .map_err(ApiError::from_rejection)
 }
 
 fn caused_by_length_limit(error: &axum::Error) -> bool {

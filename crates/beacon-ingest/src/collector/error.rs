@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use beacon_core::{Reason, Rejection};
-use serde_json::json;
+
+use super::answer::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -69,36 +69,38 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let (reason, message, retry_after) = match &self {
+impl ApiError {
+    /// The reason code and message a response names.
+    pub fn reason_and_message(&self) -> (&'static str, String) {
+        match self {
             ApiError::BadRequest(r)
             | ApiError::Unauthorized(r)
             | ApiError::TooLarge(r)
-            | ApiError::UnsupportedEncoding(r) => (r.reason.as_str(), r.message.clone(), None),
-            ApiError::RateLimited { retry_after } => (
+            | ApiError::UnsupportedEncoding(r) => (r.reason.as_str(), r.message.clone()),
+            ApiError::RateLimited { .. } => (
                 "rate_limited",
                 "this write key sent more events than its rate limit allows; retry later"
                     .to_owned(),
-                Some(*retry_after),
             ),
-            ApiError::Unavailable {
-                retry_after,
-                message,
-            } => ("unavailable", message.clone(), Some(*retry_after)),
-        };
-        let mut response = (
-            status,
-            Json(json!({"error": {"reason": reason, "message": message}})),
-        )
-            .into_response();
-        if let Some(after) = retry_after {
-            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+            ApiError::Unavailable { message, .. } => ("unavailable", message.clone()),
         }
-        response
+    }
+
+    /// `Retry-After` in whole seconds (at least 1), for 429 and 503.
+    pub fn retry_after_header(&self) -> Option<HeaderValue> {
+        let after = match self {
+            ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after, .. } => {
+                retry_after
+            }
+            _ => return None,
+        };
+        let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+        HeaderValue::from_str(&secs.to_string()).ok()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Protocol::Native.refusal(self)
     }
 }

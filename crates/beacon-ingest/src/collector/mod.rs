@@ -1,11 +1,16 @@
-//! The HTTP collector: `POST /api/v1/events` plus `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP collector: `POST /api/v1/events`, the PostHog-, Segment- and
+//! Plausible-compatible endpoints, plus `/healthz`, `/readyz`, `/metrics`.
 //!
 //! It answers 2xx only after JetStream has acknowledged every accepted event of
 //! the request; when it cannot get those acks in time it answers 503 with
 //! `Retry-After`, and the sender's retry is stored once thanks to the event ids.
 
+pub mod answer;
 mod body;
 pub mod error;
+mod plausible;
+mod posthog;
+mod segment;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,22 +19,22 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use beacon_core::{IdSource, Origin, Reason, Rejection, Site, parse_body};
-use beacon_nats::{PublishFailed, RejectRecord};
-use chrono::Utc;
+use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Site, parse_body};
+use beacon_nats::{PublishFailed, RejectRecord, Salts};
+use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::answer::Protocol;
 pub use self::error::ApiError;
 use crate::metrics::{IN_FLIGHT, RATE_LIMITED, UNAVAILABLE};
 use crate::pipeline::{ItemResult, Pipeline};
@@ -79,6 +84,10 @@ pub struct Collector {
     settings: CollectorSettings,
     partitions: u32,
     keys: HashMap<String, WriteKey>,
+    /// Plausible `domain` → the site's id and the write key its events count against.
+    domains: HashMap<String, (String, String)>,
+    /// Daily salts for Plausible visitor ids, shared with every collector.
+    salts: Salts,
     in_flight: Semaphore,
 }
 
@@ -91,7 +100,13 @@ impl Collector {
         partitions: u32,
     ) -> Self {
         let mut keys = HashMap::new();
+        let mut domains = HashMap::new();
         for site in sites {
+            if let Some(key) = site.write_keys.first() {
+                for domain in &site.domains {
+                    domains.insert(domain.clone(), (site.id.clone(), key.clone()));
+                }
+            }
             for key in &site.write_keys {
                 let rate = NonZeroU32::new(site.rate_limit);
                 // Burst defaults to twice the rate.
@@ -112,12 +127,15 @@ impl Collector {
             }
         }
         let in_flight = Semaphore::new(settings.max_in_flight_events.max(1));
+        let salts = Salts::new(pipeline.publisher().jetstream().clone());
         Collector {
             pipeline,
             client,
             settings,
             partitions,
             keys,
+            domains,
+            salts,
             in_flight,
         }
     }
@@ -136,15 +154,26 @@ impl Collector {
         };
         let cors = CorsLayer::new()
             .allow_origin(origins)
-            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
                 header::CONTENT_ENCODING,
             ])
             .max_age(Duration::from_secs(24 * 3600));
-        Router::new()
-            .route("/api/v1/events", post(post_events).layer(cors))
+        let mut router = Router::new()
+            .route("/api/v1/events", post(post_events).layer(cors.clone()))
+            .route("/v1/{call}", post(segment::calls).layer(cors.clone()))
+            .route("/api/event", post(plausible::event).layer(cors.clone()));
+        for path in posthog::PATHS {
+            router = router.route(
+                path,
+                get(posthog::capture)
+                    .post(posthog::capture)
+                    .layer(cors.clone()),
+            );
+        }
+        router
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { crate::metrics::render() }))
@@ -171,14 +200,6 @@ pub async fn run(
 
 async fn readyz(State(c): State<Arc<Collector>>) -> Response {
     crate::ops::readiness(&c.client)
-}
-
-/// One result per event, numbered by position in the request.
-#[derive(Debug, Serialize)]
-struct Indexed {
-    index: usize,
-    #[serde(flatten)]
-    result: ItemResult,
 }
 
 async fn post_events(
@@ -208,18 +229,51 @@ async fn post_events(
             return Err(refuse(&c, ApiError::from_rejection(r), &raw, site, received_at).await);
         }
     };
-    let Some(key) = header_key.or(batch.write_key.as_deref()) else {
+    let key = header_key.or(batch.write_key.as_deref()).map(str::to_owned);
+    let ip = client_ip(&headers, peer);
+    let submission = Submission {
+        key: key.as_deref(),
+        batch,
+        raw: &raw,
+        received_at,
+        user_agent: user_agent(&headers),
+        ip: Some(&ip),
+    };
+    let results = submit(&c, submission).await?;
+    Ok(Protocol::Native.results(results))
+}
+
+/// A request in any protocol, reshaped into a batch of native events.
+pub(crate) struct Submission<'a> {
+    /// The write key the request carries, wherever it carried it.
+    pub key: Option<&'a str>,
+    pub batch: Batch<'a>,
+    /// The (decoded) body, kept if the request is refused as a whole.
+    pub raw: &'a [u8],
+    pub received_at: DateTime<Utc>,
+    pub user_agent: Option<&'a str>,
+    /// The sender's address, for enrichment; `None` keeps it off the events.
+    pub ip: Option<&'a str>,
+}
+
+/// The part every protocol shares: the write key, the rate limit, the in-flight
+/// bound, then the one pipeline. `Err` is the whole request's refusal.
+pub(crate) async fn submit(c: &Collector, s: Submission<'_>) -> Result<Vec<ItemResult>, ApiError> {
+    let Some(key) = s.key else {
         let r = Rejection::new(
             Reason::MissingKey,
-            "send the site's write key as `Authorization: Bearer <key>` (or `write_key` in the body)",
+            "send the site's write key as `Authorization: Bearer <key>` (or `write_key` in the body); \
+             docs/INGEST.md says where each SDK protocol carries it",
         );
-        return Err(refuse(&c, ApiError::from_rejection(r), &raw, None, received_at).await);
+        return Err(refuse(c, ApiError::from_rejection(r), s.raw, None, s.received_at).await);
     };
     let Some(write_key) = c.keys.get(key) else {
-        return Err(refuse(&c, unknown_key(), &raw, None, received_at).await);
+        return Err(refuse(c, unknown_key(), s.raw, None, s.received_at).await);
     };
 
-    let events = u32::try_from(batch.items.len()).unwrap_or(u32::MAX).max(1);
+    let events = u32::try_from(s.batch.items.len())
+        .unwrap_or(u32::MAX)
+        .max(1);
     if let Some(limiter) = &write_key.limiter {
         let over = match limiter.check_n(NonZeroU32::new(events).unwrap_or(NonZeroU32::MIN)) {
             Ok(Ok(())) => None,
@@ -235,11 +289,11 @@ async fn post_events(
                     ),
                 );
                 return Err(refuse(
-                    &c,
+                    c,
                     ApiError::from_rejection(r),
-                    &raw,
+                    s.raw,
                     Some(&write_key.site),
-                    received_at,
+                    s.received_at,
                 )
                 .await);
             }
@@ -250,13 +304,6 @@ async fn post_events(
         }
     }
 
-    let unavailable = |message: String| {
-        metrics::counter!(UNAVAILABLE).increment(1);
-        ApiError::Unavailable {
-            retry_after: c.settings.retry_after,
-            message,
-        }
-    };
     let permits = events
         .min(u32::try_from(c.settings.max_in_flight_events).unwrap_or(u32::MAX))
         .max(1);
@@ -264,50 +311,88 @@ async fn post_events(
         .await
         .ok()
         .and_then(Result::ok)
-        .ok_or_else(|| unavailable("Beacon is saturated; retry later".to_owned()))?;
+        .ok_or_else(|| c.unavailable("Beacon is saturated; retry later".to_owned()))?;
     let _gauge = InFlight::new(events);
 
-    let ip = client_ip(&headers, peer);
     let origin = Origin {
         site: &write_key.site,
-        received_at,
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
-        ip: Some(&ip),
+        received_at: s.received_at,
+        user_agent: s.user_agent,
+        ip: s.ip,
         id_source: IdSource::Random,
         partitions: c.partitions,
     };
-    let results = match c.pipeline.ingest(batch, &origin, "http").await {
-        Ok(results) => results,
+    match c.pipeline.ingest(s.batch, &origin, "http").await {
+        Ok(results) => Ok(results),
         Err(PublishFailed::Unavailable { last_error, .. }) => {
             tracing::warn!(error = %last_error, "answering 503: NATS did not acknowledge in time");
-            return Err(unavailable(format!(
+            Err(c.unavailable(format!(
                 "NATS did not acknowledge the events in time ({last_error}); retry later"
-            )));
+            )))
         }
-        Err(e @ PublishFailed::Refused(_)) => return Err(unavailable(e.to_string())),
-    };
-
-    let count = |f: fn(&ItemResult) -> bool| results.iter().filter(|r| f(r)).count();
-    let accepted = count(|r| matches!(r, ItemResult::Accepted { .. }));
-    let duplicates = count(|r| matches!(r, ItemResult::Duplicate { .. }));
-    let rejected = results.len() - accepted - duplicates;
-    let status = if accepted + duplicates == 0 {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    let results: Vec<Indexed> = results
-        .into_iter()
-        .enumerate()
-        .map(|(index, result)| Indexed { index, result })
-        .collect();
-    let body = json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results});
-    Ok((status, Json(body)).into_response())
+        Err(e @ PublishFailed::Refused(_)) => Err(c.unavailable(e.to_string())),
+    }
 }
 
-fn unknown_key() -> ApiError {
+impl Collector {
+    /// 503: the sender should send the same request again after `Retry-After`.
+    pub(crate) fn unavailable(&self, message: String) -> ApiError {
+        metrics::counter!(UNAVAILABLE).increment(1);
+        ApiError::Unavailable {
+            retry_after: self.settings.retry_after,
+            message,
+        }
+    }
+}
+
+/// A request to one of the other protocols' endpoints: what the shared steps
+/// after translation need, and the protocol that shapes the answers.
+pub(crate) struct Compat<'a> {
+    pub protocol: Protocol,
+    pub received_at: DateTime<Utc>,
+    pub headers: &'a HeaderMap,
+}
+
+impl Compat<'_> {
+    /// Record a whole-request refusal, then answer it in the protocol's shape.
+    pub async fn refuse(&self, c: &Collector, error: ApiError, raw: &[u8]) -> Response {
+        self.protocol
+            .refusal(refuse(c, error, raw, None, self.received_at).await)
+    }
+
+    /// Submit the translated events (or refuse the request, when translating
+    /// refused it as a whole) and answer in the protocol's shape.
+    pub async fn submit(
+        &self,
+        c: &Collector,
+        key: Option<&str>,
+        translated: Result<Vec<Item<'static>>, Rejection>,
+        raw: &[u8],
+        ip: Option<&str>,
+    ) -> Response {
+        let items = match translated {
+            Ok(items) => items,
+            Err(r) => return self.refuse(c, ApiError::from_rejection(r), raw).await,
+        };
+        let submission = Submission {
+            key,
+            batch: Batch {
+                write_key: None,
+                items,
+            },
+            raw,
+            received_at: self.received_at,
+            user_agent: user_agent(self.headers),
+            ip,
+        };
+        match submit(c, submission).await {
+            Ok(results) => self.protocol.results(results),
+            Err(e) => self.protocol.refusal(e),
+        }
+    }
+}
+
+pub(crate) fn unknown_key() -> ApiError {
     ApiError::from_rejection(Rejection::new(
         Reason::UnknownKey,
         "the write key is not known to Beacon",
@@ -317,7 +402,7 @@ fn unknown_key() -> ApiError {
 /// Record an input refused as a whole, then give back the error to answer with.
 /// Recorded before answering, so the sender can find it in `BEACON_REJECTS` at once;
 /// failing to record it never changes the answer (it is logged).
-async fn refuse(
+pub(crate) async fn refuse(
     c: &Collector,
     error: ApiError,
     raw: &[u8],
@@ -355,7 +440,7 @@ impl Drop for InFlight {
     }
 }
 
-fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
@@ -376,8 +461,14 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
         })
 }
 
+pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The sender's address: the first `X-Forwarded-For` hop behind a proxy, else the peer.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+pub(crate) fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
     static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     headers
         .get(&FORWARDED_FOR)

@@ -1,5 +1,7 @@
 mod collector;
+mod compat;
 mod normalizer;
 mod provisioning;
+mod sdk;
 mod server;
 mod support;

@@ -46,6 +46,7 @@ impl Default for Setup {
                     read_keys: vec![],
                     rate_limit: 0,
                     rate_burst: 0,
+                    domains: vec!["shop.example".into()],
                 },
                 Site {
                     id: "blog".into(),
@@ -53,6 +54,7 @@ impl Default for Setup {
                     read_keys: vec![],
                     rate_limit: 1,
                     rate_burst: 5,
+                    domains: vec!["blog.example".into()],
                 },
             ],
         }
@@ -132,13 +134,28 @@ impl Services {
         headers: &[(&str, &str)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, serde_json::Value) {
+        let bearer = format!("Bearer {key}");
+        let mut all = headers.to_vec();
+        if !key.is_empty() {
+            all.push(("authorization", &bearer));
+        }
+        self.send(reqwest::Method::POST, "/api/v1/events", &all, body)
+            .await
+    }
+
+    /// Send `body` to any collector path with the given headers; the answer's
+    /// status and its body (JSON when it is JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
         let mut request = self
             .http
-            .post(format!("{}/api/v1/events", self.url))
+            .request(method, format!("{}{path}", self.url))
             .body(body);
-        if !key.is_empty() {
-            request = request.bearer_auth(key);
-        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -200,6 +217,29 @@ pub async fn reject_reasons(js: &jetstream::Context) -> Vec<String> {
                 .map(|v| v.as_str().to_owned())
         })
         .collect()
+}
+
+/// Every stored reject as (reason, payload as text).
+pub async fn rejects(js: &jetstream::Context) -> Vec<(String, String)> {
+    messages(js, beacon_nats::REJECTS_STREAM)
+        .await
+        .iter()
+        .map(|m| {
+            let reason = m
+                .headers
+                .get("Beacon-Reason")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            (reason, String::from_utf8_lossy(&m.payload).into_owned())
+        })
+        .collect()
+}
+
+/// The stored event with this id; fails unless there is exactly one.
+pub fn only<'a>(stored: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = stored.iter().filter(|e| e["id"] == id).collect();
+    assert_eq!(found.len(), 1, "event {id} is stored {} times", found.len());
+    found[0]
 }
 
 /// Wait (bounded) until `check` holds; the bound only guards against hangs.

@@ -1,0 +1,70 @@
+//! The Plausible-compatible `POST /api/event`. The site comes from `domain`,
+//! the visitor from a daily-salted hash of address and user agent; the address
+//! itself never reaches the event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use beacon_core::compat::{parse_json, plausible, translate_all};
+use beacon_core::{Reason, Rejection};
+use chrono::Utc;
+
+use super::answer::Protocol;
+use super::{ApiError, Collector, Compat, body, client_ip, user_agent};
+
+pub async fn event(
+    State(c): State<Arc<Collector>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received_at = Utc::now();
+    let compat = Compat {
+        protocol: Protocol::Plausible,
+        received_at,
+        headers: &headers,
+    };
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+        Ok(raw) => raw,
+        Err(e) => return compat.refuse(&c, e, b"").await,
+    };
+    let request = match parse_json(&raw).and_then(plausible::request) {
+        Ok(request) => request,
+        Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
+    };
+    let Some((site, key)) = request.domains.iter().find_map(|d| c.domains.get(d)) else {
+        let r = Rejection::new(
+            Reason::UnknownSite,
+            format!(
+                "no site has the domain {:?}; list it in the site's `domains`",
+                request.domains.join(",")
+            ),
+        );
+        return compat.refuse(&c, ApiError::from_rejection(r), &raw).await;
+    };
+    let salt = match c.salts.for_day(received_at.date_naive()).await {
+        Ok(salt) => salt,
+        Err(e) => {
+            tracing::warn!(error = %e, "answering 503: no visitor salt");
+            return compat
+                .protocol
+                .refusal(c.unavailable(format!("{e}; retry later")));
+        }
+    };
+    let agent = user_agent(&headers);
+    let visitor = plausible::visitor_id(
+        &salt,
+        site,
+        &client_ip(&headers, peer),
+        agent.unwrap_or_default(),
+    );
+    let translated = translate_all(vec![request.event], c.pipeline.limits(), |event, _| {
+        plausible::translate(event, visitor.clone())
+    });
+    // Plausible's promise: the address is hashed, never stored.
+    compat.submit(&c, Some(key), translated, &raw, None).await
+}

@@ -8,6 +8,7 @@
 pub mod lease;
 pub mod metrics;
 pub mod owner;
+pub mod progress;
 pub mod settings;
 pub mod store;
 
@@ -21,6 +22,7 @@ use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use self::progress::{Progress, progress, view};
 pub use self::settings::AggregatorSettings;
 pub use self::store::{StoreError, load, rollup_subject};
 use crate::lease::Lease;

@@ -1,7 +1,8 @@
-//! `beacon status`: the NATS server, Beacon's streams and their consumers.
+//! `beacon status`: the NATS server, Beacon's streams and their consumers, and
+//! each partition's owner and how far its aggregation lags behind the stream.
 
 use anyhow::Context as _;
-use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, connect};
+use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM, connect};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
@@ -20,18 +21,22 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
     let info = client.server_info();
     let js = async_nats::jetstream::new(client.clone());
     let mut streams = Vec::new();
-    for name in [EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM] {
+    let mut partitions = None;
+    for name in [EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM] {
         let Ok(mut stream) = js.get_stream(name).await else {
             streams.push(json!({"name": name, "exists": false}));
             continue;
         };
         let state = stream.info().await?.state.clone();
-        let partitions = stream
+        let partitions_of = stream
             .cached_info()
             .config
             .metadata
             .get("beacon.partitions")
             .cloned();
+        if name == EVENTS_STREAM {
+            partitions = partitions_of.as_deref().and_then(|p| p.parse::<u32>().ok());
+        }
         let consumers: Vec<Value> = stream
             .consumers()
             .map_ok(|c| json!({"name": c.name, "pending": c.num_pending, "ack_pending": c.num_ack_pending, "redelivered": c.num_redelivered}))
@@ -41,12 +46,20 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         streams.push(json!({
             "name": name, "exists": true, "messages": state.messages, "bytes": state.bytes,
             "first_seq": state.first_sequence, "last_seq": state.last_sequence,
-            "partitions": partitions, "consumers": consumers,
+            "partitions": partitions_of, "consumers": consumers,
         }));
     }
+    let progress = match partitions {
+        Some(p) => beacon_aggregate::progress(&js, p).await?,
+        None => Vec::new(),
+    };
     let report = json!({
         "server": {"version": info.version, "name": info.server_name, "url": config.nats.urls.join(","), "jetstream": true},
         "streams": streams,
+        "partitions": progress.iter().map(|p| json!({
+            "partition": p.partition, "owner": p.owner, "committed": p.committed,
+            "last_event": p.last_event, "lag": p.lag(),
+        })).collect::<Vec<_>>(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -92,6 +105,22 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
                 c["pending"],
                 c["ack_pending"],
                 c["redelivered"]
+            );
+        }
+    }
+    if !progress.is_empty() {
+        println!(
+            "\n{:<10} {:<22} {:>12} {:>12} {:>8}",
+            "PARTITION", "OWNER", "COMMITTED", "LAST EVENT", "LAG"
+        );
+        for p in &progress {
+            println!(
+                "{:<10} {:<22} {:>12} {:>12} {:>8}",
+                p.partition,
+                p.owner.as_deref().unwrap_or("(none)"),
+                p.committed,
+                p.last_event,
+                p.lag()
             );
         }
     }

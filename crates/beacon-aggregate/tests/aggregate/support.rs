@@ -1,13 +1,11 @@
 //! A test nats-server with Beacon's streams, in-process aggregators, and
 //! reading the committed rollups back.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use beacon_aggregate::{AggregatorSettings, load, store};
+use beacon_aggregate::AggregatorSettings;
 use beacon_core::rollup::{Retention, View};
-use beacon_nats::ROLLUPS_STREAM;
 use beacon_nats::{StreamSettings, provision};
 use beacon_testing::TestServer;
 use tokio::sync::watch;
@@ -82,28 +80,22 @@ impl Running {
     }
 }
 
-/// Wait (bounded) until every partition has committed up to `last`.
-pub async fn wait_committed(js: &jetstream::Context, last: &BTreeMap<u32, u64>, within: Duration) {
-    let stream = js.get_stream(ROLLUPS_STREAM).await.expect("rollup stream");
+/// Wait (bounded) until every partition has committed all of its events.
+pub async fn wait_committed(js: &jetstream::Context, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let mut behind = Vec::new();
-        for (p, seq) in last {
-            let committed = store::committed_seq(&stream, *p)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-            if committed < *seq {
-                behind.push((*p, committed, *seq));
-            }
-        }
+        let behind: Vec<_> = beacon_aggregate::progress(js, PARTITIONS)
+            .await
+            .expect("progress")
+            .into_iter()
+            .filter(|p| p.lag() > 0)
+            .collect();
         if behind.is_empty() {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "partitions still behind (partition, committed, last): {behind:?}"
+            "partitions still behind: {behind:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -111,10 +103,5 @@ pub async fn wait_committed(js: &jetstream::Context, last: &BTreeMap<u32, u64>, 
 
 /// Every partition's committed state, loaded as a new owner would.
 pub async fn view(js: &jetstream::Context) -> View {
-    let stream = js.get_stream(ROLLUPS_STREAM).await.expect("rollup stream");
-    let mut states = Vec::new();
-    for p in 0..PARTITIONS {
-        states.push(load(&stream, p).await.expect("load").state);
-    }
-    View::new(states)
+    beacon_aggregate::view(js, PARTITIONS).await.expect("view")
 }

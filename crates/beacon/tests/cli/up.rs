@@ -62,6 +62,32 @@ async fn up_starts_everything_and_stops_cleanly() {
             .as_str()
             .is_some_and(|v| v.starts_with("2."))
     );
+    // The aggregator inside `up` owns every partition and counts the event.
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let status = beacon(dir.path())
+            .args(["status", "--json"])
+            .output()
+            .await
+            .expect("status runs");
+        let report: serde_json::Value =
+            serde_json::from_slice(&status.stdout).expect("status JSON");
+        let partitions = report["partitions"].as_array().expect("partitions").clone();
+        assert_eq!(partitions.len(), 16);
+        let owned = partitions.iter().all(|p| p["owner"].is_string());
+        let counted = partitions
+            .iter()
+            .any(|p| p["last_event"].as_u64() > Some(0) && p["lag"] == 0);
+        if owned && counted {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        caught_up,
+        "the event was aggregated and every partition has an owner"
+    );
 
     sigterm(&child);
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())

@@ -1,0 +1,175 @@
+//! Aggregator processes killed, paused, joining and leaving while events
+//! stream in, and the nats-server restarted under them: at the end every
+//! number equals a ground truth computed by the test, exactly.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use beacon_core::rollup::Granularity;
+use beacon_testing::TestServer;
+use beacon_testing::truth::{Shape, Truth, generate, publish};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::Child;
+
+use super::process::{beacon, sigterm, spawn_until};
+
+const PARTITIONS: u32 = 8;
+
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("beacon.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[streams]\npartitions = {PARTITIONS}\n\
+             [aggregator]\ncommit_interval = \"100ms\"\nlease_ttl = \"3s\"\n\
+             [aggregator.retention]\nminute = \"40days\"\n\
+             [[sites]]\nid = \"site-0\"\nwrite_keys = [\"wk_test_site_000000000\"]\n"
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+async fn aggregator(dir: &Path, config: &Path, nats: &TestServer) -> Child {
+    let mut command = beacon(dir);
+    command
+        .args(["aggregator", "--nats-url", &nats.url(), "--config"])
+        .arg(config);
+    spawn_until(command, "aggregator sharing").await.0
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let pid = i32::try_from(child.id().expect("running")).expect("pid");
+    kill(Pid::from_raw(pid), signal).expect("signal");
+}
+
+async fn sigkill(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+}
+
+fn shape(seed: u64) -> Shape {
+    Shape {
+        seed,
+        sites: 2,
+        users: 5_000,
+        events: 60_000,
+        days: 3,
+        end_ms: chrono::Utc::now().timestamp_millis(),
+        partitions: PARTITIONS,
+    }
+}
+
+/// Wait until no partition lags, then compare every cell with the truth.
+async fn assert_truth(nats: &TestServer, truth: &Truth) {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let progress = beacon_aggregate::progress(&js, PARTITIONS)
+            .await
+            .expect("progress");
+        if progress.iter().all(|p| p.lag() == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregation never caught up: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let view = beacon_aggregate::view(&js, PARTITIONS).await.expect("view");
+    let diffs = truth.differences(&view, 0.02);
+    assert!(
+        diffs.is_empty(),
+        "{} differences, first: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregators_killed_paused_joining_and_leaving_count_each_event_once() {
+    let nats = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let events = generate(shape(11));
+    let truth = Truth::of(&events, &Granularity::ALL, 30 * 60_000);
+    let js = async_nats::jetstream::new(nats.client().await);
+
+    let mut a = aggregator(dir.path(), &config, &nats).await;
+    let mut b = None;
+    let mut c = None;
+    for (i, chunk) in events.chunks(events.len() / 10).enumerate() {
+        publish(&js, chunk).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match i {
+            0 => b = Some(aggregator(dir.path(), &config, &nats).await),
+            1 => c = Some(aggregator(dir.path(), &config, &nats).await),
+            2 => {
+                sigkill(a).await;
+                a = aggregator(dir.path(), &config, &nats).await;
+            }
+            // A paused owner: its leases expire and move while it sleeps; when it
+            // wakes up it must not write over its successors.
+            3 => signal(b.as_ref().expect("b"), Signal::SIGSTOP),
+            4 => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                signal(b.as_ref().expect("b"), Signal::SIGCONT);
+            }
+            5 => sigkill(c.take().expect("c")).await,
+            6 => {
+                sigterm(&a);
+                let _ = a.wait().await;
+                a = aggregator(dir.path(), &config, &nats).await;
+            }
+            7 => sigkill(b.take().expect("b")).await,
+            _ => {}
+        }
+    }
+    assert_truth(&nats, &truth).await;
+    sigterm(&a);
+    let stopped = a.wait().await.expect("exit");
+    assert!(stopped.success(), "a clean stop exits 0: {stopped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
+    let mut nats = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let events = generate(shape(12));
+    let truth = Truth::of(&events, &Granularity::ALL, 30 * 60_000);
+
+    let mut a = aggregator(dir.path(), &config, &nats).await;
+    let b = aggregator(dir.path(), &config, &nats).await;
+    for (i, chunk) in events.chunks(events.len() / 8).enumerate() {
+        let js = async_nats::jetstream::new(nats.client().await);
+        publish(&js, chunk).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match i {
+            2 => nats.restart().await,
+            4 => {
+                sigkill(a).await;
+                a = aggregator(dir.path(), &config, &nats).await;
+            }
+            5 => {
+                // A crash of the server, not a clean stop.
+                nats.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                nats.resume().await;
+            }
+            _ => {}
+        }
+    }
+    assert_truth(&nats, &truth).await;
+    for child in [a, b] {
+        sigterm(&child);
+        let _ = tokio::time::timeout(Duration::from_secs(30), async move {
+            let mut child = child;
+            child.wait().await
+        })
+        .await
+        .expect("stops");
+    }
+}

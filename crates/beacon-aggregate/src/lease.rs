@@ -119,17 +119,27 @@ impl Lease {
         })
     }
 
-    /// Extend the lease; `false` when it was lost (expired and taken, or gone).
+    /// Extend the lease; `false` only when it is known to be lost (expired and
+    /// taken by another, or gone). When NATS cannot tell, the lease is kept: the
+    /// log's fencing, not the lease, is what protects the numbers.
     pub async fn renew(&mut self, kv: &Store) -> bool {
-        match kv
+        if let Ok(revision) = kv
             .update(&self.key, self.id.clone().into(), self.revision)
             .await
         {
-            Ok(revision) => {
-                self.revision = revision;
+            self.revision = revision;
+            return true;
+        }
+        // The update may have landed without an answer: the entry says whose it is.
+        match kv.entry(&self.key).await {
+            Ok(Some(entry))
+                if entry.operation == kv::Operation::Put && entry.value == self.id.as_bytes() =>
+            {
+                self.revision = entry.revision;
                 true
             }
-            Err(_) => false,
+            Ok(_) => false,
+            Err(_) => true,
         }
     }
 

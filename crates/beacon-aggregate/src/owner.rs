@@ -158,6 +158,11 @@ impl Owner {
         let Ok(info) = message.info() else { return };
         let seq = info.stream_sequence;
         self.lag = info.pending;
+        // A consumer recreated by the client before its first delivery starts
+        // over from the stream's beginning: what is counted already is skipped.
+        if seq <= self.working.through_seq() {
+            return;
+        }
         match serde_json::from_slice::<Event>(&message.payload) {
             Ok(event) => match self.working.apply_event(&event, seq) {
                 Outcome::Counted => metrics::counter!(APPLIED).increment(1),

@@ -173,15 +173,15 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         .map_err(StoreError::unavailable)?;
     let mut messages = consumer.messages().await.map_err(StoreError::unavailable)?;
     let mut record: Option<(PartHeader, Vec<u8>)> = None;
+    let mut first_seq = None;
     while let Some(message) = tokio::time::timeout(Duration::from_secs(30), messages.next())
         .await
         .map_err(|_| StoreError::Unavailable("reading the rollup log timed out".into()))?
     {
         let message = message.map_err(StoreError::unavailable)?;
-        let seq = message
-            .info()
-            .map_err(StoreError::unavailable)?
-            .stream_sequence;
+        let info = message.info().map_err(StoreError::unavailable)?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let first_seq = *first_seq.get_or_insert(seq);
         let header = message
             .headers
             .as_ref()
@@ -205,7 +205,14 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
             fold(&mut loaded, partition, seq, open.kind, &bytes)?;
         }
         if seq >= last {
-            break;
+            // Done, unless a record is open. If the read began at or before
+            // `last`, the state already holds everything committed by then and
+            // the open record is a later one still being written: leave it.
+            // If it began after `last`, the log was trimmed under us and this
+            // is the snapshot that replaced it: read it to the end.
+            if record.is_none() || (first_seq <= last && pending == 0) {
+                break;
+            }
         }
     }
     Ok(loaded)
@@ -250,7 +257,28 @@ pub struct Log {
     owner: String,
     last: u64,
     records: u64,
+    /// A record whose append failed part-way: retrying the same record resumes
+    /// it under the same id, so a part that landed late is recognised as ours.
+    unfinished: Option<Unfinished>,
     attempt_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Unfinished {
+    id: String,
+    next_part: usize,
+    first: u64,
+    /// Which record this was: another one starts afresh, leaving this one
+    /// incomplete (readers ignore it).
+    digest: u64,
+}
+
+fn digest(kind: Kind, bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    kind.as_str().hash(&mut h);
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 impl Log {
@@ -263,6 +291,7 @@ impl Log {
             owner: owner.to_owned(),
             last,
             records: 0,
+            unfinished: None,
             attempt_timeout: Duration::from_secs(5),
         }
     }
@@ -302,33 +331,63 @@ impl Log {
         Ok(bytes.len())
     }
 
-    /// Append one record (split into parts); returns the sequence of its first part.
+    /// Append one record (split into parts); returns the sequence of its first
+    /// part. After a failure, call again with the same record to resume it.
     async fn append(
         &mut self,
         kind: Kind,
         bytes: &[u8],
         through_seq: u64,
     ) -> Result<u64, StoreError> {
-        self.records += 1;
-        let id = format!("{}-{}", self.owner, self.records);
+        let digest = digest(kind, bytes);
+        let Unfinished {
+            id,
+            next_part,
+            mut first,
+            ..
+        } = match self.unfinished.take() {
+            Some(u) if u.digest == digest => u,
+            _ => {
+                self.records += 1;
+                Unfinished {
+                    id: format!("{}-{}", self.owner, self.records),
+                    next_part: 0,
+                    first: 0,
+                    digest,
+                }
+            }
+        };
         let chunks: Vec<&[u8]> = if bytes.is_empty() {
             vec![&[]]
         } else {
             bytes.chunks(PART_BYTES).collect()
         };
-        let mut first = 0;
-        for (i, chunk) in chunks.iter().enumerate() {
+        for (i, chunk) in chunks.iter().enumerate().skip(next_part) {
             let header = PartHeader {
                 kind,
                 id: id.clone(),
                 part: i + 1,
                 parts: chunks.len(),
             };
-            let seq = self
-                .append_part(&header.render(), Bytes::copy_from_slice(chunk), through_seq)
-                .await?;
-            if i == 0 {
-                first = seq;
+            // Only a complete record reaches a sequence; readers of progress
+            // look at the last message, so only the final part says so.
+            let through = (i + 1 == chunks.len()).then_some(through_seq);
+            match self
+                .append_part(&header.render(), Bytes::copy_from_slice(chunk), through)
+                .await
+            {
+                Ok(seq) if i == 0 => first = seq,
+                Ok(_) => {}
+                Err(e @ StoreError::Unavailable(_)) => {
+                    self.unfinished = Some(Unfinished {
+                        id,
+                        next_part: i,
+                        first,
+                        digest,
+                    });
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(first)
@@ -340,11 +399,13 @@ impl Log {
         &mut self,
         part: &str,
         payload: Bytes,
-        through_seq: u64,
+        through_seq: Option<u64>,
     ) -> Result<u64, StoreError> {
         let mut headers = HeaderMap::new();
         headers.insert(RECORD, part);
-        headers.insert(THROUGH_SEQ, through_seq.to_string().as_str());
+        if let Some(seq) = through_seq {
+            headers.insert(THROUGH_SEQ, seq.to_string().as_str());
+        }
         headers.insert(OWNER, self.owner.as_str());
         let publish = PublishMessage::build()
             .payload(payload)

@@ -458,6 +458,12 @@ pub fn parse_revenue(raw: &Value) -> Result<Revenue, Rejection> {
         _ => None,
     }
     .ok_or_else(|| bad("revenue.amount must be a decimal number, e.g. \"19.99\"".to_owned()))?;
+    // Rollups add amounts up exactly; a bound keeps any sum far from Decimal's limit.
+    if amount.abs() > Decimal::from(MAX_REVENUE) {
+        return Err(bad(format!(
+            "revenue.amount must be between -{MAX_REVENUE} and {MAX_REVENUE}"
+        )));
+    }
     let currency = obj
         .get("currency")
         .and_then(Value::as_str)
@@ -471,6 +477,9 @@ pub fn parse_revenue(raw: &Value) -> Result<Revenue, Rejection> {
         currency: currency.code().to_owned(),
     })
 }
+
+/// Largest revenue amount one event may carry (in either direction, refunds included).
+pub const MAX_REVENUE: i64 = 1_000_000_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -646,6 +655,12 @@ mod tests {
         assert_eq!(
             reason(
                 json!({"name": "x", "user_id": "u", "revenue": {"amount": "1", "currency": "XYZ"}})
+            ),
+            Reason::InvalidRevenue
+        );
+        assert_eq!(
+            reason(
+                json!({"name": "x", "user_id": "u", "revenue": {"amount": "79228162514264337593543950335", "currency": "USD"}})
             ),
             Reason::InvalidRevenue
         );

@@ -1,4 +1,5 @@
 mod fencing;
+mod restart;
 mod retention;
 mod support;
 mod truth;

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 pub const PARTITIONS: u32 = 8;
 
 pub struct Setup {
-    pub _nats: TestServer,
+    pub nats: TestServer,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
 }
@@ -32,11 +32,7 @@ pub async fn setup() -> Setup {
     )
     .await
     .expect("provision");
-    Setup {
-        _nats: nats,
-        client,
-        js,
-    }
+    Setup { nats, client, js }
 }
 
 /// Fast commits and leases; minute buckets kept for a month so data spread over

@@ -1,7 +1,7 @@
 //! Rollup cells: everything counted for one site in one time bucket, and the
 //! delta form the same figures take between two commits.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use datasketches::hll::{HllSketch, HllType};
 use rust_decimal::Decimal;
@@ -129,7 +129,9 @@ impl Counters {
         self.events.merge(&other.events);
         self.pageviews += other.pageviews;
         for (currency, amount) in &other.revenue {
-            *self.revenue.entry(currency.clone()).or_default() += *amount;
+            let sum = self.revenue.entry(currency.clone()).or_default();
+            // Amounts are bounded at ingest; saturating keeps even absurd totals from panicking.
+            *sum = sum.saturating_add(*amount);
         }
         merge_dims(&mut self.dims, &other.dims);
         for (name, dims) in &other.by_name {
@@ -239,11 +241,12 @@ impl Cell {
 }
 
 /// What one commit adds to a cell: counter increments and the hashes of the
-/// users seen (a sketch update is idempotent, but each delta is applied once anyway).
+/// users seen, in sorted order: a sketch's estimate depends on the order of its
+/// updates, and the owner and every replay must feed them identically.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellDelta {
     pub counters: Counters,
-    pub users: HashSet<u64>,
+    pub users: BTreeSet<u64>,
 }
 
 /// An empty unique-user sketch of Beacon's precision.

@@ -182,9 +182,15 @@ impl Working {
     }
 
     fn reset_pending(&mut self, now_ms: i64) {
+        // Never behind what was applied already: an owner whose clock lags its
+        // predecessor's must not bring back a bucket retention has dropped.
+        let mut cutoffs = self.settings.retention.cutoffs(now_ms);
+        for (c, applied) in cutoffs.iter_mut().zip(self.state.cutoffs) {
+            *c = (*c).max(applied);
+        }
         self.pending = Delta {
             through_seq: self.state.through_seq,
-            cutoffs: self.settings.retention.cutoffs(now_ms),
+            cutoffs,
             top_n: self.settings.top_n,
             forget_before: i64::MIN,
             ..Delta::default()
@@ -238,7 +244,8 @@ impl Working {
                 c.pageviews += 1;
             }
             if let Some(revenue) = &event.revenue {
-                *c.revenue.entry(revenue.currency.clone()).or_default() += revenue.amount;
+                let sum = c.revenue.entry(revenue.currency.clone()).or_default();
+                *sum = sum.saturating_add(revenue.amount);
             }
             for d in DIMENSIONS {
                 c.dims[d.index()].add(d.of(event), 1);

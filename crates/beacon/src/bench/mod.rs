@@ -1,6 +1,8 @@
 //! `beacon bench`: throughput measured on this machine, side by side with the
 //! raw JetStream ceiling for the same payloads in the same run.
 
+mod aggregate;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ use crate::services::{self, Roles};
 pub enum Stage {
     /// Raw JetStream publish ceiling vs. events/s through the HTTP collector.
     Ingest(IngestArgs),
+    /// Events/s one aggregator process counts, commit latency, memory.
+    Aggregate(aggregate::AggregateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +53,7 @@ pub struct IngestArgs {
 pub async fn run(stage: Stage, nats_urls: &[String]) -> anyhow::Result<()> {
     match stage {
         Stage::Ingest(args) => ingest(args, nats_urls).await,
+        Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
     }
 }
 
@@ -61,18 +66,8 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
     if args.events == 0 || args.batch == 0 || args.concurrency == 0 || args.window == 0 {
         bail!("--events, --batch, --concurrency and --window must be positive");
     }
-    // Our own server unless pointed at one; it is stopped and its store removed at the end.
-    let scratch = tempfile::Builder::new().prefix("beacon-bench-").tempdir()?;
-    let mut local = None;
-    let urls = if nats_urls.is_empty() {
-        let binary = find_server_binary(None)?;
-        let server = LocalServer::start(&binary, scratch.path(), 0).await?;
-        let url = server.url();
-        local = Some(server);
-        vec![url]
-    } else {
-        nats_urls.to_vec()
-    };
+    let nats = BenchNats::start(nats_urls).await?;
+    let urls = nats.urls.clone();
 
     let events = sample_events(args.events);
     let canonical = canonical_payloads(&events)?;
@@ -117,9 +112,7 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
     let (collector, accepted) = http_ingest(addr, &bodies, args.concurrency).await?;
     eprintln!("collector over HTTP: {collector:.0} events/s ({accepted} accepted)");
     let service_result = running.run_until(stop, async {}).await;
-    if let Some(mut server) = local {
-        server.stop().await;
-    }
+    nats.stop().await;
     service_result?;
     if accepted != args.events {
         bail!("only {accepted} of {} events were accepted", args.events);
@@ -220,14 +213,29 @@ async fn raw_ceiling(
         ..Default::default()
     })
     .await?;
+    let messages = payloads.iter().enumerate().map(|(i, (id, payload))| {
+        Outgoing::deduped(format!("beacon-bench.raw.{}", i % 16), id, payload.clone())
+    });
+    let rate = pipelined_publish(&js, messages, window).await?;
+    js.delete_stream(name).await?;
+    Ok(rate)
+}
+
+/// Publish every message with `window` acks outstanding; returns messages/s.
+async fn pipelined_publish(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = Outgoing>,
+    window: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
+    let mut sent = 0usize;
     let mut acks = futures::stream::FuturesUnordered::new();
-    for (i, (id, payload)) in payloads.iter().enumerate() {
-        let m = Outgoing::deduped(format!("beacon-bench.raw.{}", i % 16), id, payload.clone());
+    for m in messages {
         let publish = jetstream::message::PublishMessage::build()
             .headers(m.headers)
             .payload(m.payload);
         acks.push(js.send_publish(m.subject, publish).await?.into_future());
+        sent += 1;
         if acks.len() >= window {
             acks.next().await.transpose()?;
         }
@@ -235,9 +243,50 @@ async fn raw_ceiling(
     while let Some(ack) = acks.next().await {
         ack?;
     }
-    let rate = payloads.len() as f64 / started.elapsed().as_secs_f64();
-    js.delete_stream(name).await?;
-    Ok(rate)
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The NATS a benchmark runs against: its own scratch server unless pointed at
+/// one; the scratch server is stopped and its store removed at the end.
+struct BenchNats {
+    urls: Vec<String>,
+    local: Option<LocalServer>,
+    scratch: tempfile::TempDir,
+}
+
+impl BenchNats {
+    async fn start(nats_urls: &[String]) -> anyhow::Result<BenchNats> {
+        let scratch = tempfile::Builder::new().prefix("beacon-bench-").tempdir()?;
+        if !nats_urls.is_empty() {
+            return Ok(BenchNats {
+                urls: nats_urls.to_vec(),
+                local: None,
+                scratch,
+            });
+        }
+        let binary = find_server_binary(None)?;
+        let server = LocalServer::start(&binary, &scratch.path().join("nats"), 0).await?;
+        Ok(BenchNats {
+            urls: vec![server.url()],
+            local: Some(server),
+            scratch,
+        })
+    }
+
+    async fn stop(self) {
+        if let Some(mut server) = self.local {
+            server.stop().await;
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
 }
 
 /// Send every body to the collector from `concurrency` workers; events/s and accepted count.

@@ -1,0 +1,371 @@
+//! `beacon bench aggregate`: how fast one aggregator process counts a day of
+//! events from many users, what its commits cost, and how much memory it needs.
+//! The events are published first; then an aggregator is started as its own
+//! process and timed until every partition has committed all of them.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream;
+use beacon_core::event::{Context, Event, Revenue};
+use beacon_core::partition_of;
+use beacon_core::rollup::Granularity;
+use beacon_core::subject::event_subject;
+use beacon_nats::publish::Outgoing;
+use beacon_nats::{StreamSettings, provision};
+use bytes::Bytes;
+use clap::Args;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{BenchNats, pipelined_publish};
+
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    /// Events in the day to count.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Distinct users behind them.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    /// A short run (50,000 events from 5,000 users) that checks every figure can be measured.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const PARTITIONS: u32 = 16;
+const SITE: &str = "bench";
+
+pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+    if !nats_urls.is_empty() {
+        bail!(
+            "the aggregation benchmark fills Beacon's own streams, so it only runs on the empty nats-server it starts itself; drop --nats-url"
+        );
+    }
+    if args.quick {
+        args.events = args.events.min(50_000);
+        args.users = args.users.min(5_000);
+    }
+    if args.events == 0 || args.users == 0 {
+        bail!("--events and --users must be positive");
+    }
+    let nats = BenchNats::start(&[]).await?;
+    let client = async_nats::connect(nats.urls.clone()).await?;
+    let js = jetstream::new(client.clone());
+    provision(
+        &js,
+        &StreamSettings {
+            partitions: PARTITIONS,
+            ..StreamSettings::default()
+        },
+    )
+    .await?;
+
+    let events = day_of_events(args.events, args.users);
+    let outgoing: Vec<Outgoing> = events
+        .iter()
+        .map(|e| {
+            Ok(Outgoing::deduped(
+                event_subject(e.partition, &e.site, &e.name),
+                &e.dedupe_id(),
+                Bytes::from(serde_json::to_vec(e)?),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let published = pipelined_publish(&js, outgoing, 4096).await?;
+    eprintln!(
+        "published {} events from {} users over a day ({published:.0} events/s)",
+        args.events, args.users
+    );
+
+    let config = nats.scratch.path().join("beacon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[streams]\npartitions = {PARTITIONS}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"wk_bench_0000000000000000\"]\n"
+        ),
+    )?;
+    let (mut child, metrics_url) = spawn_aggregator(&config, &nats.urls.join(",")).await?;
+    let pid = child.id().context("aggregator pid")?;
+    let started = Instant::now();
+    loop {
+        let progress = beacon_aggregate::progress(&js, PARTITIONS).await?;
+        if progress
+            .iter()
+            .all(|p| p.lag() == 0 && p.last_event > 0 || p.last_event == 0)
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the aggregator did not catch up within 30 minutes: {progress:?}");
+        }
+        if let Some(exit) = child.try_wait()? {
+            bail!("the aggregator exited early: {exit}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let memory = proc_status(pid)?;
+    let cpu_seconds = proc_cpu_seconds(pid)?;
+    let metrics = reqwest::get(&metrics_url).await?.text().await?;
+    let (p50, p99) = (
+        histogram_quantile(&metrics, "beacon_aggregator_commit_seconds", 0.5),
+        histogram_quantile(&metrics, "beacon_aggregator_commit_seconds", 0.99),
+    );
+    let state_bytes: f64 = metric_values(&metrics, "beacon_aggregator_state_bytes").sum();
+    super::sigterm(pid);
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+
+    // The figure is only worth something if every event was counted.
+    let view = beacon_aggregate::view(&js, PARTITIONS).await?;
+    let counted = view
+        .total(SITE, Granularity::Day, i64::MIN..i64::MAX)
+        .total_events();
+    drop(client);
+    nats.stop().await;
+    if counted != args.events as i64 {
+        bail!("the aggregator counted {counted} of {} events", args.events);
+    }
+
+    let rate = args.events as f64 / elapsed;
+    let per_cpu_second = args.events as f64 / cpu_seconds.max(1e-9);
+    let report = json!({
+        "events": args.events, "users": args.users, "partitions": PARTITIONS,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "aggregate_events_per_sec": rate.round(),
+        "aggregate_events_per_cpu_sec": per_cpu_second.round(),
+        "cpu_seconds_per_million_events": (cpu_seconds / args.events as f64 * 1e6 * 100.0).round() / 100.0,
+        "commit_seconds_p50_at_most": p50, "commit_seconds_p99_at_most": p99,
+        "peak_rss_mb": memory.peak_kb / 1024, "rss_mb": memory.rss_kb / 1024,
+        "state_bytes_estimate_mb": (state_bytes / 1048576.0).round(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "\nbeacon bench aggregate: {} events from {} users over one day, {PARTITIONS} partitions, one aggregator process",
+        args.events, args.users
+    );
+    let row = |what: &str, value: String| println!("{what:<44} {value:>16}");
+    row(
+        "events/s applied and committed (wall clock)",
+        format!("{rate:.0}"),
+    );
+    row(
+        "events per CPU-second of the aggregator",
+        format!("{per_cpu_second:.0}"),
+    );
+    row(
+        "CPU seconds per million events",
+        format!("{:.2}", cpu_seconds / args.events as f64 * 1e6),
+    );
+    let ms = |q: Option<f64>| q.map_or("-".to_owned(), |s| format!("≤ {:.1} ms", s * 1000.0));
+    row("commit latency p50", ms(p50));
+    row("commit latency p99", ms(p99));
+    row(
+        "peak resident memory",
+        format!("{} MB", memory.peak_kb / 1024),
+    );
+    Ok(())
+}
+
+/// A day of traffic ending now: page views over a catalogue with a few popular
+/// pages, clicks, sign-ups and purchases in three currencies.
+fn day_of_events(n: usize, users: usize) -> Vec<Event> {
+    const NAMES: [&str; 8] = [
+        "pageview",
+        "pageview",
+        "pageview",
+        "pageview",
+        "click",
+        "signup",
+        "add_to_cart",
+        "purchase",
+    ];
+    const SOURCES: [&str; 5] = ["Direct", "Google", "Bing", "twitter.com", "newsletter"];
+    const BROWSERS: [(&str, &str, &str); 4] = [
+        ("Chrome", "Windows 10", "pc"),
+        ("Safari", "iPhone", "smartphone"),
+        ("Firefox", "Linux", "pc"),
+        ("Edge", "Windows 11", "pc"),
+    ];
+    let now = chrono::Utc::now().timestamp_millis();
+    let step = 86_400_000 / n.max(1) as i64;
+    (0..n)
+        .map(|i| {
+            // Knuth's multiplicative hash spreads users without a random source,
+            // so every run counts the same events.
+            let h = (i as u64).wrapping_mul(2_654_435_761) >> 7;
+            let user = (h as usize) % users;
+            let name = NAMES[i % NAMES.len()];
+            let page = ((h >> 20) % 40) as usize;
+            let page = if page < 30 { page % 6 } else { page };
+            let (browser, os, device) = BROWSERS[user % BROWSERS.len()];
+            let user_id = format!("user-{user}");
+            let ts = chrono::DateTime::from_timestamp_millis(now - 86_400_000 + i as i64 * step)
+                .unwrap_or_default();
+            Event {
+                id: format!("bench-{i}"),
+                site: SITE.to_owned(),
+                name: name.to_owned(),
+                partition: partition_of(SITE, &user_id, PARTITIONS),
+                user_id: Some(user_id),
+                anonymous_id: None,
+                ts,
+                received_at: ts,
+                props: Default::default(),
+                revenue: (name == "purchase").then(|| Revenue {
+                    amount: rust_decimal::Decimal::new(1999 + (i % 5000) as i64, 2),
+                    currency: ["USD", "EUR", "GBP"][i % 3].to_owned(),
+                }),
+                context: Context {
+                    path: Some(format!("/page/{page}")),
+                    referrer_source: Some(SOURCES[user % SOURCES.len()].to_owned()),
+                    browser: Some(browser.to_owned()),
+                    os: Some(os.to_owned()),
+                    device: Some(device.to_owned()),
+                    country: Some(["US", "DE", "FR", "JP", "BR"][user % 5].to_owned()),
+                    ..Context::default()
+                },
+            }
+        })
+        .collect()
+}
+
+/// Start `beacon aggregator` and return it with its metrics URL.
+async fn spawn_aggregator(
+    config: &Path,
+    nats_url: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            nats_url,
+            "--config",
+        ])
+        .arg(config)
+        .env("BEACON_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("aggregator stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(at) = line.find("http://") {
+                return Ok(line[at..].trim().to_owned());
+            }
+        }
+        bail!("the aggregator exited before it was ready")
+    })
+    .await
+    .context("the aggregator did not start within 60 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
+}
+
+struct Memory {
+    peak_kb: u64,
+    rss_kb: u64,
+}
+
+fn proc_status(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading the aggregator's memory from /proc (Linux only)")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(Memory {
+        peak_kb: field("VmHWM:"),
+        rss_kb: field("VmRSS:"),
+    })
+}
+
+/// User plus system CPU time of a process, from /proc (clock ticks of 1/100 s).
+fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
+/// Values of every series of a metric in Prometheus text.
+fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The upper bound of the histogram bucket holding quantile `q`.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(le, _)| *le)
+        .filter(|le| le.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_bucket_bounds() {
+        let text = "x_bucket{le=\"0.001\"} 50\nx_bucket{le=\"0.01\"} 98\nx_bucket{le=\"0.1\"} 100\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile(text, "x", 0.5), Some(0.001));
+        assert_eq!(histogram_quantile(text, "x", 0.99), Some(0.1));
+        assert_eq!(
+            metric_values("y{p=\"1\"} 2\ny{p=\"2\"} 3\nyz 9\n", "y").sum::<f64>(),
+            5.0
+        );
+    }
+
+    #[test]
+    fn a_day_of_events_is_the_same_every_time() {
+        let a = day_of_events(1000, 100);
+        let b = day_of_events(1000, 100);
+        assert_eq!(
+            a.iter().map(|e| (&e.name, &e.user_id)).collect::<Vec<_>>(),
+            b.iter().map(|e| (&e.name, &e.user_id)).collect::<Vec<_>>()
+        );
+        let users: std::collections::HashSet<_> = a.iter().map(|e| &e.user_id).collect();
+        assert!(users.len() > 80, "users spread: {}", users.len());
+    }
+}

@@ -35,6 +35,9 @@ pub struct Shared {
 /// it cannot commit is simply counted again by the next owner.
 const STOP_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Estimate the state's size at most this often.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
 /// Commit even an empty delta this often, so retention moves on idle partitions.
 const IDLE_COMMIT: Duration = Duration::from_secs(60);
 
@@ -74,6 +77,7 @@ pub async fn own(
         bytes_since_snapshot: loaded.bytes_since_snapshot,
         last_commit: Instant::now(),
         lag: 0,
+        sized: None,
         label: partition.to_string(),
         log,
         shared: shared.clone(),
@@ -150,6 +154,8 @@ struct Owner {
     last_commit: Instant,
     /// Events of this partition in the stream after the last one applied.
     lag: u64,
+    /// When the state's size was last estimated (it walks every cell).
+    sized: Option<Instant>,
     label: String,
 }
 
@@ -234,12 +240,16 @@ impl Owner {
         Ok(())
     }
 
-    fn publish_gauges(&self) {
+    fn publish_gauges(&mut self) {
         let state = &self.working.state;
         let label = self.label.clone();
         metrics::gauge!(LAG, "partition" => label.clone()).set(self.lag as f64);
         metrics::gauge!(COMMITTED_SEQ, "partition" => label.clone()).set(state.through_seq as f64);
-        metrics::gauge!(STATE_BYTES, "partition" => label.clone()).set(state.approx_bytes() as f64);
+        if self.sized.is_none_or(|at| at.elapsed() >= SIZE_EVERY) {
+            self.sized = Some(Instant::now());
+            metrics::gauge!(STATE_BYTES, "partition" => label.clone())
+                .set(state.approx_bytes() as f64);
+        }
         if state.newest_received_ms > 0 {
             let age = (now_ms() - state.newest_received_ms).max(0) as f64 / 1000.0;
             metrics::gauge!(FRESHNESS, "partition" => label).set(age);

@@ -119,7 +119,7 @@ pub struct Counters {
     /// Events by each [`Dimension`], in [`DIMENSIONS`] order.
     pub dims: [Bounded; 6],
     /// Events by name × each dimension, sorted by name (a vector for the same
-    /// reason as [`Bounded`]).
+    /// reason as [`Bounded`]). Kept in hour and day buckets only.
     pub by_name: Vec<(String, [Bounded; 6])>,
     pub sessions: SessionCounters,
 }

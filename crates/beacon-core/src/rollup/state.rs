@@ -250,9 +250,13 @@ impl Working {
             for d in DIMENSIONS {
                 c.dims[d.index()].add(d.of(event), 1);
             }
-            let by_name = c.name_dims_mut(&event.name);
-            for d in DIMENSIONS {
-                by_name[d.index()].add(d.of(event), 1);
+            // Name × dimension only in hour and day buckets: in minute buckets
+            // it would be most of the memory (a realtime view filters by hour).
+            if *g != Granularity::Minute {
+                let by_name = c.name_dims_mut(&event.name);
+                for d in DIMENSIONS {
+                    by_name[d.index()].add(d.of(event), 1);
+                }
             }
             cell.users.insert(hash);
         }
@@ -292,13 +296,14 @@ impl Working {
     }
 
     /// The pending delta, ready to commit. Pass it to [`Working::committed`]
-    /// once it is stored, or drop this `Working` if the commit failed.
+    /// once it is stored, or drop this `Working` if it never is: events applied
+    /// after this call and before `committed` would be lost with it.
     pub fn take_delta(&mut self) -> Delta {
         let newest = self.state.newest_event_ms.max(self.pending.newest_event_ms);
         // Rounded down, so the pass over all sessions runs every few minutes of event time.
         let forget = newest.saturating_sub(millis(self.settings.session_memory));
         self.pending.forget_before = forget.saturating_sub(forget.rem_euclid(FORGET_STEP_MS));
-        self.pending.clone()
+        std::mem::take(&mut self.pending)
     }
 
     /// The delta was stored: fold it into the state and start the next one.

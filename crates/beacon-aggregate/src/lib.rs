@@ -117,6 +117,7 @@ pub async fn run(
                 let _ = o.stop.send(true);
             }
         }
+        let mut taken = Vec::new();
         for p in targets {
             if owned.contains_key(&p) {
                 continue;
@@ -125,7 +126,17 @@ pub async fn run(
                 let (stop, stopped) = watch::channel(false);
                 let task = tokio::spawn(owner::own(shared.clone(), p, stopped));
                 owned.insert(p, Owned { stop, task, lease });
+                taken.push(p);
             }
+        }
+        if !taken.is_empty() {
+            tracing::info!(
+                id,
+                ?taken,
+                owned = owned.len(),
+                members = members.len(),
+                "took partitions"
+            );
         }
         ::metrics::gauge!(metrics::OWNED).set(owned.len() as f64);
     }

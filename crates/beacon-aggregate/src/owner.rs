@@ -35,6 +35,9 @@ pub struct Shared {
 /// it cannot commit is simply counted again by the next owner.
 const STOP_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Names of the aggregators' event readers (ephemeral ordered consumers) start so.
+pub const READER_PREFIX: &str = "beacon-agg-";
+
 /// Estimate the state's size at most this often.
 const SIZE_EVERY: Duration = Duration::from_secs(10);
 
@@ -66,7 +69,7 @@ pub async fn own(
         loaded.last,
     );
     log.takeover(loaded.state.through_seq).await?;
-    tracing::info!(
+    tracing::debug!(
         partition,
         through_seq = loaded.state.through_seq,
         "took partition"
@@ -95,6 +98,8 @@ pub async fn own(
             let consumer = shared
                 .events
                 .create_consumer(OrderedConfig {
+                    // Named after its owner, so `beacon status` can tell these apart.
+                    name: Some(format!("{READER_PREFIX}{}-p{partition}", shared.id)),
                     filter_subject: filter.clone(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: start,
@@ -137,7 +142,7 @@ pub async fn own(
         }
     }
     owner.commit(&stopping).await?;
-    tracing::info!(
+    tracing::debug!(
         partition,
         through_seq = owner.working.state.through_seq,
         "released partition"

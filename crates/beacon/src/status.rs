@@ -37,16 +37,19 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         if name == EVENTS_STREAM {
             partitions = partitions_of.as_deref().and_then(|p| p.parse::<u32>().ok());
         }
-        let consumers: Vec<Value> = stream
-            .consumers()
-            .map_ok(|c| json!({"name": c.name, "pending": c.num_pending, "ack_pending": c.num_ack_pending, "redelivered": c.num_redelivered}))
-            .try_collect()
-            .await
-            .unwrap_or_default();
+        let all: Vec<_> = stream.consumers().try_collect().await.unwrap_or_default();
+        // The aggregators' per-partition readers are summarised, not listed.
+        let is_reader = |name: &str| name.starts_with(beacon_aggregate::owner::READER_PREFIX);
+        let readers = all.iter().filter(|c| is_reader(&c.name)).count();
+        let consumers: Vec<Value> = all
+            .iter()
+            .filter(|c| !is_reader(&c.name))
+            .map(|c| json!({"name": c.name, "pending": c.num_pending, "ack_pending": c.num_ack_pending, "redelivered": c.num_redelivered}))
+            .collect();
         streams.push(json!({
             "name": name, "exists": true, "messages": state.messages, "bytes": state.bytes,
             "first_seq": state.first_sequence, "last_seq": state.last_sequence,
-            "partitions": partitions_of, "consumers": consumers,
+            "partitions": partitions_of, "consumers": consumers, "aggregator_readers": readers,
         }));
     }
     let progress = match partitions {
@@ -106,6 +109,9 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
                 c["ack_pending"],
                 c["redelivered"]
             );
+        }
+        if let Some(n) = s["aggregator_readers"].as_u64().filter(|n| *n > 0) {
+            println!("  {n} aggregator readers (one per owned partition)");
         }
     }
     if !progress.is_empty() {

@@ -109,6 +109,10 @@ fn print_banner(
     println!("  collector  http://{addr}/api/v1/events");
     println!("  health     http://{addr}/readyz   metrics http://{addr}/metrics");
     println!("  NATS       {}", config.nats.urls.join(","));
+    println!(
+        "  aggregator {} partitions (beacon status shows owners and lag)",
+        config.streams.partitions
+    );
     if let Some(file) = file {
         println!("  config     {}", file.display());
     }

@@ -70,9 +70,9 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     }
     // A snapshot larger than one message is split into parts.
     let mut big = state.clone();
-    for i in 0..40_000 {
+    for i in 0..200_000 {
         big.users.insert(
-            format!("site\0user-{i}-padding-padding-padding"),
+            i as u64,
             beacon_core::rollup::UserSession {
                 start_ms: i,
                 last_ms: i,

@@ -98,7 +98,7 @@ pub struct SessionCounters {
 }
 
 impl SessionCounters {
-    fn merge(&mut self, other: &SessionCounters) {
+    pub fn merge(&mut self, other: &SessionCounters) {
         self.started += other.started;
         self.bounces += other.bounces;
         self.duration_ms += other.duration_ms;

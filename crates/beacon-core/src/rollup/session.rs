@@ -87,12 +87,7 @@ mod tests {
         let mut session: Option<UserSession> = None;
         for (ts, page) in events {
             let step = advance(session.as_ref(), *ts, *page, 30 * MIN);
-            total.started += step.counters.started;
-            total.bounces += step.counters.bounces;
-            total.duration_ms += step.counters.duration_ms;
-            total.pageviews += step.counters.pageviews;
-            total.entries.merge(&step.counters.entries);
-            total.exits.merge(&step.counters.exits);
+            total.merge(&step.counters);
             session = Some(step.session);
         }
         total.exits.truncate(100);

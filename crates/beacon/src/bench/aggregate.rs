@@ -126,6 +126,13 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     let counted = view
         .total(SITE, Granularity::Day, i64::MIN..i64::MAX)
         .total_events();
+    let estimated_users = view.unique_users(SITE, Granularity::Day, i64::MIN..i64::MAX);
+    let exact_users = events
+        .iter()
+        .filter_map(|e| e.user_id.as_deref())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let user_error = (estimated_users - exact_users as f64).abs() / exact_users as f64;
     drop(client);
     nats.stop().await;
     if counted != args.events as i64 {
@@ -143,6 +150,8 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         "commit_seconds_p50_at_most": p50, "commit_seconds_p99_at_most": p99,
         "peak_rss_mb": memory.peak_kb / 1024, "rss_mb": memory.rss_kb / 1024,
         "state_bytes_estimate_mb": (state_bytes / 1048576.0).round(),
+        "unique_users_exact": exact_users, "unique_users_estimated": estimated_users.round(),
+        "unique_users_error_pct": (user_error * 10000.0).round() / 100.0,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -171,6 +180,13 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     row(
         "peak resident memory",
         format!("{} MB", memory.peak_kb / 1024),
+    );
+    row(
+        "unique users: sketch / exact",
+        format!(
+            "{estimated_users:.0} / {exact_users} ({:.2}%)",
+            user_error * 100.0
+        ),
     );
     Ok(())
 }

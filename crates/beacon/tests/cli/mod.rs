@@ -1,3 +1,4 @@
+mod bench;
 mod chaos;
 mod crash;
 mod process;

@@ -136,6 +136,7 @@ impl StreamSettings {
             subjects: vec![format!("{ROLLUPS_PREFIX}.*")],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
+            max_bytes: -1,
             num_replicas: self.replicas,
             allow_direct: true,
             ..Default::default()

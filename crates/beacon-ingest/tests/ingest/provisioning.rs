@@ -17,7 +17,8 @@ async fn provisioning_is_idempotent_and_reports_changes() {
         [
             "BEACON_EVENTS: created",
             "BEACON_INGEST: created",
-            "BEACON_REJECTS: created"
+            "BEACON_REJECTS: created",
+            "BEACON_ROLLUPS: created"
         ]
     );
     let second = provision(&js, &settings).await.expect("unchanged");
@@ -26,7 +27,8 @@ async fn provisioning_is_idempotent_and_reports_changes() {
         [
             "BEACON_EVENTS: up to date",
             "BEACON_INGEST: up to date",
-            "BEACON_REJECTS: up to date"
+            "BEACON_REJECTS: up to date",
+            "BEACON_ROLLUPS: up to date"
         ]
     );
 

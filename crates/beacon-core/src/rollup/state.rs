@@ -165,6 +165,36 @@ impl PartitionState {
     }
 }
 
+/// Add every minute bucket into its hour bucket, then every hour bucket into
+/// its day bucket: events were counted only in the finest bucket that keeps them.
+fn roll_up(cells: &mut BTreeMap<CellKey, CellDelta>) {
+    for (finer, coarser) in [
+        (Granularity::Minute, Granularity::Hour),
+        (Granularity::Hour, Granularity::Day),
+    ] {
+        let keys: Vec<CellKey> = cells
+            .keys()
+            .filter(|k| k.granularity == finer)
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(cell) = cells.remove(&key) else {
+                continue;
+            };
+            let target = cells
+                .entry(CellKey {
+                    site: key.site.clone(),
+                    granularity: coarser,
+                    start: coarser.bucket_start(key.start),
+                })
+                .or_default();
+            target.counters.merge(&cell.counters);
+            target.users.extend(&cell.users);
+            cells.insert(key, cell);
+        }
+    }
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -237,39 +267,48 @@ impl Working {
             .max(event.received_at.timestamp_millis());
         pending.newest_event_ms = pending.newest_event_ms.max(ts);
 
+        // The event is counted once, in the finest bucket that keeps it;
+        // `take_delta` adds each bucket into the coarser ones. A bucket kept at
+        // one granularity is kept at every coarser one (retention never shrinks).
         let is_pageview = event.name == PAGEVIEW;
         let user = event.user_key();
-        let hash = user_hash(user);
-        for g in &kept {
-            let cell = pending
+        let cell = pending
+            .cells
+            .entry(CellKey {
+                site: event.site.clone(),
+                granularity: kept[0],
+                start: kept[0].bucket_start(ts),
+            })
+            .or_default();
+        let c = &mut cell.counters;
+        c.events.add(&event.name, 1);
+        if is_pageview {
+            c.pageviews += 1;
+        }
+        if let Some(revenue) = &event.revenue {
+            let sum = c.revenue.entry(revenue.currency.clone()).or_default();
+            *sum = sum.saturating_add(revenue.amount);
+        }
+        for d in DIMENSIONS {
+            c.dims[d.index()].add(d.of(event), 1);
+        }
+        cell.users.insert(user_hash(user));
+        // Name × dimension only in hour and day buckets: in minute buckets it
+        // would be most of the memory (a realtime view filters by hour).
+        if let Some(g) = kept.iter().find(|g| **g != Granularity::Minute) {
+            let by_name = pending
                 .cells
                 .entry(CellKey {
                     site: event.site.clone(),
                     granularity: *g,
                     start: g.bucket_start(ts),
                 })
-                .or_default();
-            let c = &mut cell.counters;
-            c.events.add(&event.name, 1);
-            if is_pageview {
-                c.pageviews += 1;
-            }
-            if let Some(revenue) = &event.revenue {
-                let sum = c.revenue.entry(revenue.currency.clone()).or_default();
-                *sum = sum.saturating_add(revenue.amount);
-            }
+                .or_default()
+                .counters
+                .name_dims_mut(&event.name);
             for d in DIMENSIONS {
-                c.dims[d.index()].add(d.of(event), 1);
+                by_name[d.index()].add(d.of(event), 1);
             }
-            // Name × dimension only in hour and day buckets: in minute buckets
-            // it would be most of the memory (a realtime view filters by hour).
-            if *g != Granularity::Minute {
-                let by_name = c.name_dims_mut(&event.name);
-                for d in DIMENSIONS {
-                    by_name[d.index()].add(d.of(event), 1);
-                }
-            }
-            cell.users.insert(hash);
         }
 
         let user_ref = session_key(&event.site, user);
@@ -279,15 +318,15 @@ impl Working {
             .or_else(|| self.state.users.get(&user_ref));
         let page = is_pageview.then(|| DIMENSIONS[0].of(event));
         let step = advance(prev, ts, page, millis(self.settings.session_timeout));
-        for g in Granularity::ALL {
-            let start = g.bucket_start(step.session.start_ms);
-            if start < pending.cutoffs[g.index()] {
-                continue;
-            }
+        // Booked in the finest kept bucket of the session's start, like the event.
+        if let Some(g) = Granularity::ALL
+            .into_iter()
+            .find(|g| g.bucket_start(step.session.start_ms) >= pending.cutoffs[g.index()])
+        {
             let key = CellKey {
                 site: event.site.clone(),
                 granularity: g,
-                start,
+                start: g.bucket_start(step.session.start_ms),
             };
             let cell = pending.cells.entry(key).or_default();
             cell.counters.sessions.merge(&step.counters);
@@ -309,7 +348,9 @@ impl Working {
         // Rounded down, so the pass over all sessions runs every few minutes of event time.
         let forget = newest.saturating_sub(millis(self.settings.session_memory));
         self.pending.forget_before = forget.saturating_sub(forget.rem_euclid(FORGET_STEP_MS));
-        std::mem::take(&mut self.pending)
+        let mut delta = std::mem::take(&mut self.pending);
+        roll_up(&mut delta.cells);
+        delta
     }
 
     /// The delta was stored: fold it into the state and start the next one.

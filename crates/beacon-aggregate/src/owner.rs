@@ -92,14 +92,21 @@ pub async fn own(
     let filter = format!("{EVENTS_PREFIX}.{partition}.>");
     let mut tick = tokio::time::interval(shared.settings.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut readers = 0u32;
     'consume: loop {
         let start = owner.working.through_seq() + 1;
+        // A reader left behind by a broken connection lingers on the server for
+        // a while, and a consumer name cannot be reused with another start.
+        readers += 1;
         let messages = async {
             let consumer = shared
                 .events
                 .create_consumer(OrderedConfig {
                     // Named after its owner, so `beacon status` can tell these apart.
-                    name: Some(format!("{READER_PREFIX}{}-p{partition}", shared.id)),
+                    name: Some(format!(
+                        "{READER_PREFIX}{}-p{partition}-{readers}",
+                        shared.id
+                    )),
                     filter_subject: filter.clone(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: start,

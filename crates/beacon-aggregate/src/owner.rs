@@ -199,9 +199,11 @@ impl Owner {
     async fn commit_if_due(&mut self, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
         let moved = self.working.through_seq() > self.working.state.through_seq;
         if moved || self.last_commit.elapsed() >= IDLE_COMMIT {
+            // A commit publishes the gauges itself.
             self.commit(stop).await?;
+        } else {
+            self.publish_gauges();
         }
-        self.publish_gauges();
         Ok(())
     }
 

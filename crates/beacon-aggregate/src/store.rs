@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use beacon_core::rollup::{Delta, PartitionState};
 use beacon_core::subject::ROLLUPS_PREFIX;
@@ -40,7 +40,7 @@ pub enum StoreError {
     #[error("partition {0} was taken over by another aggregator (fenced)")]
     Fenced(u32),
     /// NATS did not answer or refused; retrying may help.
-    #[error("rollup store unavailable: {0}")]
+    #[error("NATS unavailable: {0}")]
     Unavailable(String),
     /// A stored record cannot be read (written by an incompatible version?).
     #[error("rollup record on partition {partition} at sequence {seq} is unreadable: {reason}")]
@@ -126,28 +126,27 @@ pub struct Loaded {
     pub snapshot_bytes: usize,
 }
 
-/// Stream sequence of the last message on `subject`, 0 if there is none.
-pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, StoreError> {
+/// The last message on `subject` (wildcards allowed), if there is one.
+async fn last_message(stream: &Stream, subject: &str) -> Result<Option<StreamMessage>, StoreError> {
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(m.sequence),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(StoreError::unavailable(e)),
     }
 }
 
+/// Stream sequence of the last message on `subject`, 0 if there is none.
+pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, StoreError> {
+    Ok(last_message(stream, subject)
+        .await?
+        .map_or(0, |m| m.sequence))
+}
+
 /// The committed sequence recorded on the last message of `partition`'s log.
 pub async fn committed_seq(stream: &Stream, partition: u32) -> Result<Option<u64>, StoreError> {
-    match stream
-        .get_last_raw_message_by_subject(&rollup_subject(partition))
-        .await
-    {
-        Ok(m) => Ok(m
-            .headers
-            .get(THROUGH_SEQ)
-            .and_then(|v| v.as_str().parse().ok())),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(StoreError::unavailable(e)),
-    }
+    Ok(last_message(stream, &rollup_subject(partition))
+        .await?
+        .and_then(|m| m.headers.get(THROUGH_SEQ)?.as_str().parse().ok()))
 }
 
 /// Fold `partition`'s log into its committed state.
@@ -426,15 +425,7 @@ impl Log {
         // Refused or unknown (a retry of a part that did land is refused too):
         // the log's end tells. Only this writer's own part can follow
         // `self.last` without another owner having fenced it.
-        let end = match self
-            .stream
-            .get_last_raw_message_by_subject(&self.subject)
-            .await
-        {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-            Err(e) => return Err(StoreError::unavailable(e)),
-        };
+        let end = last_message(&self.stream, &self.subject).await?;
         let end_seq = end.as_ref().map_or(0, |m| m.sequence);
         let ours = end
             .as_ref()

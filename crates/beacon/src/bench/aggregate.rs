@@ -95,10 +95,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     let started = Instant::now();
     loop {
         let progress = beacon_aggregate::progress(&js, PARTITIONS).await?;
-        if progress
-            .iter()
-            .all(|p| p.lag() == 0 && p.last_event > 0 || p.last_event == 0)
-        {
+        if progress.iter().all(|p| p.lag() == 0) {
             break;
         }
         if started.elapsed() > Duration::from_secs(1800) {

@@ -83,7 +83,7 @@ impl Kind {
 
 /// `<kind> <record id> <part>/<parts>`, on every message of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct PartHeader {
+pub struct PartHeader {
     kind: Kind,
     id: String,
     part: usize,
@@ -171,7 +171,7 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         .await
         .map_err(StoreError::unavailable)?;
     let mut messages = consumer.messages().await.map_err(StoreError::unavailable)?;
-    let mut record: Option<(PartHeader, Vec<u8>)> = None;
+    let mut records = Assembler::default();
     let mut first_seq = None;
     while let Some(message) = tokio::time::timeout(Duration::from_secs(30), messages.next())
         .await
@@ -181,27 +181,20 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         let info = message.info().map_err(StoreError::unavailable)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         let first_seq = *first_seq.get_or_insert(seq);
-        let header = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(RECORD))
-            .and_then(|v| PartHeader::parse(v.as_str()));
-        match header {
-            Some(h) if h.part == 1 => record = Some((h, message.payload.to_vec())),
-            Some(h) => match &mut record {
-                Some((open, bytes)) if open.id == h.id && open.part + 1 == h.part => {
-                    open.part = h.part;
-                    bytes.extend_from_slice(&message.payload);
+        if let Some(record) = records.push(message.headers.as_ref(), &message.payload) {
+            let bytes = record.bytes.len();
+            match record.decode(partition, seq)? {
+                Change::Takeover => {}
+                Change::Delta(delta) => {
+                    loaded.state.apply(&delta);
+                    loaded.bytes_since_snapshot += bytes;
                 }
-                _ => record = None,
-            },
-            None => record = None,
-        }
-        if let Some((open, _)) = &record
-            && open.part == open.parts
-            && let Some((open, bytes)) = record.take()
-        {
-            fold(&mut loaded, partition, seq, open.kind, &bytes)?;
+                Change::Snapshot(state) => {
+                    loaded.state = state;
+                    loaded.snapshot_bytes = bytes;
+                    loaded.bytes_since_snapshot = 0;
+                }
+            }
         }
         if seq >= last {
             // Done, unless a record is open. If the read began at or before
@@ -209,7 +202,7 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
             // the open record is a later one still being written: leave it.
             // If it began after `last`, the log was trimmed under us and this
             // is the snapshot that replaced it: read it to the end.
-            if record.is_none() || (first_seq <= last && pending == 0) {
+            if !records.is_open() || (first_seq <= last && pending == 0) {
                 break;
             }
         }
@@ -217,32 +210,79 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
     Ok(loaded)
 }
 
-fn fold(
-    loaded: &mut Loaded,
-    partition: u32,
-    seq: u64,
+/// Puts records back together from a log's messages, read in order. A record
+/// counts only when all its parts follow each other; anything else (a record
+/// cut short by a crash or a takeover) is dropped.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    open: Option<(PartHeader, Vec<u8>)>,
+}
+
+/// One complete record, still encoded.
+#[derive(Debug)]
+pub struct Record {
     kind: Kind,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    let corrupt = |e: postcard::Error| StoreError::Corrupt {
-        partition,
-        seq,
-        reason: e.to_string(),
-    };
-    match kind {
-        Kind::Takeover => {}
-        Kind::Delta => {
-            let delta: Delta = postcard::from_bytes(bytes).map_err(corrupt)?;
-            loaded.state.apply(&delta);
-            loaded.bytes_since_snapshot += bytes.len();
+    bytes: Vec<u8>,
+}
+
+/// What a record does to a partition's state.
+#[derive(Debug)]
+pub enum Change {
+    /// A new owner claimed the log; the state is unchanged.
+    Takeover,
+    Delta(Delta),
+    /// The whole state, replacing what came before.
+    Snapshot(PartitionState),
+}
+
+impl Assembler {
+    /// Take the next message of the log; returns the record it completes, if any.
+    pub fn push(&mut self, headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Record> {
+        let header = headers
+            .and_then(|h| h.get(RECORD))
+            .and_then(|v| PartHeader::parse(v.as_str()));
+        match header {
+            Some(h) if h.part == 1 => self.open = Some((h, payload.to_vec())),
+            Some(h) => match &mut self.open {
+                Some((open, bytes)) if open.id == h.id && open.part + 1 == h.part => {
+                    open.part = h.part;
+                    bytes.extend_from_slice(payload);
+                }
+                _ => self.open = None,
+            },
+            None => self.open = None,
         }
-        Kind::Snapshot => {
-            loaded.state = postcard::from_bytes(bytes).map_err(corrupt)?;
-            loaded.snapshot_bytes = bytes.len();
-            loaded.bytes_since_snapshot = 0;
+        match &self.open {
+            Some((open, _)) if open.part == open.parts => {
+                self.open.take().map(|(open, bytes)| Record {
+                    kind: open.kind,
+                    bytes,
+                })
+            }
+            _ => None,
         }
     }
-    Ok(())
+
+    /// Whether a record has begun and not yet ended.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+impl Record {
+    /// Decode it; `partition` and `seq` (of its last part) name it in errors.
+    pub fn decode(self, partition: u32, seq: u64) -> Result<Change, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt {
+            partition,
+            seq,
+            reason: e.to_string(),
+        };
+        Ok(match self.kind {
+            Kind::Takeover => Change::Takeover,
+            Kind::Delta => Change::Delta(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
+            Kind::Snapshot => Change::Snapshot(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
+        })
+    }
 }
 
 /// An owner's handle on its partition's log: appends are fenced by the

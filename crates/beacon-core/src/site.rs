@@ -40,7 +40,8 @@ pub const MIN_KEY_CHARS: usize = 16;
 pub fn site_problems(sites: &[Site]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut ids = HashSet::new();
-    let mut keys = HashSet::new();
+    let mut write_keys = HashSet::new();
+    let mut read_keys = Vec::new();
     let mut domains = HashSet::new();
     for site in sites {
         for domain in &site.domains {
@@ -82,12 +83,26 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
                     site.id
                 ));
             }
-            if !keys.insert(key.as_str()) {
-                problems.push(format!(
-                    "sites.{}: a key is used twice (write and read keys must all differ)",
-                    site.id
-                ));
+        }
+        for key in &site.write_keys {
+            if !write_keys.insert(key.as_str()) {
+                problems.push(format!("sites.{}: a write key is used twice", site.id));
             }
+        }
+        let mut own_read = HashSet::new();
+        for key in &site.read_keys {
+            if !own_read.insert(key.as_str()) {
+                problems.push(format!("sites.{}: a read key is listed twice", site.id));
+            }
+            read_keys.push((site.id.as_str(), key.as_str()));
+        }
+    }
+    // A read key may serve several sites; a key never both writes and reads.
+    for (site, key) in read_keys {
+        if write_keys.contains(key) {
+            problems.push(format!(
+                "sites.{site}: a read key is also a write key (write and read keys must differ)"
+            ));
         }
     }
     problems

@@ -3,6 +3,7 @@
 //! an API of their own (an aggregator alone) serve just these.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -12,34 +13,72 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-/// 200 while `client` is connected to NATS, 503 otherwise.
-pub fn readiness(client: &async_nats::Client) -> Response {
+/// Something else a process's readiness waits for, such as a query node
+/// loading the rollups.
+#[derive(Clone)]
+pub struct Gate {
+    name: &'static str,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("name", &self.name).finish()
+    }
+}
+
+impl Gate {
+    pub fn new(name: &'static str, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Gate {
+            name,
+            ready: Arc::new(ready),
+        }
+    }
+}
+
+/// 200 while `client` is connected to NATS and every gate is open, 503 otherwise.
+pub fn readiness(client: &async_nats::Client, gates: &[Gate]) -> Response {
     let state = client.connection_state();
     let nats = format!("{state:?}").to_lowercase();
-    let (status, word) = if state == async_nats::connection::State::Connected {
+    let waiting: Vec<&str> = gates
+        .iter()
+        .filter(|g| !(g.ready)())
+        .map(|g| g.name)
+        .collect();
+    let (status, word) = if state == async_nats::connection::State::Connected && waiting.is_empty()
+    {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
-    (status, Json(json!({"status": word, "nats": nats}))).into_response()
+    let mut body = json!({"status": word, "nats": nats});
+    if !waiting.is_empty() {
+        body["waiting_for"] = json!(waiting);
+    }
+    (status, Json(body)).into_response()
 }
 
 /// `/healthz`, `/readyz` and `/metrics`.
-pub fn router(client: async_nats::Client) -> Router {
+pub fn router(client: async_nats::Client, gates: Vec<Gate>) -> Router {
     crate::metrics::handle();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(move || async move { readiness(&client) }))
+        .route(
+            "/readyz",
+            get(move || async move { readiness(&client, &gates) }),
+        )
         .route("/metrics", get(|| async { crate::metrics::render() }))
 }
 
-/// Serve [`router`] on `listener` until `shutdown` resolves.
+/// Serve [`router`] and `extra` routes on `listener` until `shutdown` resolves.
 pub async fn serve(
     client: async_nats::Client,
+    gates: Vec<Gate>,
+    extra: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(client))
+    axum::serve(listener, router(client, gates).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

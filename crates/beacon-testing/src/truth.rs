@@ -341,4 +341,20 @@ impl Truth {
         }
         all.len()
     }
+
+    /// Sessions started, bounces and total duration (ms) of `site`'s
+    /// sessions that started in the `g` buckets starting in `range`.
+    pub fn sessions(
+        &self,
+        site: &str,
+        g: Granularity,
+        range: std::ops::Range<i64>,
+    ) -> (i64, i64, i64) {
+        self.cells
+            .iter()
+            .filter(|((s, cg, start), _)| s == site && *cg == g && range.contains(start))
+            .fold((0, 0, 0), |(n, b, d), (_, c)| {
+                (n + c.sessions, b + c.bounces, d + c.duration_ms)
+            })
+    }
 }

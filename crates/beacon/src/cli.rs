@@ -60,6 +60,12 @@ pub enum Command {
         #[arg(long, env = "BEACON_LISTEN")]
         listen: Option<SocketAddr>,
     },
+    /// Run a query node: the HTTP query API, the NATS query service and live streams.
+    Query {
+        /// API address (default query.listen, 127.0.0.1:8081).
+        #[arg(long, env = "BEACON_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
     /// Send one event to a collector.
     Send(crate::send::SendArgs),
     /// Show the NATS server, Beacon's streams and consumers.
@@ -106,6 +112,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             serve(load(&overrides(None))?.config, roles, listen).await
         }
+        Command::Query { listen } => {
+            let roles = Roles {
+                query: true,
+                ..Roles::NONE
+            };
+            let config = load(&overrides(None))?.config;
+            let listen = listen.unwrap_or(config.query.listen);
+            serve(config, roles, Some(listen)).await
+        }
         Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage } => crate::bench::run(stage, &cli.global.nats_urls).await,
@@ -139,6 +154,9 @@ async fn serve(
         );
     }
     if let Some(addr) = running.ops_addr {
+        if roles.query {
+            println!("query API on http://{addr}/api/v1/ (NATS service beacon-query)");
+        }
         println!("metrics on http://{addr}/metrics");
     }
     running.run_until(stop, services::signal()).await

@@ -8,6 +8,7 @@ use beacon_aggregate::AggregatorSettings;
 use beacon_core::{Limits, Site, site_problems};
 use beacon_ingest::{CollectorSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
+use beacon_query::QuerySettings;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ pub struct Config {
     pub collector: CollectorSettings,
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
+    pub query: QuerySettings,
     pub sites: Vec<Site>,
 }
 
@@ -41,6 +43,7 @@ impl Default for Config {
             collector: CollectorSettings::default(),
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
+            query: QuerySettings::default(),
             sites: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@ use std::future::Future;
 
 use anyhow::Context as _;
 use beacon_ingest::collector::Collector;
+use beacon_ingest::ops::Gate;
 use beacon_ingest::{Pipeline, run_collector, run_normalizer};
 use beacon_nats::{Publisher, check_server, connect, provision};
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ pub struct Roles {
     pub collector: bool,
     pub normalizer: bool,
     pub aggregator: bool,
+    pub query: bool,
 }
 
 impl Roles {
@@ -28,11 +30,13 @@ impl Roles {
         collector: true,
         normalizer: true,
         aggregator: true,
+        query: true,
     };
     pub const NONE: Roles = Roles {
         collector: false,
         normalizer: false,
         aggregator: false,
+        query: false,
     };
 }
 
@@ -40,7 +44,8 @@ impl Roles {
 #[derive(Debug)]
 pub struct Running {
     pub collector_addr: Option<std::net::SocketAddr>,
-    /// Where `/metrics` is served when there is no collector.
+    /// Where `/metrics` (and the query API, with the query role) is served
+    /// when there is no collector.
     pub ops_addr: Option<std::net::SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -79,7 +84,9 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 
 /// Connect to the configured NATS, check it, provision, and start `roles`.
 /// `ops_listen` serves `/healthz`, `/readyz` and `/metrics` for a process
-/// without a collector (whose listener has them already).
+/// without a collector (whose listener has them already), and the query API
+/// when the process is a query node. With a collector, the query API shares
+/// its listener.
 pub async fn start(
     config: &Config,
     roles: Roles,
@@ -95,6 +102,20 @@ pub async fn start(
     }
     let pipeline = Pipeline::new(publisher, config.limits.clone());
     let mut tasks = JoinSet::new();
+    let mut gates = Vec::new();
+    let mut api = axum::Router::new();
+    if roles.query {
+        let node = beacon_query::QueryNode::new(
+            client.clone(),
+            &config.sites,
+            config.streams.partitions,
+            shutdown.clone(),
+        );
+        let ready = node.clone();
+        gates.push(Gate::new("rollups", move || ready.is_ready()));
+        api = beacon_query::http::router(node.clone());
+        tasks.spawn(async move { node.run().await.context("query node failed") });
+    }
     let mut collector_addr = None;
     if roles.collector {
         let listen = config.collector.listen;
@@ -111,9 +132,10 @@ pub async fn start(
             &config.sites,
             config.streams.partitions,
         );
-        let stop = stopped(shutdown.clone());
+        let collector = gates.iter().cloned().fold(collector, Collector::with_gate);
+        let (stop, api) = (stopped(shutdown.clone()), std::mem::take(&mut api));
         tasks.spawn(async move {
-            run_collector(collector, listener, stop)
+            run_collector(collector, api, listener, stop)
                 .await
                 .context("collector failed")
         });
@@ -150,7 +172,7 @@ pub async fn start(
         ops_addr = Some(listener.local_addr()?);
         let (client, stop) = (client.clone(), stopped(shutdown.clone()));
         tasks.spawn(async move {
-            beacon_ingest::ops::serve(client, listener, stop)
+            beacon_ingest::ops::serve(client, gates, api, listener, stop)
                 .await
                 .context("metrics listener failed")
         });

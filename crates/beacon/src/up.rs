@@ -107,6 +107,9 @@ fn print_banner(
     let Some(addr) = collector else { return };
     println!("\nBeacon is up.");
     println!("  collector  http://{addr}/api/v1/events");
+    println!(
+        "  query API  http://{addr}/api/v1/   (OpenAPI: /api/v1/openapi.json; NATS service beacon-query)"
+    );
     println!("  health     http://{addr}/readyz   metrics http://{addr}/metrics");
     println!("  NATS       {}", config.nats.urls.join(","));
     println!(
@@ -130,6 +133,15 @@ fn print_banner(
         println!("\nSend an event:");
         println!(
             "  curl -X POST http://{addr}/api/v1/events -H 'Authorization: Bearer {key}' \\\n    -d '{{\"name\": \"pageview\", \"user_id\": \"u-1\", \"props\": {{\"path\": \"/\"}}}}'"
+        );
+    }
+    if let Some(site) = config.sites.first()
+        && let Some(key) = site.read_keys.first()
+    {
+        println!("\nRead the numbers:");
+        println!(
+            "  curl 'http://{addr}/api/v1/sites/{}/summary?from=-24h' -H 'Authorization: Bearer {key}'",
+            site.id
         );
     }
     println!("\nPress Ctrl-C to stop.");

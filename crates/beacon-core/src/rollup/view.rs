@@ -1,45 +1,148 @@
 //! Reading rollups back: the cells of every partition merged into one view per
 //! site and bucket. Counters add up; unique-user sketches are unioned, so a
 //! user seen in several buckets or partitions still counts once.
+//!
+//! A view is built once from committed states, then kept current one record at
+//! a time ([`View::apply_delta`], [`View::replace`]): only the cells a record
+//! touches are merged again, so a query node follows the aggregators' commits
+//! at the cost of what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use datasketches::hll::{HllType, HllUnion};
+use datasketches::hll::{HllSketch, HllType, HllUnion};
 
 use super::bucket::Granularity;
-use super::cell::{CellKey, Counters, HLL_LG_K};
-use super::state::PartitionState;
+use super::cell::{CellKey, Counters, HLL_LG_K, new_sketch};
+use super::state::{Delta, PartitionState};
+
+/// One bucket of one site, over every partition.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub counters: Counters,
+    /// The union of the partitions' unique-user sketches.
+    pub users: HllSketch,
+    /// `users.estimate()`, computed once per change.
+    pub users_estimate: f64,
+}
+
+impl Default for Merged {
+    fn default() -> Self {
+        Merged {
+            counters: Counters::default(),
+            users: new_sketch(),
+            users_estimate: 0.0,
+        }
+    }
+}
 
 /// Every partition's committed cells, merged by key.
 #[derive(Debug, Default)]
 pub struct View {
-    cells: BTreeMap<CellKey, Counters>,
+    cells: BTreeMap<CellKey, Merged>,
     partitions: Vec<PartitionState>,
+}
+
+/// A union of unique-user sketches of Beacon's precision.
+pub fn new_union() -> HllUnion {
+    HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("HLL_LG_K is valid"))
 }
 
 impl View {
     pub fn new(partitions: Vec<PartitionState>) -> Self {
-        let mut cells: BTreeMap<CellKey, Counters> = BTreeMap::new();
-        for state in &partitions {
-            for (key, cell) in &state.cells {
-                cells.entry(key.clone()).or_default().merge(&cell.counters);
-            }
-        }
-        View { cells, partitions }
+        let mut view = View {
+            cells: BTreeMap::new(),
+            partitions,
+        };
+        let keys: BTreeSet<CellKey> = view
+            .partitions
+            .iter()
+            .flat_map(|s| s.cells.keys().cloned())
+            .collect();
+        view.remerge(keys);
+        view
     }
 
     pub fn partitions(&self) -> &[PartitionState] {
         &self.partitions
     }
 
-    /// Merged counters of each bucket of `site` at `granularity` starting in `range` (Unix ms).
+    fn partition_mut(&mut self, partition: u32) -> &mut PartitionState {
+        let i = partition as usize;
+        if self.partitions.len() <= i {
+            self.partitions.resize_with(i + 1, PartitionState::default);
+        }
+        &mut self.partitions[i]
+    }
+
+    /// Apply a delta committed on `partition`, as its owner did.
+    pub fn apply_delta(&mut self, partition: u32, delta: &Delta) {
+        let state = self.partition_mut(partition);
+        let mut touched: BTreeSet<CellKey> = delta.cells.keys().cloned().collect();
+        // Cells retention is about to drop from this partition change too.
+        if delta.cutoffs != state.cutoffs {
+            touched.extend(
+                state
+                    .cells
+                    .keys()
+                    .filter(|k| k.start < delta.cutoffs[k.granularity.index()])
+                    .cloned(),
+            );
+        }
+        state.apply(delta);
+        self.remerge(touched);
+    }
+
+    /// Replace `partition`'s whole state (a snapshot).
+    pub fn replace(&mut self, partition: u32, state: PartitionState) {
+        let old = std::mem::replace(self.partition_mut(partition), state);
+        let touched: BTreeSet<CellKey> = old
+            .cells
+            .into_keys()
+            .chain(self.partitions[partition as usize].cells.keys().cloned())
+            .collect();
+        self.remerge(touched);
+    }
+
+    /// Merge `keys` again from every partition.
+    fn remerge(&mut self, keys: BTreeSet<CellKey>) {
+        for key in keys {
+            let mut merged = Merged::default();
+            let mut union = new_union();
+            let mut any = false;
+            for state in &self.partitions {
+                if let Some(cell) = state.cells.get(&key) {
+                    merged.counters.merge(&cell.counters);
+                    union.update(&cell.users);
+                    any = true;
+                }
+            }
+            if any {
+                merged.users = union.to_sketch(HllType::Hll8);
+                merged.users_estimate = merged.users.estimate();
+                self.cells.insert(key, merged);
+            } else {
+                self.cells.remove(&key);
+            }
+        }
+    }
+
+    /// The merged cell of `site` at `granularity` starting at `start`.
+    pub fn cell(&self, site: &str, granularity: Granularity, start: i64) -> Option<&Merged> {
+        self.cells.get(&CellKey {
+            site: site.to_owned(),
+            granularity,
+            start,
+        })
+    }
+
+    /// Merged cells of each bucket of `site` at `granularity` starting in `range` (Unix ms).
     pub fn buckets(
         &self,
         site: &str,
         granularity: Granularity,
         range: Range<i64>,
-    ) -> impl Iterator<Item = (i64, &Counters)> {
+    ) -> impl Iterator<Item = (i64, &Merged)> {
         self.cells
             .range(key_range(site, granularity, range))
             .map(|(k, c)| (k.start, c))
@@ -49,21 +152,16 @@ impl View {
     pub fn total(&self, site: &str, granularity: Granularity, range: Range<i64>) -> Counters {
         let mut total = Counters::default();
         for (_, c) in self.buckets(site, granularity, range) {
-            total.merge(c);
+            total.merge(&c.counters);
         }
         total
     }
 
     /// Estimated distinct users of `site` over the buckets starting in `range`.
     pub fn unique_users(&self, site: &str, granularity: Granularity, range: Range<i64>) -> f64 {
-        let mut union = HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("valid lg_k"));
-        for state in &self.partitions {
-            for (_, cell) in state
-                .cells
-                .range(key_range(site, granularity, range.clone()))
-            {
-                union.update(&cell.users);
-            }
+        let mut union = new_union();
+        for (_, cell) in self.buckets(site, granularity, range) {
+            union.update(&cell.users);
         }
         union.to_sketch(HllType::Hll8).estimate()
     }
@@ -73,6 +171,15 @@ impl View {
         let mut sites: Vec<&str> = self.cells.keys().map(|k| k.site.as_str()).collect();
         sites.dedup();
         sites
+    }
+
+    /// Merged cells held.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
     }
 }
 
@@ -84,4 +191,72 @@ fn key_range(site: &str, granularity: Granularity, range: Range<i64>) -> Range<C
         start,
     };
     key(range.start)..key(range.end)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::event::{Context, Event};
+    use crate::rollup::{RollupSettings, Working};
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn event(i: usize) -> Event {
+        let ts = Utc
+            .timestamp_millis_opt(NOW - 7_200_000 + i as i64 * 13_000)
+            .single()
+            .expect("valid");
+        Event {
+            id: i.to_string(),
+            site: "shop".into(),
+            name: ["pageview", "click"][i % 2].into(),
+            user_id: Some(format!("u{}", i % 23)),
+            anonymous_id: None,
+            ts,
+            received_at: ts,
+            partition: (i % 3) as u32,
+            props: Default::default(),
+            revenue: None,
+            context: Context::default(),
+        }
+    }
+
+    /// Following commits one at a time ends where building from the final states does.
+    #[test]
+    fn following_commits_equals_building_from_the_end() {
+        let mut owners: Vec<Working> = (0..3)
+            .map(|_| Working::new(PartitionState::default(), RollupSettings::default(), NOW))
+            .collect();
+        let mut followed = View::default();
+        for i in 0..600 {
+            let e = event(i);
+            let p = e.partition;
+            owners[p as usize].apply_event(&e, i as u64 + 1);
+            if i % 37 == 0 {
+                let d = owners[p as usize].take_delta();
+                owners[p as usize].committed(&d, NOW);
+                followed.apply_delta(p, &d);
+            }
+        }
+        for (p, w) in owners.iter_mut().enumerate() {
+            let d = w.take_delta();
+            w.committed(&d, NOW);
+            followed.apply_delta(p as u32, &d);
+        }
+        // A snapshot replaces a partition without changing the sums.
+        followed.replace(1, owners[1].state.clone());
+        let built = View::new(owners.into_iter().map(|w| w.state).collect());
+        assert_eq!(followed.len(), built.len());
+        for (key, cell) in &built.cells {
+            let got = &followed.cells[key];
+            assert_eq!(got.counters, cell.counters, "{key:?}");
+            assert_eq!(got.users_estimate, cell.users_estimate, "{key:?}");
+        }
+        let day = built.total("shop", Granularity::Day, i64::MIN..i64::MAX);
+        assert_eq!(day.total_events(), 600);
+        let users = built.unique_users("shop", Granularity::Minute, i64::MIN..i64::MAX);
+        assert!((users - 23.0).abs() < 1.0, "{users}");
+    }
 }

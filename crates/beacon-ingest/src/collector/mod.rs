@@ -89,6 +89,8 @@ pub struct Collector {
     /// Daily salts for Plausible visitor ids, shared with every collector.
     salts: Salts,
     in_flight: Semaphore,
+    /// What else `/readyz` waits for.
+    gates: Vec<crate::ops::Gate>,
 }
 
 impl Collector {
@@ -137,7 +139,14 @@ impl Collector {
             domains,
             salts,
             in_flight,
+            gates: Vec::new(),
         }
+    }
+
+    /// Make `/readyz` wait for `gate` too.
+    pub fn with_gate(mut self, gate: crate::ops::Gate) -> Self {
+        self.gates.push(gate);
+        self
     }
 
     /// The routes, ready to serve.
@@ -181,15 +190,17 @@ impl Collector {
     }
 }
 
-/// Serve `collector` on `listener` until `shutdown` resolves, then finish the
-/// requests in flight (their publishes complete) and return.
+/// Serve `collector`, and the `extra` routes beside it, on `listener` until
+/// `shutdown` resolves, then finish the requests in flight (their publishes
+/// complete) and return.
 pub async fn run(
     collector: Collector,
+    extra: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::metrics::handle();
-    let app = Arc::new(collector).router();
+    let app = Arc::new(collector).router().merge(extra);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -199,7 +210,7 @@ pub async fn run(
 }
 
 async fn readyz(State(c): State<Arc<Collector>>) -> Response {
-    crate::ops::readiness(&c.client)
+    crate::ops::readiness(&c.client, &c.gates)
 }
 
 async fn post_events(

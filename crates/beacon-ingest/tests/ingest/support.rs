@@ -98,7 +98,7 @@ pub async fn start(nats: &TestServer, setup: Setup) -> Services {
     let mut tasks = vec![tokio::spawn({
         let stop = stopped(shutdown.clone());
         async move {
-            run_collector(collector, listener, stop)
+            run_collector(collector, axum::Router::new(), listener, stop)
                 .await
                 .expect("collector runs")
         }

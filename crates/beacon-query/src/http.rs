@@ -1,0 +1,228 @@
+//! The HTTP API under `/api/v1/`: every operation as a GET with its
+//! parameters in the query string and the read key as a bearer token, the
+//! live stream as Server-Sent Events, and the OpenAPI document describing them.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use serde_json::json;
+
+use crate::error::QueryError;
+use crate::{Op, Params, QueryNode};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The routes, as written in the OpenAPI document.
+pub const ROUTES: [&str; 8] = [
+    "/api/v1/openapi.json",
+    "/api/v1/sites",
+    "/api/v1/status",
+    "/api/v1/sites/{site}/timeseries",
+    "/api/v1/sites/{site}/breakdown",
+    "/api/v1/sites/{site}/summary",
+    "/api/v1/sites/{site}/live",
+    "/api/v1/sites/{site}/live/stream",
+];
+
+/// The query API's routes, to serve alone or beside the collector's.
+pub fn router(node: QueryNode) -> Router {
+    Router::new()
+        .route(ROUTES[0], get(openapi))
+        .route(ROUTES[1], get(sites))
+        .route(ROUTES[2], get(status))
+        .route(ROUTES[7], get(live_stream))
+        .route("/api/v1/sites/{site}/{op}", get(site_op))
+        .with_state(node)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+async fn sites(
+    State(node): State<QueryNode>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    respond(&node, Op::Sites, &headers, None, query).await
+}
+
+async fn status(
+    State(node): State<QueryNode>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    respond(&node, Op::Status, &headers, None, query).await
+}
+
+async fn site_op(
+    State(node): State<QueryNode>,
+    Path((site, op)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match Op::parse(&op).filter(|op| op.per_site()) {
+        Some(op) => respond(&node, op, &headers, Some(&site), query).await,
+        None => QueryError::not_found(format!(
+            "no operation {op:?} (timeseries, breakdown, summary, live, live/stream)"
+        ))
+        .into_response(),
+    }
+}
+
+async fn respond(
+    node: &QueryNode,
+    op: Op,
+    headers: &HeaderMap,
+    site: Option<&str>,
+    query: Option<String>,
+) -> Response {
+    let answer = async {
+        let params = Params::from_query(query.as_deref().unwrap_or(""))?;
+        node.answer(op, bearer(headers), site, &params).await
+    };
+    match answer.await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// How often the live stream sends its figures at least, and at most.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
+const LIVE_AT_MOST: Duration = Duration::from_millis(250);
+
+/// Where one live stream is.
+struct Streamer {
+    node: QueryNode,
+    site: String,
+    /// Sequence of the newest event sent.
+    sent: u64,
+    /// Rollup sequence last announced.
+    rollup_seq: Option<u64>,
+    events: tokio::sync::watch::Receiver<u64>,
+    rollups: tokio::sync::watch::Receiver<u64>,
+    queue: VecDeque<SseEvent>,
+    first: bool,
+}
+
+impl Streamer {
+    /// The next SSE events: new feed events, a `rollups` notice when the
+    /// numbers changed, then the live figures.
+    fn fill(&mut self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let figures = self.node.live.figures(&self.site, now);
+        let sent = self.sent;
+        for event in figures.recent.iter().filter(|e| e.seq > sent) {
+            self.sent = event.seq;
+            self.queue.push_back(
+                SseEvent::default()
+                    .event("event")
+                    .id(event.seq.to_string())
+                    .data(serde_json::to_string(event).unwrap_or_default()),
+            );
+        }
+        let (seq, newest) = self.node.rollups.read(|f| (f.seq, f.newest));
+        if self.rollup_seq != Some(seq) {
+            self.rollup_seq = Some(seq);
+            let data = json!({
+                "rollup_seq": seq,
+                "newest_event_received_ms": newest.map(|n| n.newest_received_ms),
+                "queryable_ms": newest.map(|n| n.applied_ms),
+            });
+            self.queue
+                .push_back(SseEvent::default().event("rollups").data(data.to_string()));
+        }
+        let live = json!({
+            "site": figures.site,
+            "active_users": figures.active_users,
+            "events_per_second": figures.events_per_second,
+            "events_last_minute": figures.events_last_minute,
+            "events_last_5_minutes": figures.events_last_5_minutes,
+            "last_seq": figures.last_seq,
+            "behind_ms": self.node.behind_ms(now),
+        });
+        let mut live = SseEvent::default().event("live").data(live.to_string());
+        if self.sent > 0 {
+            live = live.id(self.sent.to_string());
+        }
+        self.queue.push_back(live);
+    }
+
+    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some((Ok(event), self));
+            }
+            if *self.node.shutdown.borrow() {
+                return None;
+            }
+            if !self.first {
+                let mut shutdown = self.node.shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(LIVE_EVERY) => {}
+                    _ = self.events.changed() => {}
+                    _ = self.rollups.changed() => {}
+                    _ = shutdown.wait_for(|s| *s) => return None,
+                }
+                tokio::time::sleep(LIVE_AT_MOST).await;
+                self.events.borrow_and_update();
+                self.rollups.borrow_and_update();
+            }
+            self.first = false;
+            self.fill();
+        }
+    }
+}
+
+/// `GET /api/v1/sites/{site}/live/stream`: the live figures about once a
+/// second and each new event as it arrives. A client that reconnects with
+/// `Last-Event-ID` gets the events after it that are still in the feed.
+async fn live_stream(
+    State(node): State<QueryNode>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, QueryError> {
+    if query.is_some_and(|q| !q.is_empty()) {
+        return Err(QueryError::bad_request("live/stream takes no parameters"));
+    }
+    node.keys.check(bearer(&headers), &site)?;
+    let sent = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let streamer = Streamer {
+        events: node.live.subscribe(),
+        rollups: node.rollups.subscribe(),
+        node,
+        site,
+        sent,
+        rollup_seq: None,
+        queue: VecDeque::new(),
+        first: true,
+    };
+    metrics::counter!("beacon_query_live_streams_total").increment(1);
+    Ok(Sse::new(futures::stream::unfold(streamer, Streamer::next))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,85 @@
+//! The NATS micro service `beacon-query`: the same operations as the HTTP API
+//! on `beacon.query.v1.<operation>`, discoverable with `$SRV.PING`, `$SRV.INFO`
+//! and `$SRV.STATS`. Its endpoints share the queue group `beacon-query`, so
+//! every node subscribes and each request is answered by one of them.
+//!
+//! A request is JSON: `{"key": "<read key>", "site": "shop", "params": {...}}`
+//! with the HTTP query parameters in `params`. The answer is the HTTP answer's
+//! body; an error sets `Nats-Service-Error-Code` (the HTTP status) and
+//! `Nats-Service-Error` (the message).
+
+use async_nats::service::{self, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::error::QueryError;
+use crate::{Op, Params, QueryNode};
+
+pub const SERVICE_NAME: &str = "beacon-query";
+pub const QUEUE_GROUP: &str = "beacon-query";
+/// Subjects are `<SUBJECT_PREFIX>.<operation>`.
+pub const SUBJECT_PREFIX: &str = "beacon.query.v1";
+
+/// A request's body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Request {
+    pub key: Option<String>,
+    pub site: Option<String>,
+    pub params: Params,
+}
+
+/// Serve the operations until the node shuts down.
+pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
+    let service = node
+        .client
+        .service_builder()
+        .description("Beacon analytics queries: timeseries, breakdown, summary, live, status")
+        .queue_group(QUEUE_GROUP)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the NATS query service: {e}"))?;
+    let group = service.group(SUBJECT_PREFIX);
+    let mut endpoints = Vec::new();
+    for op in Op::ALL {
+        let endpoint = group
+            .endpoint(op.name())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot add endpoint {}: {e}", op.name()))?;
+        endpoints.push(endpoint.map(move |request| (op, request)).boxed());
+    }
+    let mut requests = futures::stream::select_all(endpoints);
+    let mut shutdown = node.shutdown.clone();
+    loop {
+        let (op, request) = tokio::select! {
+            next = requests.next() => match next {
+                Some(r) => r,
+                None => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<Request>(&request.message.payload) {
+                Ok(r) => {
+                    node.answer(op, r.key.as_deref(), r.site.as_deref(), &r.params)
+                        .await
+                }
+                Err(e) => Err(QueryError::bad_request(format!("bad request body: {e}"))),
+            };
+            let reply = match answer {
+                Ok(value) => Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
+                Err(e) => Err(service::error::Error {
+                    status: e.message,
+                    code: e.status as usize,
+                }),
+            };
+            if let Err(e) = request.respond(reply).await {
+                tracing::debug!(error = %e, "cannot answer a NATS query");
+            }
+        });
+    }
+    let _ = service.stop().await;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! How current the numbers are: per partition the committed sequence, the lag
+//! behind the stream and how old the oldest uncounted event is; the streams'
+//! sizes; and when the newest counted event became queryable on this node.
+
+use beacon_core::subject::EVENTS_PREFIX;
+use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM};
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::QueryNode;
+use crate::error::QueryError;
+
+fn rfc3339(ms: i64) -> Value {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true).into())
+        .unwrap_or(Value::Null)
+}
+
+#[derive(Deserialize)]
+struct Received {
+    received_at: chrono::DateTime<Utc>,
+}
+
+/// The status answer.
+pub async fn status(node: &QueryNode, now: i64) -> Result<Value, QueryError> {
+    let unavailable = |e: &dyn std::fmt::Display| QueryError::unavailable(format!("NATS: {e}"));
+    let progress = beacon_aggregate::progress(&node.js, node.partitions)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let events = node
+        .js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let mut partitions = Vec::with_capacity(progress.len());
+    let mut behind_max = 0;
+    for p in &progress {
+        // How long the oldest event not yet counted has waited.
+        let behind_ms = if p.lag() == 0 {
+            0
+        } else {
+            match events
+                .raw_message_builder()
+                .next_by_subject(format!("{EVENTS_PREFIX}.{}.>", p.partition))
+                .sequence(p.committed + 1)
+                .send()
+                .await
+            {
+                Ok(m) => serde_json::from_slice::<Received>(&m.payload)
+                    .map(|r| (now - r.received_at.timestamp_millis()).max(0))
+                    .unwrap_or(0),
+                Err(_) => 0,
+            }
+        };
+        behind_max = behind_max.max(behind_ms);
+        partitions.push(json!({
+            "partition": p.partition,
+            "owner": p.owner,
+            "committed": p.committed,
+            "last_event": p.last_event,
+            "lag": p.lag(),
+            "behind_ms": behind_ms,
+        }));
+    }
+    let mut streams = Vec::new();
+    for name in [INGEST_STREAM, EVENTS_STREAM, REJECTS_STREAM, ROLLUPS_STREAM] {
+        if let Ok(stream) = node.js.get_stream(name).await {
+            let info = stream.cached_info();
+            streams.push(json!({
+                "name": name,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "last_seq": info.state.last_sequence,
+            }));
+        }
+    }
+    let (ready, newest, seq, cells) = node
+        .rollups
+        .read(|f| (f.ready, f.newest, f.seq, f.view.len()));
+    let queryable = newest.map(|n| {
+        json!({
+            "newest_event_received_at": rfc3339(n.newest_received_ms),
+            "queryable_at": rfc3339(n.applied_ms),
+            "delay_ms": (n.applied_ms - n.newest_received_ms).max(0),
+        })
+    });
+    Ok(json!({
+        "ready": ready,
+        "lag": progress.iter().map(|p| p.lag()).sum::<u64>(),
+        "behind_ms": behind_max,
+        "partitions": partitions,
+        "streams": streams,
+        "newest_queryable": queryable,
+        "view": {"rollup_seq": seq, "cells": cells},
+        "nats": format!("{:?}", node.client.connection_state()).to_lowercase(),
+    }))
+}

@@ -1,0 +1,8 @@
+//! Query nodes against a real nats-server: answers equal to a ground truth and
+//! identical over HTTP, over NATS and from two replicas; live updates; every
+//! bad parameter and key; loading before ready; the OpenAPI document.
+
+mod answers;
+mod errors;
+mod live;
+mod support;

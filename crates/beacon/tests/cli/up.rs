@@ -89,6 +89,70 @@ async fn up_starts_everything_and_stops_cleanly() {
         "the event was aggregated and every partition has an owner"
     );
 
+    // The query API shares the collector's address; a separate `beacon query`
+    // node against the same NATS gives the same answer.
+    let read_key = config
+        .split('"')
+        .find(|s| s.starts_with("rk_"))
+        .expect("a read key")
+        .to_owned();
+    let mut query = beacon(dir.path());
+    query.args([
+        "query",
+        "--nats-url",
+        nats_url.trim(),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        "beacon-data/beacon.toml",
+    ]);
+    let (query_node, line) = spawn_until(query, "query API on http://").await;
+    let query_url = url_in(&line).trim_end_matches("/api/v1/").to_owned();
+    let http = reqwest::Client::new();
+    for base in [&url, &query_url] {
+        let ask = |path: &str| {
+            http.get(format!("{base}{path}"))
+                .bearer_auth(&read_key)
+                .send()
+        };
+        let mut ready = false;
+        for _ in 0..100 {
+            if ask("/readyz").await.is_ok_and(|r| r.status() == 200) {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "{base} never ready");
+        let summary: serde_json::Value = ask("/api/v1/sites/default/summary?from=-1h")
+            .await
+            .expect("summary")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(summary["metrics"]["events"]["value"], 1, "{base}: {summary}");
+        let unknown = http
+            .get(format!("{base}/api/v1/sites/default/summary"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("asked");
+        assert_eq!(unknown.status(), 401, "a write key does not read");
+        let openapi = http
+            .get(format!("{base}/api/v1/openapi.json"))
+            .send()
+            .await
+            .expect("openapi");
+        assert_eq!(openapi.status(), 200);
+    }
+    sigterm(&query_node);
+    let mut query_node = query_node;
+    let exit = tokio::time::timeout(Duration::from_secs(30), query_node.wait())
+        .await
+        .expect("the query node exits")
+        .expect("status");
+    assert!(exit.success(), "beacon query exited with {exit}");
+
     sigterm(&child);
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await

@@ -68,6 +68,10 @@ pub enum Command {
     },
     /// Send one event to a collector.
     Send(crate::send::SendArgs),
+    /// Send realistic traffic (visits, funnels, purchases) and write its ground truth.
+    Simulate(crate::simulate::SimulateArgs),
+    /// Compare Beacon's answers with a ground-truth file from `simulate --truth`.
+    Verify(crate::verify::VerifyArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -122,6 +126,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config, roles, Some(listen)).await
         }
         Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
+        Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
+        Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage } => crate::bench::run(stage, &cli.global.nats_urls).await,
     }

@@ -6,8 +6,10 @@ mod cli;
 mod config;
 mod send;
 mod services;
+mod simulate;
 mod status;
 mod up;
+mod verify;
 
 use clap::Parser;
 

@@ -80,11 +80,8 @@ pub async fn run(config: Config, args: SendArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.sites.first().and_then(|s| s.write_keys.first().cloned()))
         .context("no write key: pass --key or set BEACON_WRITE_KEY (or run `beacon up` first, which creates one)")?;
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.collector.listen));
-    let endpoint = format!("{}/api/v1/events", url.trim_end_matches('/'));
+    let url = collector_url(&config, args.url.as_deref());
+    let endpoint = format!("{url}/api/v1/events");
     let response = reqwest::Client::new()
         .post(&endpoint)
         .bearer_auth(key)
@@ -103,4 +100,13 @@ pub async fn run(config: Config, args: SendArgs) -> anyhow::Result<()> {
         bail!("the collector answered {status}");
     }
     Ok(())
+}
+
+/// The collector's (and in `beacon up`, the query API's) base URL: `url` if
+/// given, else `collector.listen`; without a trailing slash.
+pub fn collector_url(config: &Config, url: Option<&str>) -> String {
+    url.map(str::to_owned)
+        .unwrap_or_else(|| format!("http://{}", config.collector.listen))
+        .trim_end_matches('/')
+        .to_owned()
 }

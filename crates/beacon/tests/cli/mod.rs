@@ -2,4 +2,5 @@ mod bench;
 mod chaos;
 mod crash;
 mod process;
+mod simulate;
 mod up;

@@ -33,9 +33,10 @@ pub const ROUTES: [&str; 8] = [
     "/api/v1/sites/{site}/live/stream",
 ];
 
-/// The query API's routes, to serve alone or beside the collector's.
+/// The query API's routes and the dashboard's, to serve alone or beside the
+/// collector's.
 pub fn router(node: QueryNode) -> Router {
-    Router::new()
+    crate::dashboard::router()
         .route(ROUTES[0], get(openapi))
         .route(ROUTES[1], get(sites))
         .route(ROUTES[2], get(status))

@@ -2,10 +2,12 @@
 //! rollups, kept current by following the rollup store ([`follow`]), and a
 //! live picture of the newest events from the stream ([`live`]). It answers
 //! the same operations over HTTP ([`http`], with Server-Sent Events for live
-//! updates) and as a NATS micro service ([`service`]). Nodes hold no state of
-//! their own: run as many as needed.
+//! updates) and as a NATS micro service ([`service`]). It also serves the browser
+//! dashboard that reads them ([`dashboard`]). Nodes hold no state of their
+//! own: run as many as needed.
 
 pub mod auth;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod follow;

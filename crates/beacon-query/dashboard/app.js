@@ -224,6 +224,7 @@ async function refresh(navigated = false) {
     state.answer = { q, filtered, summary, series, ranked: new Map(lists.map((l, i) => [l.dimension, ranked[i]])) };
     state.retry.delay = 0;
     hideBanner();
+    main.dataset.site = view.site;
     main.dataset.query = new URLSearchParams(base).toString();
     render();
     main.dataset.state = 'ready';
@@ -322,6 +323,7 @@ function render() {
   $('main').dataset.empty = String(empty);
   $('empty').hidden = !empty;
   $('chart').hidden = empty;
+  if (empty) $('chart-title').textContent = 'No events in this period yet';
   $('lists').hidden = empty;
 }
 
@@ -388,6 +390,7 @@ function renderCards() {
       change = format.change(currency ? figure.change?.[currency] : null, {
         previousKnown,
         previous: currency ? Number(figure.previous?.[currency] ?? 0) : 0,
+        value: currency ? figure.value[currency] : 0,
       });
     } else {
       button.dataset.value = figure.value === null ? '' : String(figure.value);
@@ -397,6 +400,7 @@ function renderCards() {
         lowerIsBetter: card.lowerIsBetter,
         previousKnown,
         previous: figure.previous,
+        value: figure.value,
       });
     }
     changeEl.textContent = change.text;

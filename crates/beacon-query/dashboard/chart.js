@@ -1,6 +1,6 @@
 // A small line chart in SVG: one series over time, with the value under the
 // pointer shown beside a guide line. The arrow keys move the same guide for
-// keyboard users; the chart redraws itself when its box changes width.
+// keyboard users; the chart redraws itself when its box changes size.
 
 const NS = 'http://www.w3.org/2000/svg';
 const PAD = { left: 52, right: 14, top: 14, bottom: 26 };
@@ -8,12 +8,19 @@ const PAD = { left: 52, right: 14, top: 14, bottom: 26 };
 /** Each chart box's data and drawing state. */
 const charts = new WeakMap();
 
-const resized = new ResizeObserver((entries) => {
-  for (const entry of entries) {
-    const d = charts.get(entry.target);
-    if (d && entry.target.clientWidth !== d.width) render(entry.target, d);
-  }
-});
+/** Redraws a chart whose box changed size (made on first use). */
+let resized = null;
+
+function watchWidth(box) {
+  resized ??= new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const d = charts.get(entry.target);
+      const box = entry.target;
+      if (d && (box.clientWidth !== d.width || box.clientHeight !== d.height)) render(box, d);
+    }
+  });
+  resized.observe(box);
+}
 
 function node(tag, attrs = {}, text = '') {
   const n = document.createElementNS(NS, tag);
@@ -44,7 +51,7 @@ export function drawChart(box, data) {
   charts.set(box, d);
   if (!known) {
     wire(box);
-    resized.observe(box);
+    watchWidth(box);
   }
   render(box, d);
 }
@@ -73,6 +80,7 @@ function geometry(box, d) {
 function render(box, d) {
   const g = geometry(box, d);
   d.width = box.clientWidth;
+  d.height = box.clientHeight;
   d.g = g;
   const root = node('svg', { viewBox: `0 0 ${g.width} ${g.height}`, width: g.width, height: g.height, 'aria-hidden': 'true' });
   for (const f of [0, 0.5, 1]) {

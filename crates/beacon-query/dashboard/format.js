@@ -29,7 +29,7 @@ export function duration(seconds) {
 export function money(amount, currency) {
   const n = Number(amount);
   try {
-    return new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(n);
+    return new Intl.NumberFormat(undefined, { style: 'currency', currency, currencyDisplay: 'narrowSymbol' }).format(n);
   } catch {
     return `${amount} ${currency}`;
   }
@@ -55,11 +55,11 @@ export function mainCurrency(revenue) {
  * its tone (good, bad, flat or none) and a longer title. `change` is
  * relative (0.25 is +25 %), except for rates, where it is the difference.
  */
-export function change(change, { isRate = false, lowerIsBetter = false, previousKnown = true, previous = null } = {}) {
+export function change(change, { isRate = false, lowerIsBetter = false, previousKnown = true, previous = null, value = null } = {}) {
   if (!previousKnown) return { text: 'no earlier data', tone: 'none', title: 'The period before is past retention.' };
   if (change === null || change === undefined) {
-    const text = previous === 0 || previous === null ? 'new' : '–';
-    return { text, tone: 'none', title: 'Nothing to compare with in the period before.' };
+    const fresh = (previous === 0 || previous === null) && Number(value) > 0;
+    return { text: fresh ? 'new' : '–', tone: 'none', title: 'Nothing to compare with in the period before.' };
   }
   if (change === 0) return { text: '±0%', tone: 'flat', title: 'Same as the period before.' };
   const up = change > 0;

@@ -1,0 +1,364 @@
+// The dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core) against a real `beacon up` with known events. Numbers on
+// the page are checked against the API's own answers to the same question.
+// With BEACON_SCREENSHOTS=<folder>, each state is saved there as a PNG.
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { Beacon, KEYS, expected, knownEvents, until } from './beacon.js';
+
+const CHROMIUM = process.env.BEACON_CHROMIUM || '/usr/bin/chromium';
+const SHOTS = process.env.BEACON_SCREENSHOTS || '';
+const WAIT = 15_000;
+const ALL_METRICS = 'users,pageviews,events,sessions,bounce_rate,avg_session_duration,revenue';
+const LISTS = ['path', 'entry_page', 'referrer_source', 'browser', 'os', 'device', 'country', 'name'];
+
+let beacon;
+let browser;
+let known;
+
+before(async () => {
+  beacon = await Beacon.start();
+  const events = knownEvents();
+  known = expected(events);
+  await beacon.send(events);
+  await until('the known events to be counted', async () => {
+    const s = await beacon.api('/api/v1/sites/shop/summary?from=-1h&metrics=events');
+    return s.metrics.events.value === known.events;
+  });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    timeout: 60_000,
+  });
+  if (SHOTS) mkdirSync(SHOTS, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close();
+  await beacon?.stop();
+});
+
+/** A fresh browser tab (new session storage) that fails the test on any page error. */
+async function open(options = {}) {
+  const context = await browser.newContext({
+    viewport: { width: 1200, height: 820 },
+    timezoneId: 'Europe/Berlin',
+    locale: 'en-GB',
+    ...options,
+  });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.outside = [];
+  page.on('request', (r) => {
+    if (!r.url().startsWith(beacon.url) && !r.url().startsWith('data:')) page.outside.push(r.url());
+  });
+  await page.goto(`${beacon.url}/`);
+  return page;
+}
+
+async function close(page) {
+  assert.deepEqual(page.errors, [], 'errors on the page');
+  assert.deepEqual(page.outside, [], 'requests outside Beacon');
+  await page.context().close();
+}
+
+async function shot(page, name) {
+  if (!SHOTS) return;
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
+/**
+ * Wait until the dashboard shows a complete answer about `site` whose query
+ * differs from `other`, holds `has` and lacks `lacks` (each if given).
+ */
+async function ready(page, { site = 'shop', other = null, has = null, lacks = null } = {}) {
+  await page.waitForFunction(
+    ([site, other, has, lacks]) => {
+      const main = document.getElementById('main');
+      const q = main.dataset.query || '';
+      return (
+        !main.hidden &&
+        main.dataset.state === 'ready' &&
+        main.dataset.site === site &&
+        q !== other &&
+        (!has || q.includes(has)) &&
+        (!lacks || !q.includes(lacks))
+      );
+    },
+    [site, other, has, lacks],
+    { timeout: WAIT },
+  );
+  return page.$eval('#main', (m) => m.dataset.query);
+}
+
+async function signIn(page, key = KEYS.team) {
+  await page.fill('#key', key);
+  await page.press('#key', 'Enter');
+  return ready(page);
+}
+
+/** Card values as the page holds them: {metric: {available, value, text}}. */
+function cards(page) {
+  return page.$$eval('.card', (all) =>
+    Object.fromEntries(all.map((c) => [c.dataset.metric, { available: c.dataset.available === 'true', value: c.dataset.value, text: c.textContent }])),
+  );
+}
+
+/** Each top list's rows, or null where the list is not available. */
+function lists(page) {
+  return page.$$eval('.list', (all) =>
+    Object.fromEntries(
+      all.map((l) => [
+        l.dataset.dimension,
+        l.dataset.available === 'false' ? null : [...l.querySelectorAll('.row')].map((r) => ({ value: r.dataset.value, count: Number(r.dataset.count) })),
+      ]),
+    ),
+  );
+}
+
+/** The value a card holds for an API figure. */
+const asCard = (metric, value) => (metric === 'revenue' ? JSON.stringify(value) : value === null ? '' : String(value));
+
+async function assertMatchesApi(page, query, filtered) {
+  const site = '/api/v1/sites/shop';
+  const metrics = filtered ? 'events,pageviews' : ALL_METRICS;
+  const summary = await beacon.api(`${site}/summary?${query}&metrics=${metrics}`);
+  const shown = await cards(page);
+  for (const [metric, card] of Object.entries(shown)) {
+    const figure = summary.metrics[metric];
+    if (!figure) {
+      assert.equal(card.available, false, `${metric} is marked unavailable`);
+      assert.match(card.text, /not available with a filter/);
+      continue;
+    }
+    assert.equal(card.available, true, metric);
+    assert.equal(card.value, asCard(metric, figure.value), `card ${metric}`);
+  }
+  const rows = await lists(page);
+  for (const dimension of LISTS) {
+    if (rows[dimension] === null) {
+      assert.ok(filtered, `${dimension} is available without a filter`);
+      continue;
+    }
+    const answer = await beacon.api(`${site}/breakdown?${query}&dimension=${dimension}&limit=10`);
+    assert.deepEqual(rows[dimension], answer.rows, `top list ${dimension}`);
+  }
+  return summary;
+}
+
+test('the cards, top lists and chart equal the API answers, with a site picker and no outside requests', { timeout: 90_000 }, async () => {
+  const page = await open();
+  await page.waitForSelector('#signin-form');
+  await shot(page, 'signin');
+  let query = await signIn(page);
+  assert.deepEqual(await page.$$eval('#site option', (o) => o.map((x) => x.value)), ['shop', 'wiki']);
+  assert.equal(await page.inputValue('#site'), 'shop');
+  assert.match(query, /tz=Europe%2FBerlin/, 'the browser zone is sent');
+
+  // Last 7 days: the known events are inside whatever the time of day.
+  await page.selectOption('#range', '7d');
+  query = await ready(page, { other: query });
+  const summary = await assertMatchesApi(page, query, false);
+  assert.equal(summary.metrics.pageviews.value, known.pageviews);
+  assert.equal(summary.metrics.events.value, known.events);
+  assert.ok(Math.abs(summary.metrics.users.value - known.users) <= 1, 'unique users within the sketch error');
+  const revenue = Object.fromEntries(Object.entries(known.revenue).map(([c, v]) => [c, String(v)]));
+  assert.deepEqual(summary.metrics.revenue.value, revenue);
+
+  // The chart shows the chosen card's metric and the value under the pointer.
+  await page.click('.card[data-metric="pageviews"]');
+  await page.waitForSelector('.card[data-metric="pageviews"][aria-pressed="true"]');
+  const series = await beacon.api(`/api/v1/sites/shop/timeseries?${query}&interval=1d&metrics=pageviews`);
+  const box = await page.$eval('#chart', (c) => {
+    const r = c.getBoundingClientRect();
+    return { x: r.x, y: r.y, width: r.width, height: r.height };
+  });
+  await page.mouse.move(box.x + box.width - 16, box.y + box.height / 2);
+  await page.waitForSelector('.chart-tip:not([hidden])');
+  const index = Number(await page.$eval('.chart-tip', (t) => t.dataset.index));
+  assert.equal(index, series.points.length - 1, 'the rightmost point is today');
+  assert.equal(await page.textContent('.chart-tip strong'), String(series.points[index].pageviews));
+  await close(page);
+});
+
+test('a new event reaches the live feed and the counters without a reload', { timeout: 60_000 }, async () => {
+  const page = await open();
+  const query = await signIn(page);
+  // Realtime: the last 30 minutes per minute.
+  await page.selectOption('#range', 'realtime');
+  await ready(page, { other: query, has: 'from=-30m' });
+  await page.waitForSelector('#feed li');
+  await page.evaluate(() => {
+    window.sameDocument = true;
+  });
+  const before = await cards(page);
+  const active = Number(await page.$eval('#active-users', (e) => e.dataset.value));
+  await beacon.send([{ id: 'live-1', name: 'live_check', user_id: 'u-live', props: { path: '/live' } }]);
+  await page.waitForSelector('#feed li:first-child .feed-name:text-is("live_check")');
+  await page.waitForFunction((n) => Number(document.getElementById('active-users').dataset.value) === n + 1, active);
+  await page.waitForFunction(
+    (n) => document.querySelector('.card[data-metric="events"]').dataset.value === String(n + 1),
+    Number(before.events.value),
+  );
+  assert.equal(await page.evaluate(() => window.sameDocument), true, 'the page was not reloaded');
+  assert.match(await page.textContent('#freshness'), /s behind/);
+  await shot(page, 'dashboard');
+  await close(page);
+});
+
+test('clicking a top-list row filters the whole dashboard; its chip removes the filter', { timeout: 60_000 }, async () => {
+  const page = await open();
+  let query = await signIn(page);
+  await page.selectOption('#range', '7d');
+  query = await ready(page, { other: query });
+  const unfiltered = await cards(page);
+
+  await page.click('.list[data-dimension="path"] .row[data-value="/pricing"]');
+  query = await ready(page, { has: 'path=%2Fpricing' });
+  assert.match(await page.textContent('.chip[data-filter="path"]'), /Page is \/pricing/);
+  const summary = await assertMatchesApi(page, query, true);
+  assert.equal(summary.metrics.pageviews.value, known.pageviewsOn('/pricing'));
+  const filtered = await cards(page);
+  assert.notEqual(filtered.pageviews.value, unfiltered.pageviews.value, 'the numbers changed');
+  assert.equal(await page.getAttribute('.list[data-dimension="browser"]', 'data-available'), 'false');
+  // The feed keeps only the events that pass the filter.
+  const pages = await page.$$eval('#feed .feed-where', (all) => all.map((e) => e.textContent));
+  assert.ok(pages.length > 0 && pages.every((p) => p.startsWith('/pricing')), pages.join(', '));
+  await shot(page, 'filtered');
+
+  // A second filter on the event name, then both removed.
+  await page.click('.list[data-dimension="name"] .row[data-value="signup"]');
+  query = await ready(page, { has: 'name=signup' });
+  await assertMatchesApi(page, query, true);
+  assert.equal(await page.locator('.chip').count(), 2);
+  await page.click('.chip[data-filter="name"] .chip-remove');
+  query = await ready(page, { lacks: 'name=' });
+  await page.click('.chip[data-filter="path"] .chip-remove');
+  query = await ready(page, { lacks: 'path=' });
+  assert.equal(await page.locator('.chip').count(), 0);
+  assert.deepEqual(await cards(page), unfiltered);
+  await assertMatchesApi(page, query, false);
+  await close(page);
+});
+
+test('a wrong key or a write key shows the error state', { timeout: 30_000 }, async () => {
+  const page = await open();
+  await page.fill('#key', 'rk_not_a_key');
+  await page.press('#key', 'Enter');
+  await page.waitForSelector('#signin-error:not([hidden])');
+  assert.match(await page.textContent('#signin-error'), /refused: unknown read key/);
+  assert.equal(await page.isHidden('#main'), true);
+  await shot(page, 'wrong-key');
+  await page.fill('#key', KEYS.shopWrite);
+  await page.press('#key', 'Enter');
+  await page.waitForSelector('#signin-error:text("write key")');
+  await close(page);
+});
+
+test('a site without events shows the empty state with the curl line', { timeout: 30_000 }, async () => {
+  const page = await open();
+  await signIn(page);
+  await page.selectOption('#site', 'wiki');
+  await ready(page, { site: 'wiki' });
+  await page.waitForSelector('#empty:not([hidden])');
+  const curl = await page.textContent('#curl');
+  assert.ok(curl.includes(`curl -X POST ${beacon.url}/api/v1/events`), curl);
+  assert.ok(curl.includes('Authorization: Bearer <write key>'), curl);
+  assert.equal(await page.isHidden('#lists'), true);
+  await shot(page, 'empty');
+  await close(page);
+});
+
+test('an unreachable server shows the error state, and the page recovers', { timeout: 60_000 }, async () => {
+  const page = await open();
+  const query = await signIn(page);
+  await page.route('**/api/v1/**', (route) => route.abort('connectionrefused'));
+  await page.selectOption('#range', 'yesterday');
+  await page.waitForSelector('#banner[data-kind="unreachable"]:not([hidden])');
+  assert.match(await page.textContent('#banner'), /Cannot reach Beacon/);
+  await shot(page, 'unreachable');
+  await page.unroute('**/api/v1/**');
+  await page.click('#banner-retry');
+  await ready(page, { other: query });
+  assert.equal(await page.isHidden('#banner'), true);
+  await close(page);
+});
+
+test('the freshness indicator warns when the numbers fall behind', { timeout: 30_000 }, async () => {
+  const page = await open();
+  await page.route('**/live/stream', (route) =>
+    route.fulfill({
+      status: 200,
+      contentType: 'text/event-stream',
+      body: 'event: live\ndata: {"site":"shop","active_users":1,"events_per_second":0,"events_last_minute":0,"events_last_5_minutes":0,"last_seq":1,"behind_ms":12400}\n\n',
+    }),
+  );
+  await page.evaluate(() => {
+    window.freshness = [];
+    new MutationObserver(() => {
+      const pill = document.getElementById('freshness');
+      window.freshness.push(`${pill.dataset.state}: ${pill.textContent}`);
+    }).observe(document.getElementById('freshness'), { attributes: true, childList: true });
+  });
+  await signIn(page);
+  await page.waitForFunction(() => window.freshness.some((s) => s.startsWith('warn')));
+  const seen = await page.evaluate(() => window.freshness);
+  assert.ok(seen.includes('warn: Numbers 12 s behind'), seen.join(' | '));
+  await close(page);
+});
+
+test('the keyboard reaches and works the sign-in, the chart, the top lists and the chips', { timeout: 60_000 }, async () => {
+  const page = await open();
+  await page.waitForFunction(() => document.activeElement?.id === 'key');
+  await page.keyboard.type(KEYS.team);
+  await page.keyboard.press('Enter');
+  await ready(page);
+  const focused = () => page.evaluate(() => {
+    const e = document.activeElement;
+    return e?.id || e?.dataset.value || e?.className || '';
+  });
+  // Tab to the chart and read its points with the arrow keys.
+  for (let i = 0; i < 30 && (await focused()) !== 'chart'; i++) await page.keyboard.press('Tab');
+  assert.equal(await focused(), 'chart');
+  await page.keyboard.press('ArrowLeft');
+  await page.waitForSelector('.chart-tip:not([hidden])');
+  // On to the first page in the top list, and filter by it.
+  for (let i = 0; i < 30 && !(await page.evaluate(() => document.activeElement?.closest('.list[data-dimension="path"]'))); i++) {
+    await page.keyboard.press('Tab');
+  }
+  const value = await focused();
+  assert.ok(value.startsWith('/'), `a page row has the focus, not ${value}`);
+  await page.keyboard.press('Enter');
+  await ready(page, { has: `path=${encodeURIComponent(value)}` });
+  // The focus lands on the new chip's remove button; Enter removes it.
+  await page.waitForFunction(() => document.activeElement?.classList.contains('chip-remove'));
+  await page.keyboard.press('Enter');
+  await ready(page, { lacks: 'path=' });
+  await close(page);
+});
+
+test('on a phone-width screen nothing overflows and a row can be tapped', { timeout: 60_000 }, async () => {
+  const page = await open({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 1 });
+  await signIn(page);
+  await page.waitForSelector('#feed li');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than the screen`);
+  const outside = await page.$$eval('.card, .list, .panel, .bar select', (all) =>
+    all.filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5).map((e) => e.className || e.id),
+  );
+  assert.deepEqual(outside, []);
+  await shot(page, 'phone');
+  await page.tap('.list[data-dimension="browser"] .row[data-value="Firefox"]');
+  await ready(page, { has: 'browser=Firefox' });
+  await page.waitForSelector('.chip[data-filter="browser"]');
+  await close(page);
+});

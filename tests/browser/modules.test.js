@@ -1,0 +1,80 @@
+// The dashboard's modules that need no page: which range asks what, the
+// stream parser, and how changes and scales read.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { SseParser } from '../../crates/beacon-query/dashboard/api.js';
+import { niceMax } from '../../crates/beacon-query/dashboard/chart.js';
+import * as format from '../../crates/beacon-query/dashboard/format.js';
+import { addDays, dateIn, offsetMinutes, period } from '../../crates/beacon-query/dashboard/range.js';
+
+// 2026-11-25 14:20:30 UTC, 15:20:30 in Berlin.
+const NOW = Date.parse('2026-11-25T14:20:30Z');
+
+test('ranges ask for whole hours, end on the next hour, and realtime per minute', () => {
+  const ask = (range, more = {}) => period(range, { now: NOW, tz: 'Europe/Berlin', ...more });
+  assert.deepEqual(ask('realtime'), { from: '-30m', to: 'now', interval: '1m', tz: 'Europe/Berlin', note: '' });
+  assert.deepEqual(ask('today'), { from: '2026-11-25', to: '2026-11-25T15:00:00Z', interval: '1h', tz: 'Europe/Berlin', note: '' });
+  assert.deepEqual(ask('yesterday'), { from: '2026-11-24', to: '2026-11-24', interval: '1h', tz: 'Europe/Berlin', note: '' });
+  assert.equal(ask('7d').from, '2026-11-19');
+  assert.equal(ask('7d').interval, '1d');
+  assert.equal(ask('30d').from, '2026-10-27');
+  // A filter needs whole hours: realtime covers the hours of the last 30 minutes.
+  const filtered = ask('realtime', { filtered: true });
+  assert.equal(filtered.from, '2026-11-25T13:00:00Z');
+  assert.equal(filtered.to, '2026-11-25T15:00:00Z');
+  assert.equal(filtered.interval, '1h');
+  assert.match(filtered.note, /whole hour/);
+});
+
+test('a zone a half hour off UTC is read in UTC where whole hours matter', () => {
+  assert.equal(offsetMinutes(NOW, 'Asia/Kolkata'), 330);
+  assert.equal(offsetMinutes(NOW, 'America/New_York'), -300);
+  assert.equal(period('today', { now: NOW, tz: 'Asia/Kolkata' }).tz, 'Asia/Kolkata');
+  const week = period('7d', { now: NOW, tz: 'Asia/Kolkata' });
+  assert.equal(week.tz, 'UTC');
+  assert.match(week.note, /UTC/);
+  assert.equal(period('realtime', { now: NOW, tz: 'Asia/Kolkata', filtered: true }).tz, 'UTC');
+});
+
+test('custom ranges take two dates in order and pick their interval', () => {
+  const custom = (from, to) => period('custom', { now: NOW, tz: 'UTC', custom: { from, to } });
+  assert.equal(custom('2026-11-01', '2026-11-02').interval, '1h');
+  assert.equal(custom('2026-11-01', '2026-11-20').interval, '1d');
+  assert.throws(() => custom('2026-11-20', '2026-11-01'), /ends before it starts/);
+  assert.throws(() => custom('', '2026-11-01'), /both dates/);
+  assert.equal(dateIn(NOW, 'Pacific/Kiritimati'), '2026-11-26');
+  assert.equal(addDays('2026-03-01', -1), '2026-02-28');
+});
+
+test('the stream parser joins chunks, split line ends, data lines and ids', () => {
+  const p = new SseParser();
+  const text = 'event: event\r\nid: 7\r\ndata: {"a":1}\r\n\r\n: keep-alive\n\nevent: live\ndata: x\ndata: y\n\ndata:plain\n\n';
+  const events = [];
+  // One character at a time: every split, including inside CRLF.
+  for (const c of text) events.push(...p.push(c));
+  assert.deepEqual(events, [
+    { type: 'event', data: '{"a":1}', id: '7' },
+    { type: 'live', data: 'x\ny', id: '7' },
+    { type: 'message', data: 'plain', id: '7' },
+  ]);
+  assert.equal(p.lastId, '7');
+  assert.deepEqual(new SseParser('3').push('event: rollups\ndata: {}\n\n'), [{ type: 'rollups', data: '{}', id: '3' }]);
+});
+
+test('changes read as good or bad, and scales end on round numbers', () => {
+  assert.deepEqual(format.change(0.25), { text: '▲ 25.0%', tone: 'good', title: 'Up 25.0% against the period before.' });
+  assert.equal(format.change(0.05, { isRate: true, lowerIsBetter: true }).tone, 'bad');
+  assert.equal(format.change(0.05, { isRate: true }).text, '▲ 5.0 pts');
+  assert.equal(format.change(null, { previous: 0, value: 3 }).text, 'new');
+  assert.equal(format.change(null, { previous: 0, value: 0 }).text, '–');
+  assert.equal(format.change(0.1, { previousKnown: false }).text, 'no earlier data');
+  assert.equal(format.duration(65), '1m 05s');
+  assert.equal(format.duration(7260), '2h 01m');
+  assert.equal(format.mainCurrency({ EUR: '5', USD: '19.99' }), 'USD');
+  assert.equal(niceMax(0), 1);
+  assert.equal(niceMax(7), 10);
+  assert.equal(niceMax(180), 200);
+  assert.equal(niceMax(0.42), 0.5);
+});

@@ -162,6 +162,7 @@ async fn serve(
     if let Some(addr) = running.ops_addr {
         if roles.query {
             println!("query API on http://{addr}/api/v1/ (NATS service beacon-query)");
+            println!("dashboard on http://{addr}/");
         }
         println!("metrics on http://{addr}/metrics");
     }

@@ -106,6 +106,7 @@ fn print_banner(
 ) {
     let Some(addr) = collector else { return };
     println!("\nBeacon is up.");
+    println!("  dashboard  http://{addr}/   (sign in with a read key)");
     println!("  collector  http://{addr}/api/v1/events");
     println!(
         "  query API  http://{addr}/api/v1/   (OpenAPI: /api/v1/openapi.json; NATS service beacon-query)"

@@ -130,7 +130,10 @@ async fn up_starts_everything_and_stops_cleanly() {
             .json()
             .await
             .expect("JSON");
-        assert_eq!(summary["metrics"]["events"]["value"], 1, "{base}: {summary}");
+        assert_eq!(
+            summary["metrics"]["events"]["value"], 1,
+            "{base}: {summary}"
+        );
         let unknown = http
             .get(format!("{base}/api/v1/sites/default/summary"))
             .bearer_auth(&key)
@@ -144,6 +147,21 @@ async fn up_starts_everything_and_stops_cleanly() {
             .await
             .expect("openapi");
         assert_eq!(openapi.status(), 200);
+        // The dashboard is served beside the collector's routes and alone.
+        for (path, kind) in [("/", "text/html"), ("/assets/app.js", "text/javascript")] {
+            let page = http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("dashboard");
+            assert_eq!(page.status(), 200, "{base}{path}");
+            assert!(
+                page.headers()["content-type"]
+                    .to_str()
+                    .is_ok_and(|t| t.starts_with(kind)),
+                "{base}{path}"
+            );
+        }
     }
     sigterm(&query_node);
     let mut query_node = query_node;

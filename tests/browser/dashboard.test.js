@@ -250,6 +250,34 @@ test('clicking a top-list row filters the whole dashboard; its chip removes the 
   await close(page);
 });
 
+test('realtime with a filter, a custom range and UTC all ask questions the API answers', { timeout: 60_000 }, async () => {
+  const page = await open();
+  let query = await signIn(page);
+  // Realtime filtered by a page: whole hours, said in a note.
+  await page.selectOption('#range', 'realtime');
+  query = await ready(page, { other: query, has: 'from=-30m' });
+  await page.click('.list[data-dimension="path"] .row[data-value="/docs"]');
+  query = await ready(page, { has: 'path=%2Fdocs' });
+  assert.match(query, /from=\d{4}-\d\d-\d\dT\d\d%3A00%3A00Z/, 'a whole hour');
+  assert.match(await page.textContent('#note'), /whole hour/);
+  await assertMatchesApi(page, query, true);
+  await page.click('.chip[data-filter="path"] .chip-remove');
+  query = await ready(page, { lacks: 'path=' });
+  // A custom range of two days, then in UTC.
+  await page.selectOption('#range', 'custom');
+  await page.waitForSelector('#custom:not([hidden])');
+  const today = await page.inputValue('#custom-to');
+  const yesterday = new Date(Date.parse(`${today}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10);
+  await page.fill('#custom-from', yesterday);
+  await page.click('#custom button[type="submit"]');
+  query = await ready(page, { has: `from=${yesterday}&to=${today}` });
+  await assertMatchesApi(page, query, false);
+  await page.selectOption('#tz', 'UTC');
+  query = await ready(page, { has: 'tz=UTC' });
+  await assertMatchesApi(page, query, false);
+  await close(page);
+});
+
 test('a wrong key or a write key shows the error state', { timeout: 30_000 }, async () => {
   const page = await open();
   await page.fill('#key', 'rk_not_a_key');

@@ -163,7 +163,7 @@ function random(seed) {
 }
 
 /**
- * The known events: 30 users' visits over the last 28 minutes, each one to
+ * The known events: 30 users' visits over the last 22 minutes, each one to
  * six page views from one browser, country and referrer; a signup on
  * /pricing for some, and purchases in USD and EUR for a few. The same every
  * run but for the times, which follow `now`. User u-1 browses with Firefox.
@@ -177,7 +177,7 @@ export function knownEvents(now = Date.now()) {
     const agent = u === 1 ? AGENTS[0] : pick(AGENTS);
     const country = pick(COUNTRIES);
     const referrer = pick(REFERRERS);
-    let at = now - (3 + next() * 25) * 60_000;
+    let at = now - (2 + next() * 20) * 60_000;
     const add = (name, page, extra = {}) => {
       events.push({
         id: `known-${events.length}`,

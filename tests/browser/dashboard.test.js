@@ -60,13 +60,19 @@ async function open(options = {}) {
   page.on('request', (r) => {
     if (!r.url().startsWith(beacon.url) && !r.url().startsWith('data:')) page.outside.push(r.url());
   });
+  // The dashboard asks only questions the API answers: any refusal is a bug.
+  page.refused = [];
+  page.on('response', (r) => {
+    if (r.status() >= 400) page.refused.push(`${r.status()} ${r.url()}`);
+  });
   await page.goto(`${beacon.url}/`);
   return page;
 }
 
-async function close(page) {
+async function close(page, { refusals = false } = {}) {
   assert.deepEqual(page.errors, [], 'errors on the page');
   assert.deepEqual(page.outside, [], 'requests outside Beacon');
+  if (!refusals) assert.deepEqual(page.refused, [], 'requests Beacon refused');
   await page.context().close();
 }
 
@@ -289,7 +295,7 @@ test('a wrong key or a write key shows the error state', { timeout: 30_000 }, as
   await page.fill('#key', KEYS.shopWrite);
   await page.press('#key', 'Enter');
   await page.waitForSelector('#signin-error:text("write key")');
-  await close(page);
+  await close(page, { refusals: true });
 });
 
 test('a site without events shows the empty state with the curl line', { timeout: 30_000 }, async () => {
@@ -365,6 +371,11 @@ test('the keyboard reaches and works the sign-in, the chart, the top lists and t
   }
   const value = await focused();
   assert.ok(value.startsWith('/'), `a page row has the focus, not ${value}`);
+  // A live refresh that redraws the list leaves the focus where it was.
+  const events = await page.$eval('.card[data-metric="events"]', (c) => Number(c.dataset.value));
+  await beacon.send([{ id: 'keyboard-1', name: 'pageview', user_id: 'u-keyboard', props: { path: value } }]);
+  await page.waitForFunction((n) => document.querySelector('.card[data-metric="events"]').dataset.value === String(n + 1), events);
+  assert.equal(await focused(), value, 'the focus stayed on the row');
   await page.keyboard.press('Enter');
   await ready(page, { has: `path=${encodeURIComponent(value)}` });
   // The focus lands on the new chip's remove button; Enter removes it.

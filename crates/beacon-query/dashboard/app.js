@@ -449,10 +449,16 @@ function buildLists() {
 
 function renderLists() {
   const a = state.answer;
+  // A live refresh must not take the focus from a row a keyboard user is on.
+  const focused = document.activeElement?.closest?.('.list .row');
+  const keep = focused && [focused.closest('.list').dataset.dimension, focused.dataset.value];
   for (const list of LISTS) {
     const panel = document.querySelector(`.list[data-dimension="${list.dimension}"]`);
     const rows = panel.querySelector('.rows');
     const answer = a.ranked.get(list.dimension);
+    const drawn = JSON.stringify([answer?.rows, answer?.other, state.view.filters[list.filter]]);
+    if (panel.dataset.drawn === drawn) continue;
+    panel.dataset.drawn = drawn;
     if (!answer) {
       panel.dataset.available = 'false';
       rows.replaceChildren(
@@ -495,6 +501,11 @@ function renderLists() {
       );
     }
     rows.replaceChildren(el('ol', {}, ...items));
+  }
+  if (keep && !document.activeElement?.closest?.('.list .row')) {
+    const [dimension, value] = keep;
+    const rows = document.querySelectorAll(`.list[data-dimension="${dimension}"] .row`);
+    [...rows].find((r) => r.dataset.value === value)?.focus();
   }
 }
 
@@ -734,6 +745,8 @@ function showDashboard() {
   $('site-name').hidden = state.sites.length > 1;
   state.view = null;
   apply();
+  // The sign-in form is gone: start keyboard users at the top of the numbers.
+  $('main').focus();
 }
 
 function syncControls() {

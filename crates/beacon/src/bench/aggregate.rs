@@ -38,15 +38,10 @@ pub struct AggregateArgs {
     pub json: bool,
 }
 
-const PARTITIONS: u32 = 16;
+pub(super) const PARTITIONS: u32 = 16;
 const SITE: &str = "bench";
 
 pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Result<()> {
-    if !nats_urls.is_empty() {
-        bail!(
-            "the aggregation benchmark fills Beacon's own streams, so it only runs on the empty nats-server it starts itself; drop --nats-url"
-        );
-    }
     if args.quick {
         args.events = args.events.min(50_000);
         args.users = args.users.min(5_000);
@@ -54,7 +49,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     if args.events == 0 || args.users == 0 {
         bail!("--events and --users must be positive");
     }
-    let nats = BenchNats::start(&[]).await?;
+    let nats = BenchNats::own(nats_urls, "aggregation").await?;
     let client = async_nats::connect(nats.urls.clone()).await?;
     let js = jetstream::new(client.clone());
     provision(
@@ -67,17 +62,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     .await?;
 
     let events = day_of_events(args.events, args.users);
-    let outgoing: Vec<Outgoing> = events
-        .iter()
-        .map(|e| {
-            Ok(Outgoing::deduped(
-                event_subject(e.partition, &e.site, &e.name),
-                &e.dedupe_id(),
-                Bytes::from(serde_json::to_vec(e)?),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let published = pipelined_publish(&js, outgoing, 4096).await?;
+    let published = publish_events(&js, &events).await?;
     eprintln!(
         "published {} events from {} users over a day ({published:.0} events/s)",
         args.events, args.users
@@ -190,7 +175,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
 
 /// A day of traffic ending now: page views over a catalogue with a few popular
 /// pages, clicks, sign-ups and purchases in three currencies.
-fn day_of_events(n: usize, users: usize) -> Vec<Event> {
+pub(super) fn day_of_events(n: usize, users: usize) -> Vec<Event> {
     const NAMES: [&str; 8] = [
         "pageview",
         "pageview",
@@ -249,6 +234,25 @@ fn day_of_events(n: usize, users: usize) -> Vec<Event> {
             }
         })
         .collect()
+}
+
+/// Publish canonical events to `BEACON_EVENTS` with their dedupe ids,
+/// pipelined; returns events/s.
+pub(super) async fn publish_events(
+    js: &jetstream::Context,
+    events: &[Event],
+) -> anyhow::Result<f64> {
+    let outgoing: Vec<Outgoing> = events
+        .iter()
+        .map(|e| {
+            Ok(Outgoing::deduped(
+                event_subject(e.partition, &e.site, &e.name),
+                &e.dedupe_id(),
+                Bytes::from(serde_json::to_vec(e)?),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    pipelined_publish(js, outgoing, 4096).await
 }
 
 /// Start `beacon aggregator` and return it with its metrics URL.

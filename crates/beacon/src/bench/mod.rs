@@ -2,6 +2,7 @@
 //! raw JetStream ceiling for the same payloads in the same run.
 
 mod aggregate;
+mod query;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,8 @@ pub enum Stage {
     Ingest(IngestArgs),
     /// Events/s one aggregator process counts, commit latency, memory.
     Aggregate(aggregate::AggregateArgs),
+    /// Query latency over a day of events, and how soon a new event is queryable.
+    Query(query::QueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,10 +57,30 @@ pub async fn run(stage: Stage, nats_urls: &[String]) -> anyhow::Result<()> {
     match stage {
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
+        Stage::Query(args) => query::run(args, nats_urls).await,
     }
 }
 
 const SITE: &str = "bench";
+const WRITE_KEY: &str = "wk_bench_0000000000000000";
+const READ_KEY: &str = "rk_bench_0000000000000000";
+
+/// A config for in-process services on `urls`: the collector on a free port,
+/// and the bench site with its write and read keys, without a rate limit.
+fn bench_config(urls: Vec<String>) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    config.nats.urls = urls;
+    config.collector.listen = "127.0.0.1:0".parse()?;
+    config.sites = vec![Site {
+        id: SITE.to_owned(),
+        write_keys: vec![WRITE_KEY.to_owned()],
+        read_keys: vec![READ_KEY.to_owned()],
+        rate_limit: 0,
+        rate_burst: 0,
+        domains: vec![],
+    }];
+    Ok(config)
+}
 
 async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()> {
     if args.quick {
@@ -82,17 +105,7 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
     let raw = raw_ceiling(&client, &canonical, args.window).await?;
     eprintln!("raw JetStream publish: {raw:.0} events/s");
 
-    let mut config = Config::default();
-    config.nats.urls = urls;
-    config.collector.listen = "127.0.0.1:0".parse()?;
-    config.sites = vec![Site {
-        id: SITE.to_owned(),
-        write_keys: vec!["wk_bench_0000000000000000".to_owned()],
-        read_keys: vec![],
-        rate_limit: 0,
-        rate_burst: 0,
-        domains: vec![],
-    }];
+    let config = bench_config(urls)?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let running = services::start(
         &config,
@@ -109,7 +122,7 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
         .chunks(args.batch)
         .map(|chunk| Bytes::from(serde_json::to_vec(chunk).unwrap_or_default()))
         .collect();
-    let (collector, accepted) = http_ingest(addr, &bodies, args.concurrency).await?;
+    let (collector, accepted) = http_ingest(addr, &bodies, args.concurrency, None).await?;
     eprintln!("collector over HTTP: {collector:.0} events/s ({accepted} accepted)");
     let service_result = running.run_until(stop, async {}).await;
     nats.stop().await;
@@ -273,6 +286,16 @@ impl BenchNats {
         })
     }
 
+    /// A scratch server only: for benchmarks that fill Beacon's own streams.
+    async fn own(nats_urls: &[String], bench: &str) -> anyhow::Result<BenchNats> {
+        if !nats_urls.is_empty() {
+            bail!(
+                "the {bench} benchmark fills Beacon's own streams, so it only runs on the empty nats-server it starts itself; drop --nats-url"
+            );
+        }
+        BenchNats::start(&[]).await
+    }
+
     async fn stop(self) {
         if let Some(mut server) = self.local {
             server.stop().await;
@@ -289,11 +312,14 @@ fn sigterm(pid: u32) {
     }
 }
 
-/// Send every body to the collector from `concurrency` workers; events/s and accepted count.
+/// Send every body to the collector from `concurrency` workers; events/s and
+/// accepted count. With `every`, body `i` is sent no sooner than `i * every`
+/// after the start (a steady load); without it, as fast as answers come.
 async fn http_ingest(
     addr: std::net::SocketAddr,
     bodies: &[Bytes],
     concurrency: usize,
+    every: Option<Duration>,
 ) -> anyhow::Result<(f64, usize)> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -301,7 +327,7 @@ async fn http_ingest(
     let url = format!("http://{addr}/api/v1/events");
     let next = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(bodies.to_vec());
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (client, url, next, bodies) =
@@ -313,19 +339,10 @@ async fn http_ingest(
                 let Some(body) = bodies.get(i) else {
                     return Ok::<_, anyhow::Error>(accepted);
                 };
-                let response = client
-                    .post(&url)
-                    .bearer_auth("wk_bench_0000000000000000")
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                let status = response.status();
-                let answer: Value = response.json().await?;
-                if !status.is_success() {
-                    bail!("collector answered {status}: {answer}");
+                if let Some(every) = every {
+                    tokio::time::sleep_until(started + every.mul_f64(i as f64)).await;
                 }
-                accepted += answer["accepted"].as_u64().unwrap_or(0) as usize;
+                accepted += post_events(&client, &url, body.clone()).await?;
             }
         });
     }
@@ -334,4 +351,21 @@ async fn http_ingest(
         accepted += done??;
     }
     Ok((accepted as f64 / started.elapsed().as_secs_f64(), accepted))
+}
+
+/// POST one JSON body of events to the collector's `url`; how many it accepted.
+async fn post_events(client: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Result<usize> {
+    let response = client
+        .post(url)
+        .bearer_auth(WRITE_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("collector answered {status}: {answer}");
+    }
+    Ok(answer["accepted"].as_u64().unwrap_or(0) as usize)
 }

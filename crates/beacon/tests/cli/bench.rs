@@ -5,19 +5,7 @@ use super::process::beacon;
 
 #[tokio::test]
 async fn the_aggregation_benchmark_measures_every_figure() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = beacon(dir.path())
-        .env("PATH", path_with_nats())
-        .args(["bench", "aggregate", "--quick", "--json"])
-        .output()
-        .await
-        .expect("bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = quick_report("aggregate").await;
     for figure in [
         "aggregate_events_per_sec",
         "aggregate_events_per_cpu_sec",
@@ -38,6 +26,58 @@ async fn the_aggregation_benchmark_measures_every_figure() {
             .as_f64()
             .is_some_and(|e| e < 2.0)
     );
+}
+
+#[tokio::test]
+async fn the_query_benchmark_measures_every_figure() {
+    let report = quick_report("query").await;
+    let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
+    for figure in [
+        "queryable_after_seconds",
+        "live_caught_up_after_seconds",
+        "query_p50_ms",
+        "query_p99_ms",
+        "load_events_per_sec",
+        "freshness_markers",
+        "freshness_p50_ms",
+        "freshness_p99_ms",
+    ] {
+        assert!(
+            measured(&report[figure]),
+            "{figure} was not measured: {report}"
+        );
+    }
+    let kinds = report["by_request"]
+        .as_object()
+        .expect("figures per request");
+    assert_eq!(kinds.len(), 4, "{report}");
+    for (kind, figures) in kinds {
+        for figure in ["requests", "p50_ms", "p99_ms", "response_bytes"] {
+            assert!(
+                measured(&figures[figure]),
+                "{kind} {figure} was not measured: {report}"
+            );
+        }
+    }
+    assert!(report["freshness_misses"].is_u64(), "{report}");
+    assert_eq!(report["requests"], 200);
+}
+
+/// The JSON report of `beacon bench <stage> --quick --json`, which must succeed.
+async fn quick_report(stage: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = beacon(dir.path())
+        .env("PATH", path_with_nats())
+        .args(["bench", stage, "--quick", "--json"])
+        .output()
+        .await
+        .expect("bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
 }
 
 /// The bench finds nats-server like `beacon up` does: put the test's binary first on PATH.

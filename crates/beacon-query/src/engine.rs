@@ -560,12 +560,80 @@ impl<'a> Sums<'a> {
         }
     }
 
-    fn values(&self, metrics: &[Metric]) -> Map<String, Value> {
-        metrics
-            .iter()
-            .map(|m| (m.name().to_owned(), self.value(*m)))
-            .collect()
+    /// The figures of `metrics`, typed: a long time series is written
+    /// straight into its answer rather than built as a tree of maps first.
+    fn values(&self, metrics: &[Metric], start: Option<String>) -> Values {
+        let per_session = |x: f64| (self.sessions > 0).then(|| x / self.sessions as f64);
+        let mut v = Values {
+            start,
+            ..Values::default()
+        };
+        for m in metrics {
+            match m {
+                Metric::Events => v.events = Some(self.events),
+                Metric::Users => v.users = Some(self.users().round() as i64),
+                Metric::Pageviews => v.pageviews = Some(self.pageviews),
+                Metric::Sessions => v.sessions = Some(self.sessions),
+                Metric::BounceRate => {
+                    v.bounce_rate = Some(per_session(self.bounces as f64).map(|r| round(r, 4)));
+                }
+                Metric::AvgSessionDuration => {
+                    v.avg_session_duration =
+                        Some(per_session(self.duration_ms as f64 / 1000.0).map(|r| round(r, 3)));
+                }
+                Metric::Revenue => {
+                    v.revenue = Some(
+                        self.revenue
+                            .iter()
+                            .map(|(c, a)| (c.clone(), a.normalize().to_string()))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        v
     }
+}
+
+/// One point of a time series (with its `start`), or the totals (without).
+#[derive(Debug, Default, Serialize)]
+struct Values {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pageviews: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<i64>,
+    /// `Some(None)`: asked for, but no sessions to divide by (`null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bounce_rate: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avg_session_duration: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revenue: Option<BTreeMap<String, String>>,
+}
+
+/// A time series answer, serialized as it is.
+#[derive(Debug, Serialize)]
+struct Series<'a> {
+    site: &'a str,
+    from: String,
+    to: String,
+    tz: &'a str,
+    filters: Map<String, Value>,
+    interval: &'static str,
+    metrics: Vec<&'static str>,
+    points: Vec<Values>,
+    totals: Values,
+}
+
+/// Serialize an answer.
+fn to_json(value: &impl Serialize) -> Result<String, QueryError> {
+    serde_json::to_string(value).map_err(|e| QueryError::unavailable(e.to_string()))
 }
 
 fn round(x: f64, places: i32) -> f64 {
@@ -592,7 +660,7 @@ fn finest(filters: &Filters, metrics: &[Metric]) -> Granularity {
 }
 
 /// Figures per bucket of `interval` over the range, and their totals.
-pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Value, QueryError> {
+pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
     p.only("timeseries", &TIMESERIES_PARAMS)?;
     let interval = parse_interval(p)?;
     let c = common(site, p, now, interval, 86_400_000)?;
@@ -616,36 +684,29 @@ pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Value
     let mut points = Vec::with_capacity(starts.len());
     for (i, start) in starts.iter().enumerate() {
         let end = starts.get(i + 1).copied().unwrap_or(c.span.to);
-        let buckets = cover(
-            view,
-            &c.clock,
-            Span {
-                from: *start,
-                to: end,
-            },
-            finest,
-        )?;
-        let mut point = Map::new();
-        point.insert("start".into(), c.clock.render(*start).into());
-        point.extend(Sums::of(view, site, &buckets, &c.filters).values(&metrics));
-        points.push(Value::Object(point));
+        let span = Span {
+            from: *start,
+            to: end,
+        };
+        let buckets = cover(view, &c.clock, span, finest)?;
+        let sums = Sums::of(view, site, &buckets, &c.filters);
+        points.push(sums.values(&metrics, Some(c.clock.render(*start))));
     }
-    let mut out = header(&c);
-    out.insert("interval".into(), interval.label().into());
-    out.insert(
-        "metrics".into(),
-        metrics.iter().map(|m| m.name()).collect::<Vec<_>>().into(),
-    );
-    out.insert("points".into(), points.into());
-    out.insert(
-        "totals".into(),
-        Value::Object(Sums::of(view, site, &whole, &c.filters).values(&metrics)),
-    );
-    Ok(Value::Object(out))
+    to_json(&Series {
+        site,
+        from: c.clock.render(c.span.from),
+        to: c.clock.render(c.span.to),
+        tz: c.clock.tz.name(),
+        filters: c.filters.to_json(),
+        interval: interval.label(),
+        metrics: metrics.iter().map(|m| m.name()).collect(),
+        points,
+        totals: Sums::of(view, site, &whole, &c.filters).values(&metrics, None),
+    })
 }
 
 /// Totals over the range and over the period of equal length just before it.
-pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<Value, QueryError> {
+pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
     p.only("summary", &SUMMARY_PARAMS)?;
     let c = common(site, p, now, Granularity::Minute, 86_400_000)?;
     let metrics = parse_metrics(p, &c.filters)?;
@@ -682,7 +743,7 @@ pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<Value, Q
         json!({"from": c.clock.render(previous.from), "to": c.clock.render(previous.to), "available": before.is_some()}),
     );
     out.insert("metrics".into(), Value::Object(figures));
-    Ok(Value::Object(out))
+    to_json(&out)
 }
 
 /// Relative change (0.25 is +25 %); for bounce rate, the difference in rate.
@@ -749,7 +810,7 @@ impl By {
 }
 
 /// The top `limit` values of a dimension by a metric, with the rest as `(other)`.
-pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<Value, QueryError> {
+pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
     p.only("breakdown", &BREAKDOWN_PARAMS)?;
     let by = By::parse(p.dimension.as_deref().ok_or_else(|| {
         QueryError::bad_request("dimension is required (name, path, referrer_source, browser, os, device, country, entry_page, exit_page)")
@@ -909,7 +970,7 @@ pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<Value,
     out.insert("rows".into(), rows.into());
     out.insert("other".into(), (total - shown).into());
     out.insert("total".into(), total.into());
-    Ok(Value::Object(out))
+    to_json(&out)
 }
 
 /// Adds one cell's counts of a breakdown into the running totals.
@@ -983,7 +1044,7 @@ mod tests {
         assert!(err.message.contains("whole hours"), "{err}");
     }
 
-    type Answer = fn(&View, &str, &Params, i64) -> Result<Value, QueryError>;
+    type Answer = fn(&View, &str, &Params, i64) -> Result<String, QueryError>;
 
     #[test]
     fn bad_parameters_say_what_is_wrong() {

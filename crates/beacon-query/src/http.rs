@@ -103,7 +103,7 @@ async fn respond(
         node.answer(op, bearer(headers), site, &params).await
     };
     match answer.await {
-        Ok(value) => axum::Json(value).into_response(),
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => e.into_response(),
     }
 }

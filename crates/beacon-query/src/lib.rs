@@ -21,7 +21,6 @@ use std::sync::Arc;
 use async_nats::jetstream::context::Context;
 use beacon_core::Site;
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::watch;
 
 pub use self::engine::Params;
@@ -139,14 +138,14 @@ impl QueryNode {
         served
     }
 
-    /// Answer `op` for the holder of `key`.
+    /// Answer `op` for the holder of `key`: the answer's JSON text.
     pub async fn answer(
         &self,
         op: Op,
         key: Option<&str>,
         site: Option<&str>,
         params: &Params,
-    ) -> Result<Value, QueryError> {
+    ) -> Result<String, QueryError> {
         let now = chrono::Utc::now().timestamp_millis();
         let started = std::time::Instant::now();
         let result = self.dispatch(op, key, site, params, now).await;
@@ -166,7 +165,7 @@ impl QueryNode {
         site: Option<&str>,
         params: &Params,
         now: i64,
-    ) -> Result<Value, QueryError> {
+    ) -> Result<String, QueryError> {
         let site = match (op.per_site(), site) {
             (true, Some(site)) => {
                 self.keys.check(key, site)?;
@@ -176,13 +175,13 @@ impl QueryNode {
             (false, _) => {
                 let sites = self.keys.sites_of(key)?;
                 if op == Op::Sites {
-                    return Ok(serde_json::json!({"sites": sites}));
+                    return Ok(serde_json::json!({"sites": sites}).to_string());
                 }
                 ""
             }
         };
         if op == Op::Status {
-            return status::status(self, now).await;
+            return status::status(self, now).await.map(|v| v.to_string());
         }
         if op == Op::Live {
             if *params != Params::default() {
@@ -191,7 +190,7 @@ impl QueryNode {
             let mut figures = serde_json::to_value(self.live.figures(site, now))
                 .map_err(|e| QueryError::unavailable(e.to_string()))?;
             figures["behind_ms"] = self.behind_ms(now).into();
-            return Ok(figures);
+            return Ok(figures.to_string());
         }
         let answer = match op {
             Op::Timeseries => engine::timeseries,

@@ -59,17 +59,20 @@ struct SiteLive {
     seconds: VecDeque<(i64, u64)>,
     /// User hash → last time seen (received, Unix ms).
     users: HashMap<u64, i64>,
+    /// When the window was last cut to five minutes (Unix ms): also done
+    /// while nobody asks, so memory stays bounded.
+    pruned_ms: i64,
 }
 
 impl SiteLive {
     fn record(&mut self, event: FeedEvent, user: u64, received_ms: i64) {
         let second = received_ms.div_euclid(1000);
-        match self.seconds.iter_mut().rev().find(|(s, _)| *s == second) {
-            Some((_, n)) => *n += 1,
-            None => {
-                self.seconds.push_back((second, 1));
-                self.seconds.make_contiguous().sort_unstable();
-            }
+        // Seconds stay in order: events arrive nearly in order of receipt, so
+        // the place is almost always at the back.
+        let at = self.seconds.partition_point(|(s, _)| *s < second);
+        match self.seconds.get_mut(at) {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => self.seconds.insert(at, (second, 1)),
         }
         let seen = self.users.entry(user).or_insert(received_ms);
         *seen = (*seen).max(received_ms);
@@ -77,9 +80,13 @@ impl SiteLive {
         while self.feed.len() > FEED_SIZE {
             self.feed.pop_front();
         }
+        if received_ms > self.pruned_ms + 10_000 {
+            self.prune(received_ms);
+        }
     }
 
     fn prune(&mut self, now_ms: i64) {
+        self.pruned_ms = now_ms;
         let oldest_second = (now_ms - ACTIVE_MS).div_euclid(1000);
         while self
             .seconds

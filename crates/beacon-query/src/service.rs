@@ -69,7 +69,7 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
                 Err(e) => Err(QueryError::bad_request(format!("bad request body: {e}"))),
             };
             let reply = match answer {
-                Ok(value) => Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
+                Ok(json) => Ok(Bytes::from(json)),
                 Err(e) => Err(service::error::Error {
                     status: e.message,
                     code: e.status as usize,

@@ -91,6 +91,22 @@ impl Bounded {
         self.0.shrink_to_fit();
     }
 
+    /// Add `sign` × every count of `other`, key by key, with no folding:
+    /// for a merged view kept as the exact sum of bounded maps.
+    pub fn shift(&mut self, other: &Bounded, sign: i64) {
+        for (k, v) in &other.0 {
+            match self.find(k) {
+                Ok(i) => self.0[i].1 += sign * v,
+                Err(i) => self.0.insert(i, (k.clone(), sign * v)),
+            }
+        }
+    }
+
+    /// Drop keys whose count is zero.
+    pub fn drop_zeros(&mut self) {
+        self.0.retain(|(_, v)| *v != 0);
+    }
+
     /// Rough heap bytes, for the state-size metric.
     pub fn approx_bytes(&self) -> usize {
         self.0.iter().map(|(k, _)| k.len() + 32).sum()

@@ -140,6 +140,55 @@ impl Counters {
         self.sessions.merge(&other.sessions);
     }
 
+    /// Add (`sign` 1) or take away (`sign` -1) `other`, exactly and key by
+    /// key: a merged view stays the sum of its partitions' cells when one of
+    /// them changes by taking the old cell away and adding the new one.
+    pub fn shift(&mut self, other: &Counters, sign: i64) {
+        self.events.shift(&other.events, sign);
+        self.pageviews += sign * other.pageviews;
+        for (currency, amount) in &other.revenue {
+            let sum = self.revenue.entry(currency.clone()).or_default();
+            *sum = if sign < 0 {
+                sum.saturating_sub(*amount)
+            } else {
+                sum.saturating_add(*amount)
+            };
+        }
+        for (a, b) in self.dims.iter_mut().zip(&other.dims) {
+            a.shift(b, sign);
+        }
+        for (name, dims) in &other.by_name {
+            for (a, b) in self.name_dims_mut(name).iter_mut().zip(dims) {
+                a.shift(b, sign);
+            }
+        }
+        let (s, o) = (&mut self.sessions, &other.sessions);
+        s.started += sign * o.started;
+        s.bounces += sign * o.bounces;
+        s.duration_ms += sign * o.duration_ms;
+        s.pageviews += sign * o.pageviews;
+        s.entries.shift(&o.entries, sign);
+        s.exits.shift(&o.exits, sign);
+    }
+
+    /// Drop every key counted zero times (after [`Counters::shift`]).
+    pub fn drop_zeros(&mut self) {
+        self.events.drop_zeros();
+        self.revenue.retain(|_, a| !a.is_zero());
+        for d in &mut self.dims {
+            d.drop_zeros();
+        }
+        for (_, dims) in &mut self.by_name {
+            for d in dims.iter_mut() {
+                d.drop_zeros();
+            }
+        }
+        self.by_name
+            .retain(|(_, dims)| dims.iter().any(|d| !d.is_empty()));
+        self.sessions.entries.drop_zeros();
+        self.sessions.exits.drop_zeros();
+    }
+
     /// Bound every map to `top_n` keys. Names beyond the kept ones have their
     /// per-dimension counts folded under `(other)` too.
     pub fn truncate(&mut self, top_n: usize) {

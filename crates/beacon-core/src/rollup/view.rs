@@ -59,7 +59,19 @@ impl View {
             .iter()
             .flat_map(|s| s.cells.keys().cloned())
             .collect();
-        view.remerge(keys);
+        for key in keys {
+            let mut merged = Merged::default();
+            let mut union = new_union();
+            for state in &view.partitions {
+                if let Some(cell) = state.cells.get(&key) {
+                    merged.counters.merge(&cell.counters);
+                    union.update(&cell.users);
+                }
+            }
+            merged.users = union.to_sketch(HllType::Hll8);
+            merged.users_estimate = merged.users.estimate();
+            view.cells.insert(key, merged);
+        }
         view
     }
 
@@ -89,41 +101,57 @@ impl View {
                     .cloned(),
             );
         }
+        let before = old_counters(state, touched);
         state.apply(delta);
-        self.remerge(touched);
+        self.rebase(partition, before);
     }
 
     /// Replace `partition`'s whole state (a snapshot).
     pub fn replace(&mut self, partition: u32, state: PartitionState) {
-        let old = std::mem::replace(self.partition_mut(partition), state);
-        let touched: BTreeSet<CellKey> = old
+        let slot = self.partition_mut(partition);
+        let touched: BTreeSet<CellKey> = slot
             .cells
-            .into_keys()
-            .chain(self.partitions[partition as usize].cells.keys().cloned())
+            .keys()
+            .chain(state.cells.keys())
+            .cloned()
             .collect();
-        self.remerge(touched);
+        let before = old_counters(slot, touched);
+        *slot = state;
+        self.rebase(partition, before);
     }
 
-    /// Merge `keys` again from every partition.
-    fn remerge(&mut self, keys: BTreeSet<CellKey>) {
-        for key in keys {
-            let mut merged = Merged::default();
+    /// After `partition` changed: take each touched cell's old counters out of
+    /// the merged cell and put the new ones in (counters are sums, so the
+    /// other partitions need not be read), and union the unique-user
+    /// sketches again (they cannot be taken apart).
+    fn rebase(&mut self, partition: u32, before: Vec<(CellKey, Option<Counters>)>) {
+        for (key, old) in before {
+            let new = self.partitions[partition as usize].cells.get(&key);
+            if old.is_none() && new.is_none() {
+                continue;
+            }
             let mut union = new_union();
             let mut any = false;
             for state in &self.partitions {
                 if let Some(cell) = state.cells.get(&key) {
-                    merged.counters.merge(&cell.counters);
                     union.update(&cell.users);
                     any = true;
                 }
             }
-            if any {
-                merged.users = union.to_sketch(HllType::Hll8);
-                merged.users_estimate = merged.users.estimate();
-                self.cells.insert(key, merged);
-            } else {
+            if !any {
                 self.cells.remove(&key);
+                continue;
             }
+            let merged = self.cells.entry(key).or_default();
+            if let Some(old) = &old {
+                merged.counters.shift(old, -1);
+            }
+            if let Some(new) = new {
+                merged.counters.shift(&new.counters, 1);
+            }
+            merged.counters.drop_zeros();
+            merged.users = union.to_sketch(HllType::Hll8);
+            merged.users_estimate = merged.users.estimate();
         }
     }
 
@@ -183,6 +211,19 @@ impl View {
     }
 }
 
+/// The counters `state` holds for each of `keys` now.
+fn old_counters(
+    state: &PartitionState,
+    keys: BTreeSet<CellKey>,
+) -> Vec<(CellKey, Option<Counters>)> {
+    keys.into_iter()
+        .map(|k| {
+            let old = state.cells.get(&k).map(|c| c.counters.clone());
+            (k, old)
+        })
+        .collect()
+}
+
 /// The cell keys of `site`'s buckets at `granularity` starting in `range`.
 fn key_range(site: &str, granularity: Granularity, range: Range<i64>) -> Range<CellKey> {
     let key = |start| CellKey {
@@ -219,15 +260,24 @@ mod tests {
             partition: (i % 3) as u32,
             props: Default::default(),
             revenue: None,
-            context: Context::default(),
+            context: Context {
+                path: Some(format!("/p{}", i % 7)),
+                ..Context::default()
+            },
         }
     }
 
-    /// Following commits one at a time ends where building from the final states does.
+    /// Following commits one at a time ends where building from the final
+    /// states does, also when cells fold values into (other).
     #[test]
     fn following_commits_equals_building_from_the_end() {
+        // Few keys kept per breakdown, so cells fold values into (other) as they change.
+        let settings = RollupSettings {
+            top_n: 3,
+            ..RollupSettings::default()
+        };
         let mut owners: Vec<Working> = (0..3)
-            .map(|_| Working::new(PartitionState::default(), RollupSettings::default(), NOW))
+            .map(|_| Working::new(PartitionState::default(), settings, NOW))
             .collect();
         let mut followed = View::default();
         for i in 0..600 {

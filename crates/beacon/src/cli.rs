@@ -78,10 +78,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure throughput on this machine.
+    /// Measure throughput, freshness and query latency on this machine (every
+    /// stage in one run, or one stage).
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        stage: crate::bench::Stage,
+        stage: Option<crate::bench::Stage>,
+        #[command(flatten)]
+        all: crate::bench::AllArgs,
     },
 }
 
@@ -129,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
-        Command::Bench { stage } => crate::bench::run(stage, &cli.global.nats_urls).await,
+        Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }
 }
 

@@ -4,7 +4,6 @@
 //! process and timed until every partition has committed all of them.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -18,7 +17,6 @@ use beacon_nats::{StreamSettings, provision};
 use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{BenchNats, pipelined_publish};
 
@@ -260,42 +258,23 @@ async fn spawn_aggregator(
     config: &Path,
     nats_url: &str,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "aggregator",
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            nats_url,
-            "--config",
-        ])
-        .arg(config)
-        .env("BEACON_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().context("aggregator stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(at) = line.find("http://") {
-                return Ok(line[at..].trim().to_owned());
-            }
-        }
-        bail!("the aggregator exited before it was ready")
-    })
-    .await
-    .context("the aggregator did not start within 60 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, url))
+    let (child, line) = super::spawn_service(
+        config,
+        nats_url,
+        &["aggregator", "--listen", "127.0.0.1:0"],
+        "http://",
+    )
+    .await?;
+    let url = line.find("http://").map(|at| line[at..].trim().to_owned());
+    Ok((child, url.context("no metrics URL")?))
 }
 
-struct Memory {
-    peak_kb: u64,
-    rss_kb: u64,
+pub(super) struct Memory {
+    pub(super) peak_kb: u64,
+    pub(super) rss_kb: u64,
 }
 
-fn proc_status(pid: u32) -> anyhow::Result<Memory> {
+pub(super) fn proc_status(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .context("reading the aggregator's memory from /proc (Linux only)")?;
     let field = |name: &str| {
@@ -313,7 +292,7 @@ fn proc_status(pid: u32) -> anyhow::Result<Memory> {
 }
 
 /// User plus system CPU time of a process, from /proc (clock ticks of 1/100 s).
-fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(super) fn proc_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();

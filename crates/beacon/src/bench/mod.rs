@@ -2,6 +2,7 @@
 //! raw JetStream ceiling for the same payloads in the same run.
 
 mod aggregate;
+mod all;
 mod query;
 
 use std::sync::Arc;
@@ -53,7 +54,13 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
-pub async fn run(stage: Stage, nats_urls: &[String]) -> anyhow::Result<()> {
+pub use all::AllArgs;
+
+/// Run one stage, or with none the whole pipeline in one run.
+pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+    let Some(stage) = stage else {
+        return all::run(all, nats_urls).await;
+    };
     match stage {
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
@@ -301,6 +308,39 @@ impl BenchNats {
             server.stop().await;
         }
     }
+}
+
+/// Start `beacon <args> --nats-url … --config …` as its own process and wait
+/// (bounded) for the stdout line containing `marker`; the child and that line.
+async fn spawn_service(
+    config: &std::path::Path,
+    nats_url: &str,
+    args: &[&str],
+    marker: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .args(["--nats-url", nats_url, "--config"])
+        .arg(config)
+        .env("BEACON_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("service stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(marker) {
+                return Ok(line);
+            }
+        }
+        bail!("`beacon {}` exited before it was ready", args.join(" "))
+    })
+    .await
+    .with_context(|| format!("`beacon {}` did not start within 60 s", args.join(" ")))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, line))
 }
 
 fn sigterm(pid: u32) {

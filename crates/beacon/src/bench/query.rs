@@ -138,7 +138,7 @@ struct Report {
     misses: usize,
 }
 
-struct Kind {
+pub(super) struct Kind {
     name: &'static str,
     what: &'static str,
     latencies: Vec<Duration>,
@@ -247,7 +247,7 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(reqwest::Stat
 /// Send the dashboard's requests in turn, `args.requests` in all, each timed
 /// from sending to the last byte of its answer. The first answer of each kind
 /// is checked against the day.
-async fn latencies(
+pub(super) async fn latencies(
     http: &reqwest::Client,
     api: &str,
     from: &str,
@@ -333,7 +333,7 @@ fn check_answer(kind: &str, body: &[u8], events: usize) -> anyhow::Result<()> {
 /// every 100 ms, and poll a query until it counts each marker. Returns the
 /// load's events/s, the markers sent, the delays from each marker's 2xx to its
 /// first query that counted it (sorted), and the markers never seen in time.
-async fn freshness(
+pub(super) async fn freshness(
     http: &reqwest::Client,
     addr: SocketAddr,
     api: &str,
@@ -458,7 +458,7 @@ async fn poll_markers(
 }
 
 /// The `q` quantile (nearest rank) of sorted durations, in milliseconds.
-fn quantile_ms(sorted: &[Duration], q: f64) -> Option<f64> {
+pub(super) fn quantile_ms(sorted: &[Duration], q: f64) -> Option<f64> {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
     sorted.get(rank - 1).map(|d| d.as_secs_f64() * 1000.0)
 }

@@ -63,12 +63,54 @@ async fn the_query_benchmark_measures_every_figure() {
     assert_eq!(report["requests"], 200);
 }
 
-/// The JSON report of `beacon bench <stage> --quick --json`, which must succeed.
+#[tokio::test]
+async fn the_whole_pipeline_benchmark_measures_every_figure() {
+    let report = quick_report("").await;
+    let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
+    for figure in [
+        "raw_jetstream_events_per_sec",
+        "collector_events_per_sec",
+        "collector_ratio_to_raw",
+        "normalizer_events_per_sec",
+        "normalizer_ratio_to_raw",
+        "aggregator_events_per_sec",
+        "end_to_end_events_per_sec",
+        "freshness_load_events_per_sec",
+        "freshness_p50_ms",
+        "freshness_p99_ms",
+        "query_p50_ms",
+        "query_p99_ms",
+    ] {
+        assert!(measured(&report[figure]), "{figure}: {report}");
+    }
+    let services = report["services"].as_array().expect("services");
+    let names: Vec<&str> = services
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
+    assert_eq!(names, ["collector", "normalizer", "query", "aggregator"]);
+    for s in services {
+        for figure in [
+            "peak_rss_mb",
+            "cpu_seconds",
+            "cpu_seconds_per_million_events",
+        ] {
+            assert!(measured(&s[figure]), "{figure}: {s}");
+        }
+    }
+    assert!(report["freshness_markers"].as_u64() > Some(0), "{report}");
+}
+
+/// The JSON report of `beacon bench [<stage>] --quick --json`, which must succeed.
 async fn quick_report(stage: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = beacon(dir.path())
         .env("PATH", path_with_nats())
-        .args(["bench", stage, "--quick", "--json"])
+        .args(
+            ["bench", stage, "--quick", "--json"]
+                .into_iter()
+                .filter(|a| !a.is_empty()),
+        )
         .output()
         .await
         .expect("bench runs");

@@ -504,11 +504,33 @@ struct Sums<'a> {
     cells: Vec<&'a Merged>,
 }
 
+/// A site's merged cells of every granularity over a span, read once in
+/// order so each bucket of a long series is found without building a key.
+struct Cells<'a> {
+    by: [Vec<(i64, &'a Merged)>; 3],
+}
+
+impl<'a> Cells<'a> {
+    fn new(view: &'a View, site: &str, span: Span) -> Self {
+        Cells {
+            by: Granularity::ALL.map(|g| view.buckets(site, g, span.from..span.to).collect()),
+        }
+    }
+
+    fn get(&self, g: Granularity, start: i64) -> Option<&'a Merged> {
+        let cells = &self.by[g.index()];
+        cells
+            .binary_search_by_key(&start, |(s, _)| *s)
+            .ok()
+            .map(|i| cells[i].1)
+    }
+}
+
 impl<'a> Sums<'a> {
-    fn of(view: &'a View, site: &str, buckets: &[(Granularity, i64)], f: &Filters) -> Self {
+    fn of(cells: &Cells<'a>, buckets: &[(Granularity, i64)], f: &Filters) -> Self {
         let mut sums = Sums::default();
         for (g, start) in buckets {
-            let Some(cell) = view.cell(site, *g, *start) else {
+            let Some(cell) = cells.get(*g, *start) else {
                 continue;
             };
             let c = &cell.counters;
@@ -681,6 +703,7 @@ pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Strin
         starts.push(next);
     }
     let whole = cover(view, &c.clock, c.span, finest)?;
+    let cells = Cells::new(view, site, c.span);
     let mut points = Vec::with_capacity(starts.len());
     for (i, start) in starts.iter().enumerate() {
         let end = starts.get(i + 1).copied().unwrap_or(c.span.to);
@@ -689,7 +712,7 @@ pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Strin
             to: end,
         };
         let buckets = cover(view, &c.clock, span, finest)?;
-        let sums = Sums::of(view, site, &buckets, &c.filters);
+        let sums = Sums::of(&cells, &buckets, &c.filters);
         points.push(sums.values(&metrics, Some(c.clock.render(*start))));
     }
     to_json(&Series {
@@ -701,7 +724,7 @@ pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Strin
         interval: interval.label(),
         metrics: metrics.iter().map(|m| m.name()).collect(),
         points,
-        totals: Sums::of(view, site, &whole, &c.filters).values(&metrics, None),
+        totals: Sums::of(&cells, &whole, &c.filters).values(&metrics, None),
     })
 }
 
@@ -716,17 +739,20 @@ pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<String, 
         from: c.span.from - len,
         to: c.span.from,
     };
-    let now_sums = Sums::of(
+    let cells = Cells::new(
         view,
         site,
-        &cover(view, &c.clock, c.span, finest)?,
-        &c.filters,
+        Span {
+            from: previous.from,
+            to: c.span.to,
+        },
     );
+    let now_sums = Sums::of(&cells, &cover(view, &c.clock, c.span, finest)?, &c.filters);
     // The previous period may reach past retention; it is then left out
     // rather than making the whole answer fail.
     let before = cover(view, &c.clock, previous, finest)
         .ok()
-        .map(|b| Sums::of(view, site, &b, &c.filters));
+        .map(|b| Sums::of(&cells, &b, &c.filters));
     let mut figures = Map::new();
     for m in &metrics {
         let value = now_sums.value(*m);
@@ -947,8 +973,9 @@ pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String
         }
     };
     let mut counts = BTreeMap::new();
+    let cells = Cells::new(view, site, c.span);
     for (g, start) in cover(view, &c.clock, c.span, finest)? {
-        if let Some(cell) = view.cell(site, g, start) {
+        if let Some(cell) = cells.get(g, start) {
             pick(&cell.counters, &mut counts);
         }
     }

@@ -4,6 +4,7 @@
 //! active in the last five minutes. The stream holds each event once, so a
 //! retried publish is not seen twice here either.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +14,9 @@ use async_nats::jetstream::context::Context;
 use beacon_core::Event;
 use beacon_core::subject::EVENTS_PREFIX;
 use beacon_nats::EVENTS_STREAM;
+use bytes::Bytes;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// Window of "active users".
@@ -52,9 +54,47 @@ pub struct FeedEvent {
     pub revenue: Option<beacon_core::event::Revenue>,
 }
 
+impl FeedEvent {
+    fn new(seq: u64, event: &Event) -> Self {
+        let c = &event.context;
+        FeedEvent {
+            seq,
+            id: event.id.clone(),
+            name: event.name.clone(),
+            user: event.user_key().to_owned(),
+            ts: event.ts.to_rfc3339(),
+            received_at: event.received_at.to_rfc3339(),
+            path: c.path.clone(),
+            referrer_source: c.referrer_source.clone(),
+            browser: c.browser.clone(),
+            os: c.os.clone(),
+            device: c.device.clone(),
+            country: c.country.clone(),
+            revenue: event.revenue.clone(),
+        }
+    }
+}
+
+/// The fields of a stored event the live counts need, borrowed where the
+/// JSON allows (the rest of the event is skipped, not decoded).
+#[derive(Debug, Deserialize)]
+struct Glance<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    site: Cow<'a, str>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<Cow<'a, str>>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    partition: u32,
+}
+
 #[derive(Debug, Default)]
 struct SiteLive {
-    feed: VecDeque<FeedEvent>,
+    /// The newest events as stored (sequence, payload): decoded only when asked for.
+    feed: VecDeque<(u64, Bytes)>,
     /// (second, events received in it), oldest first.
     seconds: VecDeque<(i64, u64)>,
     /// User hash → last time seen (received, Unix ms).
@@ -65,7 +105,7 @@ struct SiteLive {
 }
 
 impl SiteLive {
-    fn record(&mut self, event: FeedEvent, user: u64, received_ms: i64) {
+    fn record(&mut self, event: (u64, Bytes), user: u64, received_ms: i64) {
         let second = received_ms.div_euclid(1000);
         // Seconds stay in order: events arrive nearly in order of receipt, so
         // the place is almost always at the back.
@@ -146,29 +186,23 @@ impl Live {
         self.changed.subscribe()
     }
 
-    fn record(&self, seq: u64, event: &Event) {
+    fn record(&self, seq: u64, payload: &Bytes) -> Result<(), serde_json::Error> {
+        // Only what the counts need is read here; the feed is decoded on demand.
+        let event: Glance = serde_json::from_slice(payload)?;
         let received_ms = event.received_at.timestamp_millis();
-        let c = &event.context;
-        let feed = FeedEvent {
-            seq,
-            id: event.id.clone(),
-            name: event.name.clone(),
-            user: event.user_key().to_owned(),
-            ts: event.ts.to_rfc3339(),
-            received_at: event.received_at.to_rfc3339(),
-            path: c.path.clone(),
-            referrer_source: c.referrer_source.clone(),
-            browser: c.browser.clone(),
-            os: c.os.clone(),
-            device: c.device.clone(),
-            country: c.country.clone(),
-            revenue: event.revenue.clone(),
-        };
-        let user = beacon_core::rollup::cell::user_hash(event.user_key());
+        let user_key = event
+            .user_id
+            .as_deref()
+            .or(event.anonymous_id.as_deref())
+            .unwrap_or(&event.id);
+        let user = beacon_core::rollup::cell::user_hash(user_key);
         {
             let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-            let site = sites.entry(event.site.clone()).or_default();
-            site.record(feed, user, received_ms);
+            let site = match sites.get_mut(event.site.as_ref()) {
+                Some(site) => site,
+                None => sites.entry(event.site.to_string()).or_default(),
+            };
+            site.record((seq, payload.clone()), user, received_ms);
         }
         {
             let mut uncounted = self.uncounted.lock().unwrap_or_else(|e| e.into_inner());
@@ -180,6 +214,7 @@ impl Live {
         }
         *self.last_seq.lock().unwrap_or_else(|e| e.into_inner()) = seq;
         self.changed.send_replace(seq);
+        Ok(())
     }
 
     /// How long the oldest event seen in the stream but not yet counted has
@@ -230,7 +265,14 @@ impl Live {
             events_per_second: since(RATE_SECONDS) as f64 / RATE_SECONDS as f64,
             events_last_minute: since(60),
             events_last_5_minutes: since(ACTIVE_MS / 1000),
-            recent: s.feed.iter().cloned().collect(),
+            recent: s
+                .feed
+                .iter()
+                .filter_map(|(seq, payload)| {
+                    let event: Event = serde_json::from_slice(payload).ok()?;
+                    Some(FeedEvent::new(*seq, &event))
+                })
+                .collect(),
             last_seq,
         }
     }
@@ -263,9 +305,8 @@ pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) 
                         continue;
                     }
                     last = seq;
-                    match serde_json::from_slice::<Event>(&message.payload) {
-                        Ok(event) => live.record(seq, &event),
-                        Err(e) => tracing::debug!(seq, error = %e, "live feed: unreadable event"),
+                    if let Err(e) = live.record(seq, &message.payload) {
+                        tracing::debug!(seq, error = %e, "live feed: unreadable event");
                     }
                 }
                 Some(Err(e)) => tracing::debug!(error = %e, "live feed: resuming"),

@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::simulate::truth::GroundTruth;
+use crate::simulate::truth::{GroundTruth, TruthFile};
 
 /// HyperLogLog at lg_k 14 errs by 0.8 % (one standard error); allow three.
 const USER_TOLERANCE: f64 = 0.025;
@@ -63,30 +63,52 @@ impl Api {
 pub async fn run(config: Config, args: VerifyArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.truth)
         .with_context(|| format!("cannot read {}", args.truth.display()))?;
-    let truth: GroundTruth = serde_json::from_str(&text)
+    let file: TruthFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a ground-truth file", args.truth.display()))?;
-    let key = match &args.key {
-        Some(k) => k.clone(),
-        None => config
-            .sites
-            .iter()
-            .find(|s| s.id == truth.site)
-            .and_then(|s| s.read_keys.first().cloned())
-            .with_context(|| format!("no read key for site {:?}: pass --key", truth.site))?,
-    };
-    let api = Api {
-        client: reqwest::Client::new(),
-        base: crate::send::collector_url(&config, args.url.as_deref()),
-        key,
-    };
-    wait_counted(&api, args.wait).await?;
-    let differences = compare(&api, &truth).await?;
+    let base = crate::send::collector_url(&config, args.url.as_deref());
+    let mut differences = Vec::new();
+    let (mut events, mut minutes) = (0, 0);
+    for (i, truth) in file.sites.iter().enumerate() {
+        let key = match &args.key {
+            Some(k) => k.clone(),
+            None => config
+                .sites
+                .iter()
+                .find(|s| s.id == truth.site)
+                .and_then(|s| s.read_keys.first().cloned())
+                .with_context(|| format!("no read key for site {:?}: pass --key", truth.site))?,
+        };
+        let api = Api {
+            client: reqwest::Client::new(),
+            base: base.clone(),
+            key,
+        };
+        if i == 0 {
+            wait_counted(&api, args.wait).await?;
+        }
+        let prefix = if file.sites.len() > 1 {
+            format!("{}: ", truth.site)
+        } else {
+            String::new()
+        };
+        differences.extend(
+            compare(&api, truth)
+                .await?
+                .into_iter()
+                .map(|d| format!("{prefix}{d}")),
+        );
+        events += truth.events;
+        minutes += truth.events_by_minute.len();
+    }
     if differences.is_empty() {
         println!(
-            "OK: Beacon's answers match {} ({} events, {} minutes)",
+            "OK: Beacon's answers match {} ({events} events, {minutes} minutes{})",
             args.truth.display(),
-            truth.events,
-            truth.events_by_minute.len()
+            if file.sites.len() > 1 {
+                format!(", {} sites", file.sites.len())
+            } else {
+                String::new()
+            }
         );
         return Ok(());
     }

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use self::traffic::{SimEvent, Traffic};
-use self::truth::GroundTruth;
+use self::truth::{GroundTruth, TruthFile};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,15 +53,17 @@ pub struct SimulateArgs {
     /// Time of the first event (RFC 3339; default now, or earlier with --fast).
     #[arg(long)]
     pub start: Option<chrono::DateTime<chrono::FixedOffset>>,
-    /// Site to send for (default: the first site in the config).
-    #[arg(long)]
-    pub site: Option<String>,
+    /// Sites to send for, repeatable or comma-separated (default: the first
+    /// site in the config). Each visitor belongs to one; the first site gets
+    /// the most visitors, the second half as many, and so on.
+    #[arg(long = "site", value_delimiter = ',')]
+    pub sites: Vec<String>,
     #[arg(long, value_enum, default_value_t = Via::Http)]
     pub via: Via,
     /// Collector URL (default: from collector.listen).
     #[arg(long, env = "BEACON_URL")]
     pub url: Option<String>,
-    /// Write key (default: the site's first write key in the config).
+    /// Write key, for a single site (default: each site's first write key in the config).
     #[arg(long, env = "BEACON_WRITE_KEY")]
     pub key: Option<String>,
     /// Events per HTTP request.
@@ -104,24 +106,29 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         (None, true) => now - span_ms,
         (None, false) => now,
     };
-    let site = match &args.site {
-        Some(s) => s.clone(),
-        None => config
-            .sites
-            .first()
-            .map(|s| s.id.clone())
-            .context("no site: pass --site (or run `beacon up` first, which creates one)")?,
-    };
-    let events = Traffic::new(args.seed, args.users, start_ms, args.rate).take(total as usize);
+    let sites =
+        if args.sites.is_empty() {
+            vec![
+                config.sites.first().map(|s| s.id.clone()).context(
+                    "no site: pass --site (or run `beacon up` first, which creates one)",
+                )?,
+            ]
+        } else {
+            args.sites.clone()
+        };
+    let events =
+        Traffic::new(args.seed, args.users, sites.len(), start_ms, args.rate).take(total as usize);
     if let Some(path) = &args.dry_run {
         let events: Vec<SimEvent> = events.collect();
         let mut out = String::new();
         for e in &events {
-            out.push_str(&e.to_json().to_string());
+            let mut line = e.to_json();
+            line["site"] = sites[e.site].clone().into();
+            out.push_str(&line.to_string());
             out.push('\n');
         }
         std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
-        return finish(&args, GroundTruth::of(&site, args.seed, &events), 0);
+        return finish(&args, &sites, &events, 0);
     }
 
     let bar = if args.quiet {
@@ -135,13 +142,16 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let sender = Sender::new(&config, &args, &site).await?;
+    let mut senders = Vec::with_capacity(sites.len());
+    for site in &sites {
+        senders.push(Sender::new(&config, &args, site, sites.len()).await?);
+    }
     let started = Instant::now();
     let pace = !args.fast;
-    let batches = futures::stream::iter(chunks(events, args.batch).enumerate())
-        .map(|(k, batch)| {
-            let sender = sender.clone();
-            let due = started + Duration::from_secs_f64((k * args.batch) as f64 / args.rate);
+    let batches = futures::stream::iter(batches(events, sites.len(), args.batch))
+        .map(|(sent_before, batch)| {
+            let sender = senders[batch[0].site].clone();
+            let due = started + Duration::from_secs_f64(sent_before as f64 / args.rate);
             async move {
                 if pace {
                     tokio::time::sleep_until(due.into()).await;
@@ -173,32 +183,49 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         total as f64 / seconds.max(1e-9),
         accepted.len(),
     );
-    finish(
-        &args,
-        GroundTruth::of(&site, args.seed, &accepted),
-        rejected,
-    )
+    // Sent out of order across sites and batches: the truth takes them in event order.
+    accepted.sort_by_key(|e| (e.ts_ms, e.id.clone()));
+    finish(&args, &sites, &accepted, rejected)
 }
 
-fn finish(args: &SimulateArgs, truth: GroundTruth, rejected: usize) -> anyhow::Result<()> {
-    println!(
-        "site {}  events {}  users {}  pageviews {}  sessions {}  bounces {}  revenue {}",
-        truth.site,
-        truth.events,
-        truth.unique_users,
-        truth.pageviews,
-        truth.sessions,
-        truth.bounces,
-        truth
-            .revenue
+fn finish(
+    args: &SimulateArgs,
+    sites: &[String],
+    events: &[SimEvent],
+    rejected: usize,
+) -> anyhow::Result<()> {
+    let file = TruthFile {
+        seed: args.seed,
+        sites: sites
             .iter()
-            .map(|(c, a)| format!("{a} {c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!("from {}  to {}", truth.from, truth.to);
+            .enumerate()
+            .map(|(i, site)| {
+                let of_site: Vec<&SimEvent> = events.iter().filter(|e| e.site == i).collect();
+                GroundTruth::of(site, &of_site)
+            })
+            .collect(),
+    };
+    for truth in &file.sites {
+        println!(
+            "site {}  events {}  users {}  pageviews {}  sessions {}  bounces {}  revenue {}  from {} to {}",
+            truth.site,
+            truth.events,
+            truth.unique_users,
+            truth.pageviews,
+            truth.sessions,
+            truth.bounces,
+            truth
+                .revenue
+                .iter()
+                .map(|(c, a)| format!("{a} {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            truth.from,
+            truth.to
+        );
+    }
     if let Some(path) = &args.truth {
-        let text = serde_json::to_string_pretty(&truth)?;
+        let text = serde_json::to_string_pretty(&file)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("ground truth written to {}", path.display());
@@ -209,12 +236,29 @@ fn finish(args: &SimulateArgs, truth: GroundTruth, rejected: usize) -> anyhow::R
     Ok(())
 }
 
-/// Split an iterator into vectors of `n`.
-fn chunks(events: impl Iterator<Item = SimEvent>, n: usize) -> impl Iterator<Item = Vec<SimEvent>> {
-    let mut events = events.peekable();
+/// Batches of at most `n` events of one site each, in the order their last
+/// event was generated, with the number of events generated before each
+/// batch was complete (for pacing).
+fn batches(
+    events: impl Iterator<Item = SimEvent>,
+    sites: usize,
+    n: usize,
+) -> impl Iterator<Item = (usize, Vec<SimEvent>)> {
+    let mut events = events.into_iter();
+    let mut open: Vec<Vec<SimEvent>> = vec![Vec::new(); sites.max(1)];
+    let mut generated = 0;
     std::iter::from_fn(move || {
-        events.peek()?;
-        Some(events.by_ref().take(n).collect())
+        for e in events.by_ref() {
+            generated += 1;
+            let site = e.site;
+            open[site].push(e);
+            if open[site].len() >= n {
+                return Some((generated, std::mem::take(&mut open[site])));
+            }
+        }
+        // The rest of each site's events, once all are generated.
+        let site = open.iter().position(|b| !b.is_empty())?;
+        Some((generated, std::mem::take(&mut open[site])))
     })
 }
 
@@ -233,10 +277,20 @@ enum Sender {
 }
 
 impl Sender {
-    async fn new(config: &Config, args: &SimulateArgs, site: &str) -> anyhow::Result<Sender> {
+    async fn new(
+        config: &Config,
+        args: &SimulateArgs,
+        site: &str,
+        sites: usize,
+    ) -> anyhow::Result<Sender> {
         Ok(match args.via {
             Via::Http => {
                 let key = match &args.key {
+                    Some(_) if sites > 1 => {
+                        bail!(
+                            "--key is for one site; with several, each site's key comes from the config"
+                        )
+                    }
                     Some(k) => k.clone(),
                     None => config
                         .sites

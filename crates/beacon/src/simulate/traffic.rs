@@ -13,6 +13,8 @@ use serde_json::{Map, Value, json};
 /// One generated event, before it is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimEvent {
+    /// Index of the event's site among the simulated ones.
+    pub site: usize,
     pub id: String,
     pub name: &'static str,
     pub user: String,
@@ -180,6 +182,7 @@ enum Step {
 struct Visitor {
     user_agent: &'static str,
     country: &'static str,
+    site: usize,
 }
 
 /// Generates events in time order.
@@ -199,14 +202,19 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// `users` visitors; events spaced evenly at `rate` per simulated second
-    /// from `start_ms`; about `concurrent` visits under way at once.
-    pub fn new(seed: u64, users: usize, start_ms: i64, rate: f64) -> Self {
+    /// `users` visitors of `sites` sites (the first site the busiest, the
+    /// second half as busy, and so on); events spaced evenly at `rate` per
+    /// simulated second from `start_ms`.
+    pub fn new(seed: u64, users: usize, sites: usize, start_ms: i64, rate: f64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
+        let site_weights: Vec<(usize, u32)> = (0..sites.max(1))
+            .map(|i| (i, (1000 / (i + 1)) as u32))
+            .collect();
         let visitors = (0..users.max(1))
             .map(|_| Visitor {
                 user_agent: pick(&mut rng, &USER_AGENTS),
                 country: pick(&mut rng, &COUNTRIES),
+                site: pick(&mut rng, &site_weights),
             })
             .collect();
         let pages = catalogue();
@@ -316,6 +324,7 @@ impl Traffic {
         let visit = &mut self.active[slot];
         let visitor = self.visitors[visit.user];
         let mut event = SimEvent {
+            site: visitor.site,
             id,
             name: "pageview",
             user: format!("u{}", visit.user),
@@ -394,14 +403,14 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_events() {
-        let a: Vec<SimEvent> = Traffic::new(7, 500, 1_790_000_000_000, 50.0)
+        let a: Vec<SimEvent> = Traffic::new(7, 500, 1, 1_790_000_000_000, 50.0)
             .take(2_000)
             .collect();
-        let b: Vec<SimEvent> = Traffic::new(7, 500, 1_790_000_000_000, 50.0)
+        let b: Vec<SimEvent> = Traffic::new(7, 500, 1, 1_790_000_000_000, 50.0)
             .take(2_000)
             .collect();
         assert_eq!(a, b);
-        let c: Vec<SimEvent> = Traffic::new(8, 500, 1_790_000_000_000, 50.0)
+        let c: Vec<SimEvent> = Traffic::new(8, 500, 1, 1_790_000_000_000, 50.0)
             .take(2_000)
             .collect();
         assert_ne!(a, c);
@@ -409,7 +418,7 @@ mod tests {
 
     #[test]
     fn traffic_looks_like_a_site() {
-        let events: Vec<SimEvent> = Traffic::new(1, 5_000, 0, 100.0).take(50_000).collect();
+        let events: Vec<SimEvent> = Traffic::new(1, 5_000, 2, 0, 100.0).take(50_000).collect();
         let count = |name: &str| events.iter().filter(|e| e.name == name).count();
         let pageviews = count("pageview");
         assert!(pageviews > events.len() * 3 / 4, "{pageviews}");
@@ -441,5 +450,11 @@ mod tests {
             .filter_map(|e| e.revenue.map(|r| r.1))
             .collect();
         assert!(currencies.len() >= 3, "{currencies:?}");
+        // Two sites, the first about twice as busy.
+        let first = events.iter().filter(|e| e.site == 0).count();
+        assert!(
+            first > events.len() / 2 && first < events.len() * 4 / 5,
+            "{first}"
+        );
     }
 }

@@ -13,10 +13,16 @@ use super::traffic::SimEvent;
 /// A session ends after this long without events from its user (Beacon's default).
 pub const SESSION_TIMEOUT_MS: i64 = 30 * 60_000;
 
+/// What `simulate --truth` writes: one truth per site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruthFile {
+    pub seed: u64,
+    pub sites: Vec<GroundTruth>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub site: String,
-    pub seed: u64,
     /// First minute with events (RFC 3339, UTC).
     pub from: String,
     /// The minute after the last event.
@@ -44,11 +50,10 @@ fn minute(ms: i64) -> String {
 }
 
 impl GroundTruth {
-    /// The truth of `events` (those Beacon accepted), taken in the order sent.
-    pub fn of(site: &str, seed: u64, events: &[SimEvent]) -> GroundTruth {
+    /// The truth of `events` (those Beacon accepted for one site), taken in the order sent.
+    pub fn of(site: &str, events: &[&SimEvent]) -> GroundTruth {
         let mut truth = GroundTruth {
             site: site.to_owned(),
-            seed,
             from: String::new(),
             to: String::new(),
             events: events.len() as u64,
@@ -117,6 +122,7 @@ mod tests {
 
     fn event(user: &str, name: &'static str, ts_ms: i64) -> SimEvent {
         SimEvent {
+            site: 0,
             id: format!("{user}-{ts_ms}"),
             name,
             user: user.into(),
@@ -142,7 +148,7 @@ mod tests {
             event("a", "pageview", t + 120_000 + SESSION_TIMEOUT_MS + 1),
             event("c", "signup", t + 120_000 + SESSION_TIMEOUT_MS + 2),
         ];
-        let truth = GroundTruth::of("shop", 1, &events);
+        let truth = GroundTruth::of("shop", &events.iter().collect::<Vec<_>>());
         assert_eq!(truth.sessions, 4);
         assert_eq!(truth.bounces, 2); // b, and a's second session; c viewed no page
         assert_eq!(truth.unique_users, 3);

@@ -20,6 +20,12 @@ id = "app"
 write_keys = ["wk_test_app_00000000"]
 read_keys = ["rk_test_app_00000000"]
 rate_limit = 0
+
+[[sites]]
+id = "api"
+write_keys = ["wk_test_api_00000000"]
+read_keys = ["rk_test_api_00000000"]
+rate_limit = 0
 "#;
 
 async fn run(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -72,10 +78,12 @@ async fn the_same_seed_gives_the_same_events_and_truth() {
     assert_eq!(read("truth-a.json"), read("truth-b.json"));
     assert_eq!(read("events-a.ndjson").lines().count(), 3000);
     let truth: serde_json::Value = serde_json::from_str(&read("truth-a.json")).expect("JSON");
-    assert_eq!(truth["events"], 3000);
-    assert_eq!(truth["from"], "2026-11-25T10:00:00Z");
+    let site = &truth["sites"][0];
+    assert_eq!(site["site"], "web");
+    assert_eq!(site["events"], 3000);
+    assert_eq!(site["from"], "2026-11-25T10:00:00Z");
     assert!(
-        truth["events_by_name"]["purchase"].as_u64() > Some(0),
+        site["events_by_name"]["purchase"].as_u64() > Some(0),
         "{truth}"
     );
 }
@@ -98,7 +106,8 @@ async fn simulated_traffic_verifies_and_an_altered_truth_does_not() {
         dir.path(),
         &[
             &[
-                "simulate", "--site", "web", "--url", &url, "--truth", "web.json", "--seed", "1",
+                "simulate", "--site", "web,app", "--url", &url, "--truth", "web.json", "--seed",
+                "1",
             ],
             &common[..],
         ]
@@ -113,13 +122,13 @@ async fn simulated_traffic_verifies_and_an_altered_truth_does_not() {
             &[
                 "simulate",
                 "--site",
-                "app",
+                "api",
                 "--via",
                 "nats",
                 "--nats-url",
                 nats_url.trim(),
                 "--truth",
-                "app.json",
+                "api.json",
                 "--seed",
                 "2",
             ],
@@ -130,7 +139,7 @@ async fn simulated_traffic_verifies_and_an_altered_truth_does_not() {
     .await;
     assert!(ok, "{out}");
 
-    for truth in ["web.json", "app.json"] {
+    for truth in ["web.json", "api.json"] {
         let (ok, out) = run(
             dir.path(),
             &["verify", "--truth", truth, "--url", &url, "--wait", "60s"],
@@ -144,15 +153,18 @@ async fn simulated_traffic_verifies_and_an_altered_truth_does_not() {
     let path = dir.path().join("web.json");
     let mut truth: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("truth")).expect("JSON");
-    let minute = truth["events_by_minute"]
+    assert_eq!(truth["sites"][1]["site"], "app", "{truth}");
+    assert!(truth["sites"][1]["events"].as_u64() > Some(0), "{truth}");
+    let web = &mut truth["sites"][0];
+    let minute = web["events_by_minute"]
         .as_object()
         .and_then(|m| m.keys().nth(1).cloned())
         .expect("a minute");
-    let views = truth["events_by_minute"][&minute]["pageview"]
+    let views = web["events_by_minute"][&minute]["pageview"]
         .as_u64()
         .unwrap_or(0);
-    truth["events_by_minute"][&minute]["pageview"] = (views + 1).into();
-    truth["revenue"]["USD"] = "0.01".into();
+    web["events_by_minute"][&minute]["pageview"] = (views + 1).into();
+    web["revenue"]["USD"] = "0.01".into();
     std::fs::write(dir.path().join("altered.json"), truth.to_string()).expect("write");
     let (ok, out) = run(
         dir.path(),
@@ -162,12 +174,12 @@ async fn simulated_traffic_verifies_and_an_altered_truth_does_not() {
     assert!(!ok, "an altered truth must fail: {out}");
     assert!(
         out.contains(&format!(
-            "pageview events in minute {minute}: Beacon {views}, truth {}",
+            "web: pageview events in minute {minute}: Beacon {views}, truth {}",
             views + 1
         )),
         "{out}"
     );
-    assert!(out.contains("revenue: Beacon"), "{out}");
+    assert!(out.contains("web: revenue: Beacon"), "{out}");
     assert!(out.contains("2 differences"), "{out}");
 
     sigterm(&child);

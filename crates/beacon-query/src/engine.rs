@@ -500,7 +500,7 @@ struct Sums<'a> {
     sessions: i64,
     bounces: i64,
     duration_ms: i64,
-    revenue: BTreeMap<String, Decimal>,
+    revenue: BTreeMap<&'a str, Decimal>,
     cells: Vec<&'a Merged>,
 }
 
@@ -540,7 +540,7 @@ impl<'a> Sums<'a> {
             sums.bounces += c.sessions.bounces;
             sums.duration_ms += c.sessions.duration_ms;
             for (currency, amount) in &c.revenue {
-                let sum = sums.revenue.entry(currency.clone()).or_default();
+                let sum = sums.revenue.entry(currency.as_str()).or_default();
                 *sum = sum.saturating_add(*amount);
             }
             sums.cells.push(cell);
@@ -576,7 +576,7 @@ impl<'a> Sums<'a> {
             Metric::Revenue => Value::Object(
                 self.revenue
                     .iter()
-                    .map(|(c, a)| (c.clone(), a.normalize().to_string().into()))
+                    .map(|(c, a)| ((*c).to_owned(), a.normalize().to_string().into()))
                     .collect(),
             ),
         }
@@ -584,7 +584,7 @@ impl<'a> Sums<'a> {
 
     /// The figures of `metrics`, typed: a long time series is written
     /// straight into its answer rather than built as a tree of maps first.
-    fn values(&self, metrics: &[Metric], start: Option<String>) -> Values {
+    fn values(&self, metrics: &[Metric], start: Option<String>) -> Values<'a> {
         let per_session = |x: f64| (self.sessions > 0).then(|| x / self.sessions as f64);
         let mut v = Values {
             start,
@@ -604,12 +604,12 @@ impl<'a> Sums<'a> {
                         Some(per_session(self.duration_ms as f64 / 1000.0).map(|r| round(r, 3)));
                 }
                 Metric::Revenue => {
-                    v.revenue = Some(
+                    v.revenue = Some(Revenue(
                         self.revenue
                             .iter()
-                            .map(|(c, a)| (c.clone(), a.normalize().to_string()))
+                            .map(|(c, a)| (*c, a.normalize()))
                             .collect(),
-                    );
+                    ));
                 }
             }
         }
@@ -619,7 +619,7 @@ impl<'a> Sums<'a> {
 
 /// One point of a time series (with its `start`), or the totals (without).
 #[derive(Debug, Default, Serialize)]
-struct Values {
+struct Values<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     start: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -636,7 +636,22 @@ struct Values {
     #[serde(skip_serializing_if = "Option::is_none")]
     avg_session_duration: Option<Option<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    revenue: Option<BTreeMap<String, String>>,
+    revenue: Option<Revenue<'a>>,
+}
+
+/// Revenue per currency, written as exact decimal strings without building them first.
+#[derive(Debug, Default)]
+struct Revenue<'a>(Vec<(&'a str, Decimal)>);
+
+impl Serialize for Revenue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (currency, amount) in &self.0 {
+            map.serialize_entry(currency, &format_args!("{amount}"))?;
+        }
+        map.end()
+    }
 }
 
 /// A time series answer, serialized as it is.
@@ -649,8 +664,8 @@ struct Series<'a> {
     filters: Map<String, Value>,
     interval: &'static str,
     metrics: Vec<&'static str>,
-    points: Vec<Values>,
-    totals: Values,
+    points: Vec<Values<'a>>,
+    totals: Values<'a>,
 }
 
 /// Serialize an answer.

@@ -562,24 +562,11 @@ impl<'a> Sums<'a> {
         }
     }
 
+    /// One metric's figure as JSON (for summaries): the same figure
+    /// [`Sums::values`] writes into a time series.
     fn value(&self, m: Metric) -> Value {
-        let per_session = |x: f64| (self.sessions > 0).then(|| x / self.sessions as f64);
-        match m {
-            Metric::Events => self.events.into(),
-            Metric::Users => (self.users().round() as i64).into(),
-            Metric::Pageviews => self.pageviews.into(),
-            Metric::Sessions => self.sessions.into(),
-            Metric::BounceRate => per_session(self.bounces as f64).map(|r| round(r, 4)).into(),
-            Metric::AvgSessionDuration => per_session(self.duration_ms as f64 / 1000.0)
-                .map(|r| round(r, 3))
-                .into(),
-            Metric::Revenue => Value::Object(
-                self.revenue
-                    .iter()
-                    .map(|(c, a)| ((*c).to_owned(), a.normalize().to_string().into()))
-                    .collect(),
-            ),
-        }
+        let mut figures = serde_json::to_value(self.values(&[m], None)).unwrap_or_default();
+        figures[m.name()].take()
     }
 
     /// The figures of `metrics`, typed: a long time series is written

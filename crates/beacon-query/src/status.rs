@@ -66,7 +66,11 @@ pub async fn status(node: &QueryNode, now: i64) -> Result<Value, QueryError> {
     }
     let mut streams = Vec::new();
     for name in [INGEST_STREAM, EVENTS_STREAM, REJECTS_STREAM, ROLLUPS_STREAM] {
-        if let Ok(stream) = node.js.get_stream(name).await {
+        let stream = match name {
+            EVENTS_STREAM => Some(events.clone()),
+            _ => node.js.get_stream(name).await.ok(),
+        };
+        if let Some(stream) = stream {
             let info = stream.cached_info();
             streams.push(json!({
                 "name": name,

@@ -155,15 +155,6 @@ impl View {
         }
     }
 
-    /// The merged cell of `site` at `granularity` starting at `start`.
-    pub fn cell(&self, site: &str, granularity: Granularity, start: i64) -> Option<&Merged> {
-        self.cells.get(&CellKey {
-            site: site.to_owned(),
-            granularity,
-            start,
-        })
-    }
-
     /// Merged cells of each bucket of `site` at `granularity` starting in `range` (Unix ms).
     pub fn buckets(
         &self,

@@ -61,6 +61,26 @@ impl TestServer {
         }
     }
 
+    /// A client and JetStream context on this server, with Beacon's streams
+    /// provisioned for `partitions` partitions.
+    pub async fn provisioned(
+        &self,
+        partitions: u32,
+    ) -> (async_nats::Client, async_nats::jetstream::Context) {
+        let client = self.client().await;
+        let js = async_nats::jetstream::new(client.clone());
+        beacon_nats::provision(
+            &js,
+            &beacon_nats::StreamSettings {
+                partitions,
+                ..beacon_nats::StreamSettings::default()
+            },
+        )
+        .await
+        .expect("provision");
+        (client, js)
+    }
+
     /// A plain client, as any NATS user would have.
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url())

@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::simulate::truth::{GroundTruth, TruthFile};
+use crate::simulate::truth::{GroundTruth, TruthFile, utc};
 
 /// HyperLogLog at lg_k 14 errs by 0.8 % (one standard error); allow three.
 const USER_TOLERANCE: f64 = 0.025;
@@ -146,12 +146,6 @@ fn ms(rfc3339: &str) -> anyhow::Result<i64> {
         .timestamp_millis())
 }
 
-fn rfc(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Every difference between Beacon's answers and `truth`.
 async fn compare(api: &Api, truth: &GroundTruth) -> anyhow::Result<Vec<String>> {
     let mut diffs = Vec::new();
@@ -237,8 +231,8 @@ async fn compare(api: &Api, truth: &GroundTruth) -> anyhow::Result<Vec<String>> 
             let series = api
                 .get(&format!(
                     "/api/v1/sites/{site}/timeseries?interval=1m&metrics=events&name={name}&from={}&to={}",
-                    rfc(start),
-                    rfc(end)
+                    utc(start),
+                    utc(end)
                 ))
                 .await?;
             for point in series["points"].as_array().into_iter().flatten() {

@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use beacon_aggregate::AggregatorSettings;
 use beacon_core::rollup::{Retention, View};
-use beacon_nats::{StreamSettings, provision};
 use beacon_testing::TestServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,17 +20,7 @@ pub struct Setup {
 
 pub async fn setup() -> Setup {
     let nats = TestServer::start().await;
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    provision(
-        &js,
-        &StreamSettings {
-            partitions: PARTITIONS,
-            ..StreamSettings::default()
-        },
-    )
-    .await
-    .expect("provision");
+    let (client, js) = nats.provisioned(PARTITIONS).await;
     Setup { nats, client, js }
 }
 

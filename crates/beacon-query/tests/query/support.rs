@@ -9,7 +9,6 @@ use beacon_aggregate::AggregatorSettings;
 use beacon_core::Site;
 use beacon_core::event::Event;
 use beacon_core::rollup::Retention;
-use beacon_nats::{StreamSettings, provision};
 use beacon_query::QueryNode;
 use beacon_testing::TestServer;
 use beacon_testing::truth::{Shape, generate, publish};
@@ -56,17 +55,7 @@ pub struct Setup {
 /// and an aggregator counting them.
 pub async fn setup(events: usize) -> Setup {
     let nats = TestServer::start().await;
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    provision(
-        &js,
-        &StreamSettings {
-            partitions: PARTITIONS,
-            ..StreamSettings::default()
-        },
-    )
-    .await
-    .expect("provision");
+    let (client, js) = nats.provisioned(PARTITIONS).await;
     let events = generate(Shape {
         seed: 5,
         sites: 2,

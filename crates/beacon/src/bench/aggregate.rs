@@ -13,7 +13,6 @@ use beacon_core::partition_of;
 use beacon_core::rollup::Granularity;
 use beacon_core::subject::event_subject;
 use beacon_nats::publish::Outgoing;
-use beacon_nats::{StreamSettings, provision};
 use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
@@ -48,16 +47,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         bail!("--events and --users must be positive");
     }
     let nats = BenchNats::own(nats_urls, "aggregation").await?;
-    let client = async_nats::connect(nats.urls.clone()).await?;
-    let js = jetstream::new(client.clone());
-    provision(
-        &js,
-        &StreamSettings {
-            partitions: PARTITIONS,
-            ..StreamSettings::default()
-        },
-    )
-    .await?;
+    let (client, js) = nats.provisioned().await?;
 
     let events = day_of_events(args.events, args.users);
     let published = publish_events(&js, &events).await?;
@@ -66,13 +56,7 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         args.events, args.users
     );
 
-    let config = nats.scratch.path().join("beacon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[streams]\npartitions = {PARTITIONS}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"wk_bench_0000000000000000\"]\n"
-        ),
-    )?;
+    let config = nats.process_config()?;
     let (mut child, metrics_url) = spawn_aggregator(&config, &nats.urls.join(",")).await?;
     let pid = child.id().context("aggregator pid")?;
     let started = Instant::now();

@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use beacon_core::subject::ingest_subject;
+use beacon_nats::EVENTS_STREAM;
 use beacon_nats::publish::Outgoing;
-use beacon_nats::{EVENTS_STREAM, StreamSettings, provision};
 use bytes::Bytes;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::aggregate::{PARTITIONS, proc_cpu_seconds, proc_status};
+use super::aggregate::{proc_cpu_seconds, proc_status};
 use super::query::{QueryArgs, freshness, latencies, quantile_ms};
 use super::{
-    BenchNats, READ_KEY, SITE, WRITE_KEY, canonical_payloads, http_ingest, pipelined_publish,
-    raw_ceiling, sample_events, sigterm, spawn_service,
+    BenchNats, READ_KEY, SITE, canonical_payloads, http_ingest, pipelined_publish, raw_ceiling,
+    sample_events, sigterm, spawn_service,
 };
 
 #[derive(Debug, Args)]
@@ -83,16 +83,7 @@ pub async fn run(mut args: AllArgs, nats_urls: &[String]) -> anyhow::Result<()> 
 
 async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     let url = nats.urls.join(",");
-    let client = async_nats::connect(nats.urls.clone()).await?;
-    let js = jetstream::new(client.clone());
-    provision(
-        &js,
-        &StreamSettings {
-            partitions: PARTITIONS,
-            ..StreamSettings::default()
-        },
-    )
-    .await?;
+    let (client, js) = nats.provisioned().await?;
     let n = args.events;
 
     // 1. The broker's own ceiling for these events.
@@ -103,13 +94,7 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     drop(canonical);
     eprintln!("raw JetStream publish: {raw:.0} events/s ({payload_bytes} bytes each)");
 
-    let config = nats.scratch.path().join("beacon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[streams]\npartitions = {PARTITIONS}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n"
-        ),
-    )?;
+    let config = nats.process_config()?;
     let (collector, line) = spawn_service(
         &config,
         &url,

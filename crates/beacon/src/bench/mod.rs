@@ -303,6 +303,36 @@ impl BenchNats {
         BenchNats::start(&[]).await
     }
 
+    /// A client on this server, with Beacon's streams provisioned for
+    /// [`aggregate::PARTITIONS`] partitions.
+    async fn provisioned(&self) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+        let client = async_nats::connect(self.urls.clone()).await?;
+        let js = jetstream::new(client.clone());
+        beacon_nats::provision(
+            &js,
+            &beacon_nats::StreamSettings {
+                partitions: aggregate::PARTITIONS,
+                ..beacon_nats::StreamSettings::default()
+            },
+        )
+        .await?;
+        Ok((client, js))
+    }
+
+    /// A config file for Beacon processes started against this server: the
+    /// partitions and the bench site with its keys, without a rate limit.
+    fn process_config(&self) -> anyhow::Result<std::path::PathBuf> {
+        let path = self.scratch.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[streams]\npartitions = {}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n",
+                aggregate::PARTITIONS
+            ),
+        )?;
+        Ok(path)
+    }
+
     async fn stop(self) {
         if let Some(mut server) = self.local {
             server.stop().await;

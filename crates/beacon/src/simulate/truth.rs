@@ -42,11 +42,16 @@ pub struct GroundTruth {
     pub events_by_minute: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-fn minute(ms: i64) -> String {
-    let start = ms.div_euclid(60_000) * 60_000;
-    chrono::DateTime::from_timestamp_millis(start)
+/// `ms` as RFC 3339 in UTC, to the second: how truth files and the query API
+/// name minutes.
+pub fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn minute(ms: i64) -> String {
+    utc(ms.div_euclid(60_000) * 60_000)
 }
 
 impl GroundTruth {

@@ -7,6 +7,9 @@
 # playwright-core from tests/browser/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Dependencies compile once per machine: the build cache lives outside the
+# clone (a fresh clone still builds everything it lacks into it).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/beacon/target}"
 
 BEACON_TEST_NATS_SERVER="$(scripts/install-nats-server.sh)"
 BEACON_TEST_OLD_NATS_SERVER="$(NATS_SERVER_VERSION=2.10.26 scripts/install-nats-server.sh --pinned)"
@@ -42,6 +45,8 @@ failed=0
 cargo test --locked --workspace 2>&1 | tee "$log" || failed=1
 # The dashboard against a real `beacon up` (the binary cargo test built).
 cargo build --locked -p beacon
+BEACON_BIN="$CARGO_TARGET_DIR/debug/beacon"
+export BEACON_BIN
 (cd tests/browser && node --test --test-reporter=spec) 2>&1 | tee -a "$log" || failed=1
 # One closing line for the whole run: cargo's "test result:" lines and node's
 # "ℹ pass N" / "ℹ fail N" summary.

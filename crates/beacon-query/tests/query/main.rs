@@ -4,5 +4,7 @@
 
 mod answers;
 mod errors;
+mod hardening;
 mod live;
+mod params;
 mod support;

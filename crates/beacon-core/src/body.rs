@@ -204,8 +204,15 @@ pub fn translated_item(
     sized(Cow::Owned(raw), value, limits)
 }
 
-/// Refuse a batch with more events than one body may carry.
+/// Refuse a batch with no event (`[]`, `{"batch": []}`) or with more events
+/// than one body may carry.
 pub fn check_batch_size(events: usize, limits: &Limits) -> Result<(), BodyError> {
+    if events == 0 {
+        return Err(Rejection::new(
+            Reason::EmptyBody,
+            "the batch holds no event",
+        ));
+    }
     if events > limits.max_batch_events {
         return Err(Rejection::new(
             Reason::BatchTooLarge,

@@ -4,6 +4,7 @@
 //! Nothing here does I/O, so every rule is unit- and property-tested without a
 //! server, and every ingest path (HTTP, NATS, SDK-compatible endpoints) shares it.
 
+pub mod bearer;
 pub mod body;
 pub mod compat;
 pub mod encoding;

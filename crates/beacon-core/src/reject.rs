@@ -30,6 +30,8 @@ pub enum Reason {
     InvalidTimestamp,
     TimestampInFuture,
     TimestampTooOld,
+    /// The event time, corrected for the sender's clock, is beyond any representable time.
+    TimestampOutOfRange,
     InvalidProps,
     PropsTooDeep,
     InvalidRevenue,
@@ -38,6 +40,8 @@ pub enum Reason {
     UnknownSite,
     /// A NATS-native message that failed processing on every allowed delivery.
     TooManyDeliveries,
+    /// Handling the input hit a bug in Beacon (a panic); the input is kept to replay.
+    InternalError,
 }
 
 impl Reason {
@@ -62,6 +66,7 @@ impl Reason {
             Reason::InvalidTimestamp => "invalid_timestamp",
             Reason::TimestampInFuture => "timestamp_in_future",
             Reason::TimestampTooOld => "timestamp_too_old",
+            Reason::TimestampOutOfRange => "timestamp_out_of_range",
             Reason::InvalidProps => "invalid_props",
             Reason::PropsTooDeep => "props_too_deep",
             Reason::InvalidRevenue => "invalid_revenue",
@@ -69,6 +74,7 @@ impl Reason {
             Reason::SiteMismatch => "site_mismatch",
             Reason::UnknownSite => "unknown_site",
             Reason::TooManyDeliveries => "too_many_deliveries",
+            Reason::InternalError => "internal_error",
         }
     }
 }

@@ -292,16 +292,23 @@ fn take_string(
 }
 
 /// User ids may be strings or integers (SDKs send both); integers become strings.
+/// JSON `-0` is the integer 0 (the JSON parser reads it as a negative zero float).
 fn take_user(
     obj: &mut Map<String, Value>,
     field: &str,
     limits: &Limits,
 ) -> Result<Option<String>, Rejection> {
-    if let Some(Value::Number(n)) = obj.get(field)
-        && (n.is_i64() || n.is_u64())
-    {
-        let text = n.to_string();
-        obj.insert(field.to_owned(), Value::String(text));
+    if let Some(Value::Number(n)) = obj.get(field) {
+        let text = if n.is_i64() || n.is_u64() {
+            Some(n.to_string())
+        } else {
+            n.as_f64()
+                .filter(|f| *f == 0.0 && f.is_sign_negative())
+                .map(|_| "0".to_owned())
+        };
+        if let Some(text) = text {
+            obj.insert(field.to_owned(), Value::String(text));
+        }
     }
     let user = take_string(obj, field, limits.max_name_chars, Reason::InvalidUser)?;
     if user
@@ -437,8 +444,11 @@ fn check_value(path: &str, value: &Value, depth: usize, limits: &Limits) -> Resu
 
 /// `{"amount": "19.99" | 19.99, "currency": "USD"}` → exact decimal and ISO currency.
 ///
-/// Text amounts are exact as written. A JSON number is read through its shortest
-/// round-trip form, which is what the sender wrote for up to 15 significant digits.
+/// Text amounts are exact as written and follow one grammar, [`is_amount_text`]:
+/// an optional `-`, digits, and optionally `.` and more digits (`"19.99"`,
+/// `"-5"`, `"0.5"`; not `"1_000"`, `"1e3"`, `"+1"`, `".5"` or `"1,000"`).
+/// A JSON number is read through its shortest round-trip form, which is what
+/// the sender wrote for up to 15 significant digits.
 pub fn parse_revenue(raw: &Value) -> Result<Revenue, Rejection> {
     let bad = |msg: String| Rejection::new(Reason::InvalidRevenue, msg);
     let Value::Object(obj) = raw else {
@@ -453,7 +463,7 @@ pub fn parse_revenue(raw: &Value) -> Result<Revenue, Rejection> {
         )));
     }
     let amount = match obj.get("amount") {
-        Some(Value::String(s)) => Decimal::from_str(s.trim()).ok(),
+        Some(Value::String(s)) if is_amount_text(s.trim()) => Decimal::from_str(s.trim()).ok(),
         Some(Value::Number(n)) => Decimal::from_str(&n.to_string()).ok(),
         _ => None,
     }
@@ -476,6 +486,19 @@ pub fn parse_revenue(raw: &Value) -> Result<Revenue, Rejection> {
         amount: amount.normalize(),
         currency: currency.code().to_owned(),
     })
+}
+
+/// Whether `text` is an amount as Beacon accepts it in text: `-?[0-9]+(\.[0-9]+)?`,
+/// at most 40 characters. Stricter than `Decimal::from_str`, which also takes
+/// `_` separators and other forms senders do not mean as numbers.
+pub fn is_amount_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    text.len() <= 40 && all_digits(whole) && fraction.is_none_or(all_digits)
 }
 
 /// Largest revenue amount one event may carry (in either direction, refunds included).
@@ -682,6 +705,32 @@ mod tests {
             crate::subject::event_subject(e.partition, &e.site, &e.name),
             format!("beacon.events.{}.shop.Sign_up_clicked___now", e.partition)
         );
+    }
+
+    #[test]
+    fn amounts_in_text_follow_one_grammar() {
+        for good in ["19.99", "-5", "0.5", "007", " 12.50 ", "1000000000000"] {
+            let r = parse_revenue(&json!({"amount": good, "currency": "EUR"}));
+            assert!(r.is_ok(), "{good}: {r:?}");
+        }
+        for bad in [
+            "1_000", "1e3", "+1", ".5", "5.", "1,000", "--1", "", "-", "0x10", "NaN", "1 000",
+        ] {
+            let r = parse_revenue(&json!({"amount": bad, "currency": "EUR"}));
+            assert_eq!(
+                r.map_err(|e| e.reason),
+                Err(Reason::InvalidRevenue),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn negative_zero_is_the_user_id_zero() {
+        let value: Value = serde_json::from_str(r#"{"name":"x","user_id":-0}"#).expect("json");
+        assert_eq!(check(value).expect("valid").user_id.as_deref(), Some("0"));
+        let value: Value = serde_json::from_str(r#"{"name":"x","user_id":1.5}"#).expect("json");
+        assert_eq!(reason(value), Reason::InvalidUser);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub const PUBLISH_SECONDS: &str = "beacon_publish_seconds";
 pub const IN_FLIGHT: &str = "beacon_events_in_flight";
 pub const UNAVAILABLE: &str = "beacon_ingest_unavailable_total";
 pub const RATE_LIMITED: &str = "beacon_ingest_rate_limited_total";
+/// Requests whose handling panicked (each answered 500 `internal_error`).
+pub const PANICS: &str = "beacon_request_panics_total";
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {

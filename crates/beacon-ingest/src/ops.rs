@@ -78,7 +78,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(client, gates).merge(extra))
+    let app =
+        router(client, gates)
+            .merge(extra)
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                crate::collector::panic_response,
+            ));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -49,6 +49,14 @@ impl Keys {
         Err(QueryError::unauthorized("unknown read key"))
     }
 
+    /// Whether `key` reads every configured site: such a key (an operator's)
+    /// sees the whole status; others see only what says how current their
+    /// numbers are (see [`crate::status::Scope`]).
+    pub fn reads_every_site(&self, key: Option<&str>) -> bool {
+        self.sites_of(key)
+            .is_ok_and(|readable| self.sites.iter().all(|s| readable.contains(s)))
+    }
+
     /// 401 for a missing or unknown key, 404 for an unknown site, 403 for a
     /// key of another site.
     pub fn check(&self, key: Option<&str>, site: &str) -> Result<(), QueryError> {

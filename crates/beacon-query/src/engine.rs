@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use beacon_rollup::view::{Merged, new_union};
 use beacon_rollup::{Counters, DIMENSIONS, Dimension, Granularity, OTHER, PAGEVIEW, View};
-use chrono::{DateTime, LocalResult, NaiveDate, Offset, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, LocalResult, NaiveDate, Offset, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use datasketches::hll::HllType;
 use rust_decimal::Decimal;
@@ -266,7 +266,10 @@ impl Clock {
                 LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => {
                     return d.timestamp_millis();
                 }
-                LocalResult::None => t += chrono::Duration::minutes(30),
+                LocalResult::None => match t.checked_add_signed(chrono::Duration::minutes(30)) {
+                    Some(later) => t = later,
+                    None => break,
+                },
             }
         }
         t.and_utc().timestamp_millis()
@@ -301,30 +304,36 @@ impl Clock {
     }
 
     /// `from` or `to`: an RFC 3339 time, a date (whole days in this zone; `to`
-    /// includes its day), `now`, or `-<n>m|h|d` before now.
+    /// includes its day), `now`, or `-<n>m|h|d` before now. Total: any text
+    /// gives an instant within [`EARLIEST`, `LATEST`] or a 400, so no later
+    /// arithmetic on it can overflow.
     fn instant(&self, field: &str, text: &str, end: bool) -> Result<i64, QueryError> {
+        let ms = self.parse_instant(field, text, end)?;
+        if !(EARLIEST..=LATEST).contains(&ms) {
+            return Err(QueryError::bad_request(format!(
+                "{field}: {text:?} is outside the times Beacon answers for (1970-01-01 to 9999-12-31)"
+            )));
+        }
+        Ok(ms)
+    }
+
+    fn parse_instant(&self, field: &str, text: &str, end: bool) -> Result<i64, QueryError> {
         if text == "now" {
             return Ok(self.now);
         }
         if let Some(ago) = text.strip_prefix('-') {
-            let (n, unit) = ago.split_at(ago.len().saturating_sub(1));
-            let unit_ms = match unit {
-                "m" => 60_000,
-                "h" => 3_600_000,
-                "d" => 86_400_000,
-                _ => 0,
-            };
-            if let Ok(n) = n.parse::<i64>()
-                && unit_ms > 0
-                && n <= 100_000
-            {
-                return Ok(self.now - n * unit_ms);
-            }
+            return self.ago(field, text, ago);
         }
         if let Ok(t) = DateTime::parse_from_rfc3339(text) {
             return Ok(t.timestamp_millis());
         }
         if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            // Checked before any zone arithmetic, which is only total on sane dates.
+            if !(1970..=9999).contains(&date.year()) {
+                return Err(QueryError::bad_request(format!(
+                    "{field}: {text:?} is outside the times Beacon answers for (1970-01-01 to 9999-12-31)"
+                )));
+            }
             let date = if end {
                 date.succ_opt().unwrap_or(date)
             } else {
@@ -336,7 +345,42 @@ impl Clock {
             "{field}: {text:?} is not a time (give RFC 3339 like 2026-11-25T10:00:00Z, a date like 2026-11-25, now, or -30m / -24h / -7d)"
         )))
     }
+
+    /// `-<n>m|h|d`: `n` is plain decimal digits, at most [`MAX_AGO`].
+    fn ago(&self, field: &str, text: &str, ago: &str) -> Result<i64, QueryError> {
+        let refuse = || {
+            QueryError::bad_request(format!(
+                "{field}: {text:?} is not a time before now (give -<n>m, -<n>h or -<n>d with n a whole number up to {MAX_AGO}, e.g. -30m / -24h / -7d)"
+            ))
+        };
+        let (n, unit_ms) = match ago.as_bytes().split_last() {
+            Some((b'm', n)) => (n, 60_000),
+            Some((b'h', n)) => (n, 3_600_000),
+            Some((b'd', n)) => (n, 86_400_000),
+            _ => return Err(refuse()),
+        };
+        if n.is_empty() || n.len() > 6 || !n.iter().all(u8::is_ascii_digit) {
+            return Err(refuse());
+        }
+        let n = n.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        if n > MAX_AGO {
+            return Err(refuse());
+        }
+        // n ≤ 100,000 days is under 10^13 ms: no overflow; the result is checked against EARLIEST.
+        Ok(self.now - n * unit_ms)
+    }
 }
+
+/// The earliest instant a range may name: the Unix epoch.
+pub const EARLIEST: i64 = 0;
+/// The latest: 10000-01-01T00:00:00Z, the end of four-digit years.
+pub const LATEST: i64 = 253_402_300_800_000;
+/// The largest `n` of a relative time `-<n>m|h|d`.
+pub const MAX_AGO: i64 = 100_000;
+/// Most rollup buckets one range may be read from: about a century of whole
+/// days. Checked from the range's length before tiling, so no range can make
+/// a query node build an unbounded list.
+pub const MAX_TILES: i64 = 40_000;
 
 /// The parts of a question every operation has.
 #[derive(Debug, Clone)]
@@ -444,6 +488,32 @@ fn cover(
     span: Span,
     finest: Granularity,
 ) -> Result<Vec<(Granularity, i64)>, QueryError> {
+    // Bound the work before doing it: the tiles needed follow from the range's
+    // arithmetic (whole days, plus at most 23 hours and 59 minutes at each end),
+    // and the first tile starts at `span.from`, so a range reaching past every
+    // kept bucket is refused without building anything.
+    let kept = oldest_kept(view);
+    let len = span.to.saturating_sub(span.from);
+    let most_tiles = len / Granularity::Day.millis() + 2 * (23 + 59) + 1;
+    if most_tiles > MAX_TILES {
+        return Err(QueryError::bad_request(format!(
+            "range too large: at most about {} days can be asked at once",
+            MAX_TILES - 2 * (23 + 59) - 1
+        )));
+    }
+    let earliest_kept = Granularity::ALL
+        .into_iter()
+        .filter(|g| *g >= finest)
+        .map(|g| kept[g.index()])
+        .min()
+        .unwrap_or(i64::MIN);
+    if span.from < earliest_kept {
+        return Err(QueryError::bad_request(format!(
+            "range too large: no buckets are kept back to {}; the oldest kept starts at {}",
+            clock.render(span.from),
+            clock.render(earliest_kept)
+        )));
+    }
     let mut out = Vec::new();
     let mut t = span.from;
     while t < span.to {
@@ -461,7 +531,6 @@ fn cover(
         out.push((g, t));
         t += g.millis();
     }
-    let kept = oldest_kept(view);
     for g in Granularity::ALL {
         if let Some((_, start)) = out.iter().find(|(cg, _)| *cg == g)
             && *start < kept[g.index()]

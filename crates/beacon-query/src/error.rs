@@ -40,6 +40,11 @@ impl QueryError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)
     }
+
+    /// 500: answering hit a bug (a caught panic).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
 }
 
 impl IntoResponse for QueryError {

@@ -43,21 +43,28 @@ pub fn router(node: QueryNode) -> Router {
         .route(ROUTES[7], get(live_stream))
         .route("/api/v1/sites/{site}/{op}", get(site_op))
         .with_state(node)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// A panic while answering: 500 with a JSON reason, and the node keeps serving.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "a query panicked");
+    metrics::counter!("beacon_request_panics_total").increment(1);
+    QueryError::internal("Beacon failed while answering this query (a bug)").into_response()
 }
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// The bearer token of a request, if any.
+/// The bearer token of a request, if any: the one reader the collector uses too.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    beacon_core::bearer::bearer_key(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 async fn sites(

@@ -181,7 +181,14 @@ impl QueryNode {
             }
         };
         if op == Op::Status {
-            return status::status(self, now).await.map(|v| v.to_string());
+            let scope = if self.keys.reads_every_site(key) {
+                status::Scope::Everything
+            } else {
+                status::Scope::Freshness
+            };
+            return status::status(self, now, scope)
+                .await
+                .map(|v| v.to_string());
         }
         if op == Op::Live {
             if *params != Params::default() {

@@ -8,9 +8,11 @@
 //! body; an error sets `Nats-Service-Error-Code` (the HTTP status) and
 //! `Nats-Service-Error` (the message).
 
+use std::panic::AssertUnwindSafe;
+
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 
 use crate::error::QueryError;
@@ -61,13 +63,25 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
         };
         let node = node.clone();
         tokio::spawn(async move {
-            let answer = match serde_json::from_slice::<Request>(&request.message.payload) {
-                Ok(r) => {
-                    node.answer(op, r.key.as_deref(), r.site.as_deref(), &r.params)
-                        .await
+            let payload = request.message.payload.clone();
+            let answer = AssertUnwindSafe(async {
+                match serde_json::from_slice::<Request>(&payload) {
+                    Ok(r) => {
+                        node.answer(op, r.key.as_deref(), r.site.as_deref(), &r.params)
+                            .await
+                    }
+                    Err(e) => Err(QueryError::bad_request(format!("bad request body: {e}"))),
                 }
-                Err(e) => Err(QueryError::bad_request(format!("bad request body: {e}"))),
-            };
+            })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(op = op.name(), "a NATS query panicked");
+                metrics::counter!("beacon_request_panics_total").increment(1);
+                Err(QueryError::internal(
+                    "Beacon failed while answering this query (a bug)",
+                ))
+            });
             let reply = match answer {
                 Ok(json) => Ok(Bytes::from(json)),
                 Err(e) => Err(service::error::Error {

@@ -1,6 +1,11 @@
 //! How current the numbers are: per partition the committed sequence, the lag
 //! behind the stream and how old the oldest uncounted event is; the streams'
 //! sizes; and when the newest counted event became queryable on this node.
+//!
+//! Partitions and streams are shared by every site, so their sizes and
+//! sequences tell one site's key holder about the others' traffic. A key that
+//! reads every site sees everything; any other key sees only how current the
+//! numbers are ([`Scope::Freshness`]).
 
 use beacon_core::subject::EVENTS_PREFIX;
 use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM};
@@ -23,8 +28,18 @@ struct Received {
     received_at: chrono::DateTime<Utc>,
 }
 
+/// What a status answer shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: for a key that reads every configured site.
+    Everything,
+    /// Readiness, lag and delays only: no owners, sequences, stream sizes or
+    /// cell counts, which measure the traffic of sites the key cannot read.
+    Freshness,
+}
+
 /// The status answer.
-pub async fn status(node: &QueryNode, now: i64) -> Result<Value, QueryError> {
+pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, QueryError> {
     let unavailable = |e: &dyn std::fmt::Display| QueryError::unavailable(format!("NATS: {e}"));
     let progress = beacon_aggregate::progress(&node.js, node.partitions)
         .await
@@ -55,14 +70,21 @@ pub async fn status(node: &QueryNode, now: i64) -> Result<Value, QueryError> {
             }
         };
         behind_max = behind_max.max(behind_ms);
-        partitions.push(json!({
-            "partition": p.partition,
-            "owner": p.owner,
-            "committed": p.committed,
-            "last_event": p.last_event,
-            "lag": p.lag(),
-            "behind_ms": behind_ms,
-        }));
+        partitions.push(match scope {
+            Scope::Everything => json!({
+                "partition": p.partition,
+                "owner": p.owner,
+                "committed": p.committed,
+                "last_event": p.last_event,
+                "lag": p.lag(),
+                "behind_ms": behind_ms,
+            }),
+            Scope::Freshness => json!({
+                "partition": p.partition,
+                "lag": p.lag(),
+                "behind_ms": behind_ms,
+            }),
+        });
     }
     let mut streams = Vec::new();
     for name in [INGEST_STREAM, EVENTS_STREAM, REJECTS_STREAM, ROLLUPS_STREAM] {
@@ -90,7 +112,19 @@ pub async fn status(node: &QueryNode, now: i64) -> Result<Value, QueryError> {
             "delay_ms": (n.applied_ms - n.newest_received_ms).max(0),
         })
     });
+    if scope == Scope::Freshness {
+        return Ok(json!({
+            "scope": "freshness",
+            "ready": ready,
+            "lag": progress.iter().map(|p| p.lag()).sum::<u64>(),
+            "behind_ms": behind_max,
+            "partitions": partitions,
+            "newest_queryable": queryable,
+            "nats": format!("{:?}", node.client.connection_state()).to_lowercase(),
+        }));
+    }
     Ok(json!({
+        "scope": "everything",
         "ready": ready,
         "lag": progress.iter().map(|p| p.lag()).sum::<u64>(),
         "behind_ms": behind_max,

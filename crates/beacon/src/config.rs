@@ -129,6 +129,7 @@ impl Config {
         problems.extend(self.streams.problems());
         problems.extend(site_problems(&self.sites));
         problems.extend(self.aggregator.problems());
+        problems.extend(self.collector.problems());
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
                 "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),

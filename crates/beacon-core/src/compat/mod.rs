@@ -156,6 +156,11 @@ pub fn take(obj: &mut Map<String, Value>, field: &str) -> Option<Value> {
 /// body. With no `sent_at`, an `offset` (milliseconds before sending) counts
 /// back from the receive time; with neither, the timestamp is taken as is, and
 /// with no timestamp at all the receive time applies (`None`).
+///
+/// The sender controls every operand, so the arithmetic is checked: a
+/// correction that leaves the times chrono can represent refuses the event as
+/// `timestamp_out_of_range` (one that merely lands far away is then refused
+/// by the event-time window, as any timestamp would be).
 pub fn event_time(
     timestamp: Option<&Value>,
     sent_at: Option<&Value>,
@@ -167,15 +172,31 @@ pub fn event_time(
             t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ))
     };
+    let out_of_range = |what: &str| {
+        Rejection::new(
+            Reason::TimestampOutOfRange,
+            format!("the event time corrected for the sender's clock ({what}) is out of range"),
+        )
+    };
     let sent = sent_at
         .filter(|s| !s.is_null())
         .and_then(|s| parse_ts(s).ok());
     match (timestamp.filter(|t| !t.is_null()), sent) {
-        (Some(timestamp), Some(sent)) => Ok(at(received_at + (parse_ts(timestamp)? - sent))),
+        (Some(timestamp), Some(sent)) => {
+            let skew = parse_ts(timestamp)?.signed_duration_since(sent);
+            received_at
+                .checked_add_signed(skew)
+                .map(at)
+                .ok_or_else(|| out_of_range("received time + timestamp - sent_at"))
+        }
         (Some(timestamp), None) => Ok(at(parse_ts(timestamp)?)),
-        (None, _) => Ok(offset
-            .and_then(Value::as_i64)
-            .and_then(|ms| at(received_at - chrono::Duration::milliseconds(ms)))),
+        (None, _) => match offset.and_then(Value::as_i64) {
+            None => Ok(None),
+            Some(ms) => chrono::Duration::try_milliseconds(ms)
+                .and_then(|d| received_at.checked_sub_signed(d))
+                .map(at)
+                .ok_or_else(|| out_of_range("received time - offset")),
+        },
     }
 }
 
@@ -231,6 +252,29 @@ mod tests {
         );
         assert_eq!(ts.expect("valid"), Some(json!("2026-11-25T09:00:00.000Z")));
         assert_eq!(event_time(None, None, None, received).expect("valid"), None);
+        // Operands the sender picks to overflow are refused, not a panic.
+        for (ts, sent, offset) in [
+            (None, None, Some(json!(i64::MAX))),
+            (None, None, Some(json!(i64::MIN))),
+            // About 507,000 years apart, each alone a valid time.
+            (
+                Some(json!(8_000_000_000_000_000i64)),
+                Some(json!(-8_000_000_000_000_000i64)),
+                None,
+            ),
+            (
+                Some(json!(-8_000_000_000_000_000i64)),
+                Some(json!(8_000_000_000_000_000i64)),
+                None,
+            ),
+        ] {
+            let refused = event_time(ts.as_ref(), sent.as_ref(), offset.as_ref(), received);
+            assert_eq!(
+                refused.map_err(|r| r.reason),
+                Err(Reason::TimestampOutOfRange),
+                "{ts:?} {sent:?} {offset:?}"
+            );
+        }
         assert_eq!(
             event_time(Some(&json!("nope")), None, None, received)
                 .expect_err("refused")

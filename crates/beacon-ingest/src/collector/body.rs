@@ -7,9 +7,22 @@ use beacon_core::{Reason, Rejection};
 use http_body_util::LengthLimitError;
 
 use super::error::ApiError;
+use super::guard::RawSlot;
 
-/// The request body, decompressed, at most `limit` bytes either way.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// The request body, decompressed, at most `limit` bytes either way. It is
+/// also left in `slot`, so a later panic can still record it.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    slot: &RawSlot,
+) -> Result<Bytes, ApiError> {
+    let raw = decoded(headers, body, limit).await?;
+    slot.keep(&raw);
+    Ok(raw)
+}
+
+async fn decoded(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::TooLarge(Rejection::new(
             Reason::BodyTooLarge,

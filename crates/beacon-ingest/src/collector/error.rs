@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 415: a `Content-Encoding` other than gzip.
     #[error("{0}")]
     UnsupportedEncoding(Rejection),
+    /// 500: handling the request hit a bug (a panic was caught).
+    #[error("{0}")]
+    Internal(Rejection),
     /// 429: this key is over its rate limit.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -54,7 +58,8 @@ impl ApiError {
             ApiError::BadRequest(r)
             | ApiError::Unauthorized(r)
             | ApiError::TooLarge(r)
-            | ApiError::UnsupportedEncoding(r) => Some(r),
+            | ApiError::UnsupportedEncoding(r)
+            | ApiError::Internal(r) => Some(r),
             ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => None,
         }
     }
@@ -64,6 +69,7 @@ impl ApiError {
         match rejection.reason {
             Reason::BodyTooLarge | Reason::BatchTooLarge => ApiError::TooLarge(rejection),
             Reason::MissingKey | Reason::UnknownKey => ApiError::Unauthorized(rejection),
+            Reason::InternalError => ApiError::Internal(rejection),
             _ => ApiError::BadRequest(rejection),
         }
     }
@@ -76,7 +82,8 @@ impl ApiError {
             ApiError::BadRequest(r)
             | ApiError::Unauthorized(r)
             | ApiError::TooLarge(r)
-            | ApiError::UnsupportedEncoding(r) => (r.reason.as_str(), r.message.clone()),
+            | ApiError::UnsupportedEncoding(r)
+            | ApiError::Internal(r) => (r.reason.as_str(), r.message.clone()),
             ApiError::RateLimited { .. } => (
                 "rate_limited",
                 "this write key sent more events than its rate limit allows; retry later"

@@ -8,6 +8,8 @@
 pub mod answer;
 mod body;
 pub mod error;
+mod forwarded;
+mod guard;
 mod plausible;
 mod posthog;
 mod segment;
@@ -21,8 +23,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::extract::{ConnectInfo, Extension, State};
+use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Site, parse_body};
@@ -36,6 +38,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::answer::Protocol;
 pub use self::error::ApiError;
+pub use self::forwarded::TrustedProxies;
+use self::guard::RawSlot;
+pub use self::guard::panic_response;
 use crate::metrics::{IN_FLIGHT, RATE_LIMITED, UNAVAILABLE};
 use crate::pipeline::{ItemResult, Pipeline};
 
@@ -53,6 +58,18 @@ pub struct CollectorSettings {
     pub retry_after: Duration,
     /// Origins browsers may send from; `["*"]` for any.
     pub cors_origins: Vec<String>,
+    /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// believed; from any other peer the socket address is the client's.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl CollectorSettings {
+    /// What is wrong with these settings, for the start-up config checks.
+    pub fn problems(&self) -> Vec<String> {
+        TrustedProxies::parse(&self.trusted_proxies)
+            .err()
+            .unwrap_or_default()
+    }
 }
 
 impl Default for CollectorSettings {
@@ -63,6 +80,7 @@ impl Default for CollectorSettings {
             max_in_flight_events: 100_000,
             retry_after: Duration::from_secs(2),
             cors_origins: vec!["*".to_owned()],
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -89,6 +107,7 @@ pub struct Collector {
     /// Daily salts for Plausible visitor ids, shared with every collector.
     salts: Salts,
     in_flight: Semaphore,
+    trusted_proxies: TrustedProxies,
     /// What else `/readyz` waits for.
     gates: Vec<crate::ops::Gate>,
 }
@@ -130,6 +149,16 @@ impl Collector {
         }
         let in_flight = Semaphore::new(settings.max_in_flight_events.max(1));
         let salts = Salts::new(pipeline.publisher().jetstream().clone());
+        // Checked at start-up with the other settings; should a bad entry
+        // still get here, no proxy is trusted (the safe side), and it is said.
+        let trusted_proxies =
+            TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_else(|bad| {
+                tracing::warn!(
+                    ?bad,
+                    "trusting no proxy: collector.trusted_proxies is invalid"
+                );
+                TrustedProxies::default()
+            });
         Collector {
             pipeline,
             client,
@@ -139,6 +168,7 @@ impl Collector {
             domains,
             salts,
             in_flight,
+            trusted_proxies,
             gates: Vec::new(),
         }
     }
@@ -182,7 +212,12 @@ impl Collector {
                     .layer(cors.clone()),
             );
         }
+        // Only the ingest routes so far: their panics record the input.
         router
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                guard::record_panics,
+            ))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { crate::metrics::render() }))
@@ -200,7 +235,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::metrics::handle();
-    let app = Arc::new(collector).router().merge(extra);
+    let app = Arc::new(collector).router().merge(extra).layer(
+        tower_http::catch_panic::CatchPanicLayer::custom(panic_response),
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -216,12 +253,13 @@ async fn readyz(State(c): State<Arc<Collector>>) -> Response {
 async fn post_events(
     State(c): State<Arc<Collector>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<RawSlot>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = Utc::now();
     let header_key = bearer_key(&headers);
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
         Ok(raw) => raw,
         // Unreadable bodies are kept as far as they were read (none, when too large).
         Err(e) => return Err(refuse(&c, e, b"", None, received_at).await),
@@ -241,7 +279,7 @@ async fn post_events(
         }
     };
     let key = header_key.or(batch.write_key.as_deref()).map(str::to_owned);
-    let ip = client_ip(&headers, peer);
+    let ip = c.client_ip(&headers, peer);
     let submission = Submission {
         key: key.as_deref(),
         batch,
@@ -452,9 +490,7 @@ impl Drop for InFlight {
 }
 
 pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+    beacon_core::bearer::bearer_key(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -478,14 +514,9 @@ pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// The sender's address: the first `X-Forwarded-For` hop behind a proxy, else the peer.
-pub(crate) fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
-    static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    headers
-        .get(&FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| peer.ip().to_string())
+impl Collector {
+    /// The sender's address: see [`TrustedProxies::client_ip`].
+    pub(crate) fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> String {
+        self.trusted_proxies.client_ip(headers, peer).to_string()
+    }
 }

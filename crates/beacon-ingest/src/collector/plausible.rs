@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use beacon_core::compat::{parse_json, plausible, translate_all};
@@ -14,11 +14,12 @@ use beacon_core::{Reason, Rejection};
 use chrono::Utc;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, body, client_ip, user_agent};
+use super::{ApiError, Collector, Compat, RawSlot, body, user_agent};
 
 pub async fn event(
     State(c): State<Arc<Collector>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<RawSlot>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -28,7 +29,7 @@ pub async fn event(
         received_at,
         headers: &headers,
     };
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
         Ok(raw) => raw,
         Err(e) => return compat.refuse(&c, e, b"").await,
     };
@@ -59,7 +60,7 @@ pub async fn event(
     let visitor = plausible::visitor_id(
         &salt,
         site,
-        &client_ip(&headers, peer),
+        &c.client_ip(&headers, peer),
         agent.unwrap_or_default(),
     );
     let translated = translate_all(vec![request.event], c.pipeline.limits(), |event, _| {

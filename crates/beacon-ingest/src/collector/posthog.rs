@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use beacon_core::compat::{parse_json, posthog, translate_all};
@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, body, client_ip};
+use super::{ApiError, Collector, Compat, RawSlot, body};
 
 /// Every path PostHog's SDKs post events to (and GET with `data=`).
 pub const PATHS: &[&str] = &[
@@ -33,6 +33,7 @@ pub const PATHS: &[&str] = &[
 pub async fn capture(
     State(c): State<Arc<Collector>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<RawSlot>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -48,14 +49,18 @@ pub async fn capture(
     let raw = if method == Method::GET {
         Bytes::from(query.get("data").cloned().unwrap_or_default())
     } else {
-        match body::read_body(&headers, body, limit).await {
+        match body::read_body(&headers, body, limit, &slot).await {
             Ok(raw) => raw,
             Err(e) => return request.refuse(&c, e, b"").await,
         }
     };
     let compression = query.get("compression").map(String::as_str);
     let decoded = match posthog::decode(&raw, compression, limit) {
-        Ok(decoded) => decoded,
+        Ok(decoded) => {
+            let decoded = Bytes::from(decoded);
+            slot.keep(&decoded);
+            decoded
+        }
         // What cannot be decoded cannot be cleared of keys either: nothing is kept.
         Err(r) => return request.refuse(&c, ApiError::from_rejection(r), b"").await,
     };
@@ -80,7 +85,7 @@ pub async fn capture(
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, raw| {
         posthog::translate(event, raw, sent_at.as_ref(), received_at)
     });
-    let ip = client_ip(&headers, peer);
+    let ip = c.client_ip(&headers, peer);
     request
         .submit(&c, key.as_deref(), translated, &decoded, Some(&ip))
         .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use beacon_core::compat::segment::{self, Call};
@@ -15,12 +15,13 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, bearer_key, body, client_ip};
+use super::{ApiError, Collector, Compat, RawSlot, bearer_key, body};
 
 pub async fn calls(
     State(c): State<Arc<Collector>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(call): Path<String>,
+    Extension(slot): Extension<RawSlot>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -39,7 +40,7 @@ pub async fn calls(
         received_at: Utc::now(),
         headers: &headers,
     };
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
         Ok(raw) => raw,
         Err(e) => return request.refuse(&c, e, b"").await,
     };
@@ -58,7 +59,7 @@ pub async fn calls(
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, _| {
         segment::translate(event, sent_at.as_ref(), request.received_at)
     });
-    let ip = client_ip(&headers, peer);
+    let ip = c.client_ip(&headers, peer);
     request
         .submit(&c, key.as_deref(), translated, &raw, Some(&ip))
         .await

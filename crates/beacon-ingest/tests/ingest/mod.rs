@@ -1,5 +1,6 @@
 mod collector;
 mod compat;
+mod hardening;
 mod normalizer;
 mod provisioning;
 mod sdk;

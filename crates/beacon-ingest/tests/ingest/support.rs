@@ -26,6 +26,8 @@ pub struct Setup {
     pub collector: CollectorSettings,
     pub normalizer: NormalizerSettings,
     pub sites: Vec<Site>,
+    /// Routes served beside the collector's.
+    pub extra: axum::Router,
 }
 
 impl Default for Setup {
@@ -57,6 +59,7 @@ impl Default for Setup {
                     domains: vec!["blog.example".into()],
                 },
             ],
+            extra: axum::Router::new(),
         }
     }
 }
@@ -98,7 +101,7 @@ pub async fn start(nats: &TestServer, setup: Setup) -> Services {
     let mut tasks = vec![tokio::spawn({
         let stop = stopped(shutdown.clone());
         async move {
-            run_collector(collector, axum::Router::new(), listener, stop)
+            run_collector(collector, setup.extra, listener, stop)
                 .await
                 .expect("collector runs")
         }

@@ -4,6 +4,8 @@
 
 mod answers;
 mod errors;
+mod hardening;
 mod live;
+mod params;
 mod support;
 mod upgrade;

@@ -70,15 +70,16 @@ pub fn router(client: async_nats::Client, gates: Vec<Gate>) -> Router {
         .route("/metrics", get(|| async { crate::metrics::render() }))
 }
 
-/// Serve [`router`] and `extra` routes on `listener` until `shutdown` resolves.
+/// Serve [`router`] and `extra` routes on `listener` until `shutdown` resolves,
+/// closing connections whose headers take longer than `header_read_timeout`.
 pub async fn serve(
     client: async_nats::Client,
     gates: Vec<Gate>,
     extra: Router,
     listener: TcpListener,
+    header_read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(client, gates).merge(extra))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(client, gates).merge(extra);
+    crate::serve::serve(listener, app, header_read_timeout, shutdown).await
 }

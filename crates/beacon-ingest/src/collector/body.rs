@@ -1,4 +1,5 @@
-//! Reading a request body: bounded in size before and after gzip.
+//! Reading a request body: bounded in size before and after gzip, and in the
+//! time the client may take to send it.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
@@ -6,26 +7,40 @@ use beacon_core::encoding::{GZIP_MAGIC, gunzip_bounded};
 use beacon_core::{Reason, Rejection};
 use http_body_util::LengthLimitError;
 
+use super::CollectorSettings;
 use super::error::ApiError;
 
-/// The request body, decompressed, at most `limit` bytes either way.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// The request body, decompressed, at most `max_body_bytes` either way, read
+/// within `body_read_timeout` (a client that trickles it in is cut off).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    settings: &CollectorSettings,
+) -> Result<Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
     let too_large = || {
         ApiError::TooLarge(Rejection::new(
             Reason::BodyTooLarge,
             format!("the body is larger than {limit} bytes"),
         ))
     };
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if caused_by_length_limit(&e) {
-            too_large()
-        } else {
-            ApiError::BadRequest(Rejection::new(
-                Reason::InvalidEncoding,
-                format!("cannot read the body: {e}"),
-            ))
-        }
-    })?;
+    let read = tokio::time::timeout(
+        settings.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    );
+    let raw = read
+        .await
+        .map_err(|_| ApiError::Timeout(settings.body_read_timeout))?
+        .map_err(|e| {
+            if caused_by_length_limit(&e) {
+                too_large()
+            } else {
+                ApiError::BadRequest(Rejection::new(
+                    Reason::InvalidEncoding,
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+        })?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 415: a `Content-Encoding` other than gzip.
     #[error("{0}")]
     UnsupportedEncoding(Rejection),
+    /// 408: the body did not arrive in time; the connection is closed.
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(Duration),
     /// 429: this key is over its rate limit.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -55,7 +59,9 @@ impl ApiError {
             | ApiError::Unauthorized(r)
             | ApiError::TooLarge(r)
             | ApiError::UnsupportedEncoding(r) => Some(r),
-            ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => None,
+            ApiError::Timeout(_) | ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => {
+                None
+            }
         }
     }
 
@@ -83,6 +89,10 @@ impl ApiError {
                     .to_owned(),
             ),
             ApiError::Unavailable { message, .. } => ("unavailable", message.clone()),
+            ApiError::Timeout(after) => (
+                "timeout",
+                format!("the request body did not arrive within {after:?}"),
+            ),
         }
     }
 

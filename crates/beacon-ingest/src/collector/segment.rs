@@ -39,7 +39,7 @@ pub async fn calls(
         received_at: Utc::now(),
         headers: &headers,
     };
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes).await {
+    let raw = match body::read_body(&headers, body, &c.settings).await {
         Ok(raw) => raw,
         Err(e) => return request.refuse(&c, e, b"").await,
     };

@@ -5,4 +5,5 @@
 mod answers;
 mod errors;
 mod live;
+mod resilience;
 mod support;

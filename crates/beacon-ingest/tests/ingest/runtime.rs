@@ -125,16 +125,14 @@ async fn a_normalizer_stopped_mid_backlog_leaves_nothing_waiting_for_ack_wait() 
     })
     .await;
     svc.shutdown().await;
-    // Bounded far below ack_wait: messages left held would stay pending for 10 minutes.
-    support::eventually("nothing is left delivered but unsettled", || async {
-        ingest_backlog(&js).await.1 == 0
-    })
-    .await;
     assert!(
         ingest_backlog(&js).await.0 > 0,
         "the backlog was finished before the shutdown"
     );
 
+    // Messages the stopped normalizer held were finished or released (nak'ed
+    // without delay): the restarted one gets them at once. Left held, they
+    // would come back only after the 10 minute ack_wait, past this bounded wait.
     let svc = support::start(&nats, setup()).await;
     support::eventually("the rest of the backlog is processed", || async {
         ingest_backlog(&js).await == (0, 0)
@@ -159,7 +157,7 @@ async fn a_flood_of_unknown_keys_never_pushes_out_a_known_sites_rejects() {
     let (status, answer) = svc
         .post(json!([{"id": "real-1", "name": "signup"}]).to_string())
         .await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["rejected"], 1, "{answer}");
 
     let filler = "x".repeat(4096);

@@ -93,11 +93,13 @@ pub async fn own(
     let mut tick = tokio::time::interval(shared.settings.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut readers = 0u32;
+    let client = shared.js.client();
     'consume: loop {
         let start = owner.working.through_seq() + 1;
         // A reader left behind by a broken connection lingers on the server for
         // a while, and a consumer name cannot be reused with another start.
         readers += 1;
+        let connected = beacon_nats::connects(&client);
         let messages = async {
             let consumer = shared
                 .events
@@ -134,6 +136,9 @@ pub async fn own(
                 biased;
                 _ = stopped(&mut stop) => break 'consume,
                 _ = tick.tick() => owner.commit_if_due(&stopping).await?,
+                // A restarted server forgot this reader: open a new one now
+                // rather than after the client's missed-heartbeat timeouts.
+                _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
                 next = messages.next(), if !full => match next {
                     Some(Ok(message)) => owner.apply(&message),
                     Some(Err(e)) => {

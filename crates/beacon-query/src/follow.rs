@@ -1,14 +1,18 @@
 //! Following the rollup store: one ordered consumer over every partition's log
-//! in `BEACON_ROLLUPS` pushes each record as the aggregators commit it (no
-//! polling). The node first reads what is there into its [`View`] and reports
-//! ready only then; afterwards each record changes just the cells it touches.
+//! in `BEACON_ROLLUPS` pushes each record as the aggregators commit it. The
+//! node first reads what is there into its [`View`] and reports ready only
+//! then; afterwards each record changes just the cells it touches. A feed that
+//! a reconnect or a stall broke is reopened at once; a stream that is gone
+//! fails the follower, and with it the node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use async_nats::jetstream::context::Context;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::context::{Context, GetStreamError, GetStreamErrorKind};
 use beacon_aggregate::{StoreError, header};
 use beacon_core::subject::ROLLUPS_PREFIX;
 use beacon_nats::ROLLUPS_STREAM;
@@ -17,6 +21,7 @@ use beacon_rollup::{PartitionState, View};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The view and what is known about how current it is.
 #[derive(Debug, Default)]
@@ -24,6 +29,8 @@ pub struct Followed {
     pub view: View,
     /// Every record present at start-up has been read.
     pub ready: bool,
+    /// The follower stopped for good: the view no longer changes.
+    pub failed: bool,
     /// The newest record applied.
     pub newest: Option<Applied>,
     /// `BEACON_ROLLUPS` sequence read up to.
@@ -71,8 +78,15 @@ impl Rollups {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Loaded, and still followed.
     pub fn is_ready(&self) -> bool {
-        self.read(|f| f.ready)
+        self.read(|f| f.ready && !f.failed)
+    }
+
+    /// Mark the view as no longer followed, so readiness turns red.
+    pub fn fail(&self) {
+        self.write(|f| f.failed = true);
+        metrics::gauge!("beacon_query_ready").set(0.0);
     }
 
     /// A receiver that sees each change.
@@ -120,43 +134,50 @@ impl Reader {
     }
 }
 
-/// Follow `BEACON_ROLLUPS` into `rollups` until `shutdown`. Retries on its
-/// own while NATS is away. A record it cannot decode (a format this release
-/// does not read) ends it with that error: answering without the record would
-/// be a silent hole in the numbers.
+/// Why a node stopped following the rollups. It then cannot answer correctly
+/// any more: the node fails (see `QueryNode::run`).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("{ROLLUPS_STREAM} has not existed for {0:?}; this node cannot follow the rollups")]
+    StreamGone(Duration),
+    /// A record this release cannot read.
+    #[error(transparent)]
+    Record(StoreError),
+}
+
+/// How often the stream is looked at while the feed brings nothing.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Looks in a row that find no stream before the follower gives up.
+const GONE_AFTER: u32 = 10;
+/// Looks in a row that find records the feed has not brought before it is reopened.
+const STALLED_AFTER: u32 = 3;
+
+/// Follow `BEACON_ROLLUPS` into `rollups` until `shutdown`.
+///
+/// The feed is reopened at the next sequence when the connection comes back
+/// (the server forgot the consumer) or when it stalls while the stream has
+/// records it did not bring. NATS being away is waited out; a stream that
+/// stays missing fails the follower, and so does a record it cannot decode (a
+/// format this release does not read): answering without it would be a silent
+/// hole in the numbers.
 pub async fn follow(
     js: Context,
     rollups: Rollups,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), StoreError> {
-    let stream = loop {
-        match js.get_stream(ROLLUPS_STREAM).await {
-            Ok(s) => break s,
+) -> Result<(), FollowError> {
+    let client = js.client();
+    let mut missing = Missing::default();
+    let end_at_start = loop {
+        match last_sequence(&js).await {
+            Ok(last) => break last,
             Err(e) => {
-                tracing::warn!(error = %e, "waiting for {ROLLUPS_STREAM}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                missing.note(e)?;
+                if pause(&mut shutdown).await {
+                    return Ok(());
                 }
             }
         }
     };
-    let mut info_stream = stream.clone();
-    let end_at_start = info_stream
-        .info()
-        .await
-        .map_err(unavailable)?
-        .state
-        .last_sequence;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: format!("{ROLLUPS_PREFIX}.>"),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
-    let mut messages = consumer.messages().await.map_err(unavailable)?;
     let mut reader = Reader::default();
     // Until ready, states are folded alone and merged once at the end.
     let mut loading: Option<Vec<PartitionState>> = Some(Vec::new());
@@ -165,80 +186,198 @@ pub async fn follow(
         finish_loading(&rollups, &mut loading, 0);
     }
     loop {
-        let message = tokio::select! {
-            m = messages.next() => m,
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
-        };
-        let Some(message) = message else {
-            return Err(StoreError::Unavailable("the rollup feed ended".into()));
-        };
-        let message = match message {
-            Ok(m) => m,
+        let connected = beacon_nats::connects(&client);
+        let mut messages = match open(&js, seq).await {
+            Ok(messages) => messages,
             Err(e) => {
-                tracing::warn!(error = %e, "reading rollups; the feed resumes by itself");
+                missing.note(e)?;
+                if pause(&mut shutdown).await {
+                    return Ok(());
+                }
                 continue;
             }
         };
-        let Ok(info) = message.info() else { continue };
-        let at = info.stream_sequence;
-        if at <= seq {
-            continue; // a recreated feed repeats what was read
-        }
-        seq = at;
-        let change = match reader.push(message.subject.as_str(), at, &message) {
-            Ok(change) => change,
-            Err(e) => {
-                metrics::counter!("beacon_query_records_unreadable_total").increment(1);
-                return Err(e);
-            }
-        };
-        match (&mut loading, change) {
-            (Some(states), Some((p, change))) => {
-                let i = p as usize;
-                if states.len() <= i {
-                    states.resize_with(i + 1, PartitionState::default);
+        let mut check = tokio::time::interval_at(Instant::now() + CHECK_EVERY, CHECK_EVERY);
+        let (mut delivered, mut stalled) = (false, 0);
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                () = stopped(&mut shutdown) => return Ok(()),
+                _ = beacon_nats::reconnected(&client, connected) => {
+                    tracing::debug!(seq, "reconnected to NATS; reopening the rollup feed");
+                    break;
                 }
-                match change {
-                    Change::Takeover => {}
-                    Change::Delta(d) => states[i].apply(&d),
-                    Change::Snapshot(s) => states[i] = s,
-                }
-            }
-            (None, Some((p, change))) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                rollups.write(|f| {
-                    let newest = match change {
-                        Change::Takeover => None,
-                        Change::Delta(d) => {
-                            let newest = d.newest_received_ms;
-                            f.view.apply_delta(p, &d);
-                            (d.applied > 0).then_some(newest)
-                        }
-                        Change::Snapshot(s) => {
-                            f.view.replace(p, s);
-                            None
-                        }
-                    };
-                    if let Some(newest) = newest {
-                        f.newest = Some(Applied {
-                            newest_received_ms: newest,
-                            applied_ms: now,
-                        });
+                _ = check.tick() => {
+                    if std::mem::take(&mut delivered) {
+                        continue;
                     }
-                    f.seq = at;
-                });
-                metrics::counter!("beacon_query_records_applied_total").increment(1);
+                    match last_sequence(&js).await {
+                        Ok(last) if last > seq => stalled += 1,
+                        Ok(_) => stalled = 0,
+                        Err(e) => missing.note(e)?,
+                    }
+                    if stalled >= STALLED_AFTER {
+                        tracing::warn!(seq, "the rollup feed stalled; reopening it");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                tracing::warn!(seq, "the rollup feed ended; reopening it");
+                break;
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading rollups; the feed resumes by itself");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let at = info.stream_sequence;
+            if at <= seq {
+                continue; // a recreated feed repeats what was read
             }
-            (_, None) => {}
-        }
-        if loading.is_some() && at >= end_at_start {
-            finish_loading(&rollups, &mut loading, at);
+            (delivered, stalled) = (true, 0);
+            missing = Missing::default();
+            seq = at;
+            let change = match reader.push(message.subject.as_str(), at, &message) {
+                Ok(change) => change,
+                Err(e) => {
+                    metrics::counter!("beacon_query_records_unreadable_total").increment(1);
+                    return Err(FollowError::Record(e));
+                }
+            };
+            match (&mut loading, change) {
+                (Some(states), Some((p, change))) => {
+                    let i = p as usize;
+                    if states.len() <= i {
+                        states.resize_with(i + 1, PartitionState::default);
+                    }
+                    match change {
+                        Change::Takeover => {}
+                        Change::Delta(d) => states[i].apply(&d),
+                        Change::Snapshot(s) => states[i] = s,
+                    }
+                }
+                (None, Some((p, change))) => {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    rollups.write(|f| {
+                        let newest = match change {
+                            Change::Takeover => None,
+                            Change::Delta(d) => {
+                                let newest = d.newest_received_ms;
+                                f.view.apply_delta(p, &d);
+                                (d.applied > 0).then_some(newest)
+                            }
+                            Change::Snapshot(s) => {
+                                f.view.replace(p, s);
+                                None
+                            }
+                        };
+                        if let Some(newest) = newest {
+                            f.newest = Some(Applied {
+                                newest_received_ms: newest,
+                                applied_ms: now,
+                            });
+                        }
+                        f.seq = at;
+                    });
+                    metrics::counter!("beacon_query_records_applied_total").increment(1);
+                }
+                (_, None) => {}
+            }
+            if loading.is_some() && at >= end_at_start {
+                finish_loading(&rollups, &mut loading, at);
+            }
         }
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// Why the stream could not be looked at.
+enum Unreadable {
+    /// The server says it does not exist.
+    Gone,
+    /// NATS is away or did not answer: waited out.
+    Unavailable(String),
+}
+
+/// Consecutive looks that found no stream.
+#[derive(Default)]
+struct Missing(u32);
+
+impl Missing {
+    /// Count a failed look; `Err` once the stream has been missing too long.
+    fn note(&mut self, e: Unreadable) -> Result<(), FollowError> {
+        match e {
+            Unreadable::Gone => {
+                self.0 += 1;
+                tracing::warn!(looks = self.0, "{ROLLUPS_STREAM} does not exist");
+                if self.0 >= GONE_AFTER {
+                    return Err(FollowError::StreamGone(CHECK_EVERY * GONE_AFTER));
+                }
+            }
+            Unreadable::Unavailable(e) => {
+                tracing::warn!(error = %e, "cannot reach {ROLLUPS_STREAM}; retrying");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stream's last sequence.
+async fn last_sequence(js: &Context) -> Result<u64, Unreadable> {
+    js.get_stream(ROLLUPS_STREAM)
+        .await
+        .map(|s| s.cached_info().state.last_sequence)
+        .map_err(unreadable)
+}
+
+fn unreadable(e: GetStreamError) -> Unreadable {
+    match e.kind() {
+        GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+            Unreadable::Gone
+        }
+        _ => Unreadable::Unavailable(e.to_string()),
+    }
+}
+
+/// An ordered feed of every rollup record after `seq`.
+async fn open(js: &Context, seq: u64) -> Result<Ordered, Unreadable> {
+    let stream = js.get_stream(ROLLUPS_STREAM).await.map_err(unreadable)?;
+    let deliver_policy = match seq {
+        0 => DeliverPolicy::All,
+        seq => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: format!("{ROLLUPS_PREFIX}.>"),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Unreadable::Unavailable(e.to_string()))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| Unreadable::Unavailable(e.to_string()))
+}
+
+/// Resolves once shutdown is signalled. Unlike `wait_for` it holds no borrow
+/// of the flag, so a `select!` arm after it may await.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Wait a second; true if shutdown came first.
+async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(CHECK_EVERY) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    }
 }
 
 fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, seq: u64) {

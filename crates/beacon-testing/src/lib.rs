@@ -98,6 +98,16 @@ impl TestServer {
         self.server.kill();
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.server.pause();
+    }
+
+    /// Let a paused server run again (SIGCONT).
+    pub fn unpause(&self) {
+        self.server.unpause();
+    }
+
     pub async fn resume(&mut self) {
         self.server.resume().await.expect("restart the test server");
     }

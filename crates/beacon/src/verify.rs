@@ -75,7 +75,7 @@ pub async fn run(config: Config, args: VerifyArgs) -> anyhow::Result<()> {
                 .sites
                 .iter()
                 .find(|s| s.id == truth.site)
-                .and_then(|s| s.read_keys.first().cloned())
+                .and_then(|s| s.read_keys.first().map(|k| k.expose().to_owned()))
                 .with_context(|| format!("no read key for site {:?}: pass --key", truth.site))?,
         };
         let api = Api {

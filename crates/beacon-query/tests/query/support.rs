@@ -31,7 +31,7 @@ pub fn sites() -> Vec<Site> {
     let site = |id: &str, write: &str, read: Vec<&str>| Site {
         id: id.into(),
         write_keys: vec![write.into()],
-        read_keys: read.into_iter().map(String::from).collect(),
+        read_keys: read.into_iter().map(Into::into).collect(),
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],

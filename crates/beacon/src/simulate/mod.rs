@@ -296,7 +296,7 @@ impl Sender {
                         .sites
                         .iter()
                         .find(|s| s.id == site)
-                        .and_then(|s| s.write_keys.first().cloned())
+                        .and_then(|s| s.write_keys.first().map(|k| k.expose().to_owned()))
                         .with_context(|| format!("no write key for site {site:?}: pass --key"))?,
                 };
                 let url = crate::send::collector_url(config, args.url.as_deref());

@@ -114,7 +114,7 @@ impl TestCluster {
 
     /// A client that knows every node and moves to another when its node dies.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.urls().join(","))
+        async_nats::connect(self.urls())
             .await
             .expect("connect to the test cluster")
     }

@@ -133,13 +133,10 @@ pub async fn follow(
             }
         }
     };
-    let mut info_stream = stream.clone();
-    let end_at_start = info_stream
-        .info()
-        .await
-        .map_err(unavailable)?
-        .state
-        .last_sequence;
+    // Read from the stream's leader, like every position behind progress and
+    // lag: a replica that is behind would make the node ready too early.
+    let end_at_start =
+        beacon_aggregate::store::last_seq(&stream, &format!("{ROLLUPS_PREFIX}.>")).await?;
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: format!("{ROLLUPS_PREFIX}.>"),

@@ -283,8 +283,9 @@ async fn nats_nodes_and_an_aggregator_killed_on_a_cluster_lose_nothing_and_never
         publish_stored(&js, chunk).await;
         acked.fetch_add(chunk.len() as u64, Ordering::SeqCst);
         match i {
-            // The events' leader dies: a leader change under the writers and
-            // the aggregators' readers.
+            // A stream's leader dies: first the events' (under the writers and
+            // the aggregators' readers), later the rollups' (under the commits
+            // and the query node's follower).
             8 | 24 => {
                 let stream = if i == 8 {
                     EVENTS_STREAM

@@ -22,7 +22,7 @@ use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::progress::{Progress, progress, view};
+pub use self::progress::{Counted, Progress, progress, progress_of, view};
 pub use self::settings::AggregatorSettings;
 pub use self::store::{StoreError, header, load, rollup_subject};
 use crate::lease::Lease;

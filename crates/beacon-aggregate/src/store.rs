@@ -74,7 +74,10 @@ pub struct Loaded {
     pub snapshot_bytes: usize,
 }
 
-/// The last message on `subject` (wildcards allowed), if there is one.
+/// The last message on `subject` (wildcards allowed), if there is one. Asked
+/// with `STREAM.MSG.GET`, which only the stream's leader answers: on a cluster
+/// a direct get may be served by a replica that is behind, and both fencing
+/// and progress need the stream's real end.
 async fn last_message(stream: &Stream, subject: &str) -> Result<Option<StreamMessage>, StoreError> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => Ok(Some(m)),

@@ -18,4 +18,4 @@ pub use provision::{
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
 pub use salts::{SALTS_BUCKET, SaltError, Salts};
-pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};
+pub use server::{ClusterOptions, LocalServer, ServerError, ServerOptions, find_server_binary};

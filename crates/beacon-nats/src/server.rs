@@ -164,14 +164,32 @@ pub struct LocalServer {
 pub struct ServerOptions {
     /// JetStream on (Beacon needs it; tests turn it off to check the refusal).
     pub jetstream: bool,
+    /// The server's name; JetStream peers in a cluster must each have their own.
+    pub server_name: String,
+    /// Join a cluster (routes on loopback); `None` runs a single server.
+    pub cluster: Option<ClusterOptions>,
     /// More nats-server arguments, e.g. `--user`/`--pass` or `--config`.
     pub extra_args: Vec<String>,
+}
+
+/// One member's part of a cluster on loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// The cluster's name, the same on every member.
+    pub name: String,
+    /// This member's route port. Fixed, not picked at start, because the other
+    /// members must know it before it runs (and again after a restart).
+    pub port: u16,
+    /// The other members' route ports.
+    pub routes: Vec<u16>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             jetstream: true,
+            server_name: "beacon-local".to_owned(),
+            cluster: None,
             extra_args: Vec::new(),
         }
     }
@@ -290,6 +308,19 @@ impl LocalServer {
         if self.options.jetstream {
             command.arg("--jetstream");
         }
+        if let Some(cluster) = &self.options.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            command
+                .args(["--cluster_name", &cluster.name])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", cluster.port))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
         command.args(&self.options.extra_args);
         let child = command
             .args([
@@ -298,7 +329,7 @@ impl LocalServer {
                 "--port",
                 &port,
                 "--server_name",
-                "beacon-local",
+                &self.options.server_name,
             ])
             .arg("--store_dir")
             .arg(&self.dir)

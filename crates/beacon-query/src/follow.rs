@@ -327,11 +327,14 @@ impl Missing {
 }
 
 /// The stream's last sequence.
+/// The rollup stream's last sequence, read from the stream's leader like every
+/// position behind progress and lag: a replica that is behind would make the
+/// node ready too early.
 async fn last_sequence(js: &Context) -> Result<u64, Unreadable> {
-    js.get_stream(ROLLUPS_STREAM)
+    let stream = js.get_stream(ROLLUPS_STREAM).await.map_err(unreadable)?;
+    beacon_aggregate::store::last_seq(&stream, &format!("{ROLLUPS_PREFIX}.>"))
         .await
-        .map(|s| s.cached_info().state.last_sequence)
-        .map_err(unreadable)
+        .map_err(|e| Unreadable::Unavailable(e.to_string()))
 }
 
 fn unreadable(e: GetStreamError) -> Unreadable {

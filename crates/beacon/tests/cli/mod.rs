@@ -1,5 +1,6 @@
 mod bench;
 mod chaos;
+mod cluster;
 mod crash;
 mod local_server;
 mod process;

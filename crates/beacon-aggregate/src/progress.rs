@@ -47,12 +47,13 @@ pub async fn progress(js: &Context, partitions: u32) -> Result<Vec<Progress>, St
             .map_err(StoreError::unavailable)?,
         Err(_) => vec![None; partitions as usize],
     };
+    let generation = store::current(&rollups).await?.generation;
     let mut out = Vec::with_capacity(partitions as usize);
     for (partition, owner) in (0..partitions).zip(owners) {
         out.push(Progress {
             partition,
             owner,
-            committed: store::committed_seq(&rollups, partition)
+            committed: store::committed_seq(&rollups, generation, partition)
                 .await?
                 .unwrap_or(0),
             last_event: last_seq(&events, &format!("{EVENTS_PREFIX}.{partition}.>")).await?,
@@ -61,15 +62,16 @@ pub async fn progress(js: &Context, partitions: u32) -> Result<Vec<Progress>, St
     Ok(out)
 }
 
-/// The committed rollups of every partition, merged.
+/// The committed rollups of every partition in the current generation, merged.
 pub async fn view(js: &Context, partitions: u32) -> Result<View, StoreError> {
     let rollups = js
         .get_stream(ROLLUPS_STREAM)
         .await
         .map_err(StoreError::unavailable)?;
+    let generation = store::current(&rollups).await?.generation;
     let mut states = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
-        states.push(load(&rollups, p).await?.state);
+        states.push(load(&rollups, generation, p).await?.state);
     }
     Ok(View::new(states))
 }

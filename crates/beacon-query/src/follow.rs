@@ -2,6 +2,11 @@
 //! in `BEACON_ROLLUPS` pushes each record as the aggregators commit it (no
 //! polling). The node first reads what is there into its [`View`] and reports
 //! ready only then; afterwards each record changes just the cells it touches.
+//!
+//! The view holds the generation of logs that `beacon.rollups.current` names.
+//! Records of a newer generation (a `beacon replay` at work) are folded aside,
+//! and the view is swapped for them exactly at the switch message, between
+//! two records, so an answer reads one generation or the other, never a mix.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
-use beacon_aggregate::{Assembler, Change, StoreError};
+use beacon_aggregate::{Assembler, Change, RollupSubject, StoreError};
 use beacon_core::rollup::{PartitionState, View};
 use beacon_core::subject::ROLLUPS_PREFIX;
 use beacon_nats::ROLLUPS_STREAM;
@@ -80,37 +85,86 @@ impl Rollups {
     }
 }
 
-/// Per partition, the record being put together.
+/// Per generation and partition, the record being put together.
 #[derive(Default)]
 struct Reader {
-    assemblers: HashMap<u32, Assembler>,
+    assemblers: HashMap<(u64, u32), Assembler>,
+}
+
+/// What a message of `BEACON_ROLLUPS` completes.
+enum Item {
+    Record {
+        generation: u64,
+        partition: u32,
+        change: Change,
+    },
+    /// From here on, `generation` counts.
+    Switch(u64),
 }
 
 impl Reader {
-    /// The change a message completes, if any.
+    /// The item a message completes, if any.
     fn push(
         &mut self,
         subject: &str,
         seq: u64,
         headers: Option<&async_nats::HeaderMap>,
         payload: &[u8],
-    ) -> Result<Option<(u32, Change)>, StoreError> {
-        let Some(partition) = subject
-            .strip_prefix(ROLLUPS_PREFIX)
-            .and_then(|s| s.strip_prefix('.'))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            return Ok(None);
+    ) -> Result<Option<Item>, StoreError> {
+        let (generation, partition) = match RollupSubject::parse(subject) {
+            Some(RollupSubject::Log {
+                generation,
+                partition,
+            }) => (generation, partition),
+            Some(RollupSubject::Current) => {
+                let header = headers
+                    .and_then(|h| h.get(beacon_aggregate::store::GENERATION_HEADER))
+                    .map(|v| v.as_str());
+                return Ok(Some(Item::Switch(beacon_aggregate::store::generation_of(
+                    header, seq,
+                )?)));
+            }
+            None => return Ok(None),
         };
         match self
             .assemblers
-            .entry(partition)
+            .entry((generation, partition))
             .or_default()
             .push(headers, payload)
         {
-            Some(record) => Ok(Some((partition, record.decode(partition, seq)?))),
+            Some(record) => Ok(Some(Item::Record {
+                generation,
+                partition,
+                change: record.decode(partition, seq)?,
+            })),
             None => Ok(None),
         }
+    }
+}
+
+/// Partition states folded apart from the view, per generation.
+#[derive(Default)]
+struct Generations(HashMap<u64, Vec<PartitionState>>);
+
+impl Generations {
+    fn apply(&mut self, generation: u64, partition: u32, change: Change) {
+        let states = self.0.entry(generation).or_default();
+        let i = partition as usize;
+        if states.len() <= i {
+            states.resize_with(i + 1, PartitionState::default);
+        }
+        match change {
+            Change::Takeover => {}
+            Change::Delta(d) => states[i].apply(&d),
+            Change::Snapshot(s) => states[i] = s,
+        }
+    }
+
+    /// The states of `generation`, forgetting it and every older one.
+    fn take(&mut self, generation: u64) -> Vec<PartitionState> {
+        let states = self.0.remove(&generation).unwrap_or_default();
+        self.0.retain(|g, _| *g > generation);
+        states
     }
 }
 
@@ -150,11 +204,14 @@ pub async fn follow(
         .map_err(unavailable)?;
     let mut messages = consumer.messages().await.map_err(unavailable)?;
     let mut reader = Reader::default();
-    // Until ready, states are folded alone and merged once at the end.
-    let mut loading: Option<Vec<PartitionState>> = Some(Vec::new());
+    // Until ready, states are folded alone and merged once at the end; after
+    // that, only generations newer than the view's are.
+    let mut loading = true;
+    let mut aside = Generations::default();
+    let mut current = 0;
     let mut seq = 0;
     if end_at_start == 0 {
-        finish_loading(&rollups, &mut loading, 0);
+        install(&rollups, aside.take(current), 0, &mut loading);
     }
     loop {
         let message = tokio::select! {
@@ -177,7 +234,7 @@ pub async fn follow(
             continue; // a recreated feed repeats what was read
         }
         seq = at;
-        let change = match reader.push(
+        let item = match reader.push(
             message.subject.as_str(),
             at,
             message.headers.as_ref(),
@@ -190,19 +247,30 @@ pub async fn follow(
                 None
             }
         };
-        match (&mut loading, change) {
-            (Some(states), Some((p, change))) => {
-                let i = p as usize;
-                if states.len() <= i {
-                    states.resize_with(i + 1, PartitionState::default);
-                }
-                match change {
-                    Change::Takeover => {}
-                    Change::Delta(d) => states[i].apply(&d),
-                    Change::Snapshot(s) => states[i] = s,
+        match item {
+            Some(Item::Switch(generation)) if generation != current => {
+                tracing::info!(
+                    from = current,
+                    to = generation,
+                    "rollups switched generation"
+                );
+                current = generation;
+                if loading {
+                    aside.0.retain(|g, _| *g >= generation);
+                } else {
+                    install(&rollups, aside.take(generation), at, &mut loading);
                 }
             }
-            (None, Some((p, change))) => {
+            Some(Item::Record {
+                generation,
+                partition,
+                change,
+            }) if loading || generation > current => aside.apply(generation, partition, change),
+            Some(Item::Record {
+                generation,
+                partition: p,
+                change,
+            }) if generation == current => {
                 let now = chrono::Utc::now().timestamp_millis();
                 rollups.write(|f| {
                     let newest = match change {
@@ -227,10 +295,11 @@ pub async fn follow(
                 });
                 metrics::counter!("beacon_query_records_applied_total").increment(1);
             }
-            (_, None) => {}
+            // An older generation's late writes, a repeated switch: nothing to do.
+            Some(_) | None => {}
         }
-        if loading.is_some() && at >= end_at_start {
-            finish_loading(&rollups, &mut loading, at);
+        if loading && at >= end_at_start {
+            install(&rollups, aside.take(current), at, &mut loading);
         }
     }
 }
@@ -239,8 +308,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, seq: u64) {
-    let states = loading.take().unwrap_or_default();
+/// Make `states` the view: once loading is done, and at each switch of generation.
+fn install(rollups: &Rollups, states: Vec<PartitionState>, seq: u64, loading: &mut bool) {
     let view = View::new(states);
     let now = chrono::Utc::now().timestamp_millis();
     let newest = view
@@ -249,7 +318,10 @@ fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, 
         .map(|s| s.newest_received_ms)
         .max()
         .filter(|ms| *ms > 0);
-    tracing::info!(cells = view.len(), "rollups loaded; query node ready");
+    if *loading {
+        tracing::info!(cells = view.len(), "rollups loaded; query node ready");
+    }
+    *loading = false;
     rollups.write(|f| {
         f.view = view;
         f.ready = true;

@@ -75,6 +75,14 @@ impl Rollups {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Note that every message up to `seq` is read, when the last one changed
+    /// nothing (a part of a record, another generation's record): `status`
+    /// compares this with the stream's end to tell that the view is current.
+    fn read_up_to(&self, seq: u64) {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        guard.seq = guard.seq.max(seq);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.read(|f| f.ready)
     }
@@ -300,6 +308,8 @@ pub async fn follow(
         }
         if loading && at >= end_at_start {
             install(&rollups, aside.take(current), at, &mut loading);
+        } else if !loading && rollups.read(|f| f.seq) < at {
+            rollups.read_up_to(at);
         }
     }
 }

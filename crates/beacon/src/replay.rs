@@ -6,7 +6,7 @@
 //! checkpoint, loaded and fenced like any owner's.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use beacon_aggregate::owner::{self, Shared};
@@ -89,6 +89,7 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         settings: config.aggregator.clone(),
         id: id.clone(),
     });
+    let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let mut owners = JoinSet::new();
     for p in 0..partitions {
@@ -152,7 +153,10 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     store::switch(&js, from, generation)
         .await
         .context("cannot switch the rollups to the new generation")?;
-    eprintln!("switched: generation {generation} counts now");
+    eprintln!(
+        "switched: generation {generation} counts now (caught up in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
 
     handover(&rollups, generation, partitions, &id, args.handover).await?;
     remove(&rollups, from, partitions).await?;

@@ -343,3 +343,33 @@ fn install(rollups: &Rollups, states: Vec<PartitionState>, seq: u64, loading: &m
     });
     metrics::gauge!("beacon_query_ready").set(1.0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(through_seq: u64) -> Change {
+        Change::Snapshot(PartitionState {
+            through_seq,
+            ..PartitionState::default()
+        })
+    }
+
+    #[test]
+    fn a_generation_is_taken_whole_and_older_ones_are_forgotten() {
+        let mut aside = Generations::default();
+        aside.apply(1, 0, snapshot(5));
+        aside.apply(1, 3, snapshot(7));
+        aside.apply(2, 1, snapshot(9));
+        aside.apply(1, 3, Change::Takeover);
+        let states = aside.take(1);
+        // Every partition up to the highest seen, the others empty.
+        let seqs: Vec<u64> = states.iter().map(|s| s.through_seq).collect();
+        assert_eq!(seqs, [5, 0, 0, 7]);
+        // A newer generation (another replay under way) stays aside.
+        assert_eq!(aside.0.keys().copied().collect::<Vec<_>>(), [2]);
+        assert!(aside.take(1).is_empty());
+        assert_eq!(aside.take(2).len(), 2);
+        assert!(aside.0.is_empty());
+    }
+}

@@ -53,17 +53,20 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Own `partition` until `stop` turns true (then commit and return) or the
-/// partition is taken over by someone else (`Err(Fenced)`).
+/// Own `partition`'s log in `generation` until `stop` turns true (then commit
+/// and return) or the partition is taken over by someone else (`Err(Fenced)`).
+/// `beacon replay` runs the same owners on a new generation.
 pub async fn own(
     shared: Arc<Shared>,
+    generation: u64,
     partition: u32,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let loaded = load(&shared.rollups, partition).await?;
+    let loaded = load(&shared.rollups, generation, partition).await?;
     let mut log = Log::new(
         shared.js.clone(),
         shared.rollups.clone(),
+        generation,
         partition,
         &shared.id,
         loaded.last,
@@ -71,6 +74,7 @@ pub async fn own(
     log.takeover(loaded.state.through_seq).await?;
     tracing::debug!(
         partition,
+        generation,
         through_seq = loaded.state.through_seq,
         "took partition"
     );
@@ -105,8 +109,10 @@ pub async fn own(
                 .events
                 .create_consumer(OrderedConfig {
                     // Named after its owner, so `beacon status` can tell these apart.
+                    // The generation too: after a switch the partition is
+                    // read again from another start, under a new name.
                     name: Some(format!(
-                        "{READER_PREFIX}{}-p{partition}-{readers}",
+                        "{READER_PREFIX}{}-g{generation}-p{partition}-{readers}",
                         shared.id
                     )),
                     filter_subject: filter.clone(),

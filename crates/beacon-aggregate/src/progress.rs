@@ -73,10 +73,12 @@ pub async fn progress_of(
                 .get_stream(ROLLUPS_STREAM)
                 .await
                 .map_err(StoreError::unavailable)?;
+            // The generation that counts (a replay switches it), then its logs.
+            let generation = store::current(&rollups).await?.generation;
             let mut committed = Vec::with_capacity(partitions as usize);
             for partition in 0..partitions {
                 committed.push(
-                    store::committed_seq(&rollups, partition)
+                    store::committed_seq(&rollups, generation, partition)
                         .await?
                         .unwrap_or(0),
                 );
@@ -103,15 +105,16 @@ pub async fn progress_of(
     Ok(out)
 }
 
-/// The committed rollups of every partition, merged.
+/// The committed rollups of every partition in the current generation, merged.
 pub async fn view(js: &Context, partitions: u32) -> Result<View, StoreError> {
     let rollups = js
         .get_stream(ROLLUPS_STREAM)
         .await
         .map_err(StoreError::unavailable)?;
+    let generation = store::current(&rollups).await?.generation;
     let mut states = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
-        states.push(load(&rollups, p).await?.state);
+        states.push(load(&rollups, generation, p).await?.state);
     }
     Ok(View::new(states))
 }

@@ -1,5 +1,7 @@
 //! The rollup store: per partition, a log on `beacon.rollups.<partition>` in the
-//! `BEACON_ROLLUPS` stream. Each commit is one *record* (a delta, a snapshot or
+//! `BEACON_ROLLUPS` stream (generation 0; `beacon replay` builds generation N
+//! on `beacon.rollups.g<N>.<partition>`, and `beacon.rollups.current` says
+//! which generation counts). Each commit is one *record* (a delta, a snapshot or
 //! a takeover marker) holding the state change together with the
 //! `BEACON_EVENTS` sequence it reaches, so state and position can never
 //! disagree. Every message is published with `Nats-Expected-Last-Subject-Sequence`
@@ -29,9 +31,111 @@ use futures::StreamExt;
 /// Largest payload of one message of a record.
 const PART_BYTES: usize = 512 * 1024;
 
-/// The subject of `partition`'s rollup log.
-pub fn rollup_subject(partition: u32) -> String {
-    format!("{ROLLUPS_PREFIX}.{partition}")
+/// The last message on this subject names the generation of rollup logs
+/// that counts (none: generation 0).
+pub const CURRENT_SUBJECT: &str = "beacon.rollups.current";
+/// On a switch message: the generation that counts from there on.
+pub const GENERATION_HEADER: &str = "Beacon-Generation";
+
+/// The subject of `partition`'s rollup log in `generation`. Generation 0 keeps
+/// the name Beacon always used, so existing logs need no migration.
+pub fn rollup_subject(generation: u64, partition: u32) -> String {
+    if generation == 0 {
+        format!("{ROLLUPS_PREFIX}.{partition}")
+    } else {
+        format!("{ROLLUPS_PREFIX}.g{generation}.{partition}")
+    }
+}
+
+/// What a subject of `BEACON_ROLLUPS` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupSubject {
+    Log { generation: u64, partition: u32 },
+    Current,
+}
+
+impl RollupSubject {
+    pub fn parse(subject: &str) -> Option<RollupSubject> {
+        if subject == CURRENT_SUBJECT {
+            return Some(RollupSubject::Current);
+        }
+        let rest = subject.strip_prefix(ROLLUPS_PREFIX)?.strip_prefix('.')?;
+        let (generation, partition) = match rest.split_once('.') {
+            Some((g, p)) => (g.strip_prefix('g')?.parse().ok().filter(|g| *g > 0)?, p),
+            None => (0, rest),
+        };
+        Some(RollupSubject::Log {
+            generation,
+            partition: partition.parse().ok()?,
+        })
+    }
+}
+
+/// The generation that counts, and the sequence of the message saying so (0:
+/// none, generation 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    pub generation: u64,
+    pub seq: u64,
+}
+
+/// The generation that counts now.
+pub async fn current(stream: &Stream) -> Result<Current, StoreError> {
+    let Some(message) = last_message(stream, CURRENT_SUBJECT).await? else {
+        return Ok(Current {
+            generation: 0,
+            seq: 0,
+        });
+    };
+    Ok(Current {
+        generation: generation_of(
+            message.headers.get(GENERATION_HEADER).map(|v| v.as_str()),
+            message.sequence,
+        )?,
+        seq: message.sequence,
+    })
+}
+
+/// The generation a switch message names.
+pub fn generation_of(header: Option<&str>, seq: u64) -> Result<u64, StoreError> {
+    header
+        .and_then(|g| g.parse().ok())
+        .ok_or(StoreError::BadSwitch { seq })
+}
+
+/// Make `generation` the one that counts, if `from` still is (two replays
+/// cannot both switch). Query nodes following `BEACON_ROLLUPS` in order swap
+/// their view at this message; aggregators take the new logs over.
+pub async fn switch(js: &Context, from: Current, generation: u64) -> Result<u64, StoreError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(GENERATION_HEADER, generation.to_string().as_str());
+    let publish = PublishMessage::build()
+        .payload(Bytes::new())
+        .headers(headers)
+        .expected_last_subject_sequence(from.seq);
+    let ack = js
+        .send_publish(CURRENT_SUBJECT, publish)
+        .await
+        .map_err(StoreError::unavailable)?;
+    match ack.await {
+        Ok(ack) => Ok(ack.sequence),
+        Err(e) => {
+            // Refused (another switch came first) or unknown: the end tells.
+            let now = current(
+                &js.get_stream(beacon_nats::ROLLUPS_STREAM)
+                    .await
+                    .map_err(StoreError::unavailable)?,
+            )
+            .await?;
+            if now.generation == generation {
+                Ok(now.seq)
+            } else if now.seq != from.seq {
+                Err(StoreError::Switched(now.generation))
+            } else {
+                Err(StoreError::unavailable(e))
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +143,9 @@ pub enum StoreError {
     /// Another owner has written to the log since this one last did.
     #[error("partition {0} was taken over by another aggregator (fenced)")]
     Fenced(u32),
+    /// Another switch of generation came first.
+    #[error("the rollups were switched to generation {0} meanwhile")]
+    Switched(u64),
     /// NATS did not answer or refused; retrying may help.
     #[error("NATS unavailable: {0}")]
     Unavailable(String),
@@ -50,6 +157,9 @@ pub enum StoreError {
         seq: u64,
         reason: RecordError,
     },
+    /// A generation switch message that does not name a generation.
+    #[error("{CURRENT_SUBJECT} at sequence {seq} has no valid {GENERATION_HEADER} header")]
+    BadSwitch { seq: u64 },
 }
 
 impl StoreError {
@@ -93,16 +203,32 @@ pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, StoreError>
         .map_or(0, |m| m.sequence))
 }
 
-/// The committed sequence recorded on the last message of `partition`'s log.
-pub async fn committed_seq(stream: &Stream, partition: u32) -> Result<Option<u64>, StoreError> {
-    Ok(last_message(stream, &rollup_subject(partition))
+/// The committed sequence recorded on the last message of `partition`'s log
+/// in `generation`.
+pub async fn committed_seq(
+    stream: &Stream,
+    generation: u64,
+    partition: u32,
+) -> Result<Option<u64>, StoreError> {
+    Ok(last_message(stream, &rollup_subject(generation, partition))
         .await?
         .and_then(|m| m.headers.get(THROUGH_SEQ_HEADER)?.as_str().parse().ok()))
 }
 
-/// Fold `partition`'s log into its committed state.
-pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError> {
-    let subject = rollup_subject(partition);
+/// Who wrote the last message of `partition`'s log in `generation`.
+pub async fn last_owner(
+    stream: &Stream,
+    generation: u64,
+    partition: u32,
+) -> Result<Option<String>, StoreError> {
+    Ok(last_message(stream, &rollup_subject(generation, partition))
+        .await?
+        .and_then(|m| Some(m.headers.get(OWNER_HEADER)?.as_str().to_owned())))
+}
+
+/// Fold `partition`'s log in `generation` into its committed state.
+pub async fn load(stream: &Stream, generation: u64, partition: u32) -> Result<Loaded, StoreError> {
+    let subject = rollup_subject(generation, partition);
     let last = last_seq(stream, &subject).await?;
     let mut loaded = Loaded {
         state: PartitionState::default(),
@@ -205,12 +331,19 @@ fn digest(kind: Kind, bytes: &[u8]) -> u64 {
 }
 
 impl Log {
-    pub fn new(js: Context, stream: Stream, partition: u32, owner: &str, last: u64) -> Self {
+    pub fn new(
+        js: Context,
+        stream: Stream,
+        generation: u64,
+        partition: u32,
+        owner: &str,
+        last: u64,
+    ) -> Self {
         Log {
             js,
             stream,
             partition,
-            subject: rollup_subject(partition),
+            subject: rollup_subject(generation, partition),
             owner: owner.to_owned(),
             last,
             records: 0,
@@ -368,5 +501,37 @@ impl Log {
 
     pub fn last(&self) -> u64 {
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollup_subjects_name_generation_and_partition() {
+        assert_eq!(rollup_subject(0, 7), "beacon.rollups.7");
+        assert_eq!(rollup_subject(3, 7), "beacon.rollups.g3.7");
+        for (g, p) in [(0, 0), (0, 15), (1, 3), (12, 255)] {
+            assert_eq!(
+                RollupSubject::parse(&rollup_subject(g, p)),
+                Some(RollupSubject::Log {
+                    generation: g,
+                    partition: p
+                })
+            );
+        }
+        assert_eq!(
+            RollupSubject::parse(CURRENT_SUBJECT),
+            Some(RollupSubject::Current)
+        );
+        for other in [
+            "beacon.rollups.x",
+            "beacon.rollups.g0.1",
+            "beacon.rollups.g2",
+            "beacon.events.1",
+        ] {
+            assert_eq!(RollupSubject::parse(other), None, "{other}");
+        }
     }
 }

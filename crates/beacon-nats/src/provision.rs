@@ -151,10 +151,11 @@ impl StreamSettings {
         let rollups = stream::Config {
             name: ROLLUPS_STREAM.to_owned(),
             description: Some(
-                "Beacon rollup logs: beacon.rollups.<partition> (deltas and snapshots with the event sequence they reach)"
+                "Beacon rollup logs: beacon.rollups.<partition> and beacon.rollups.g<generation>.<partition> (deltas and snapshots with the event sequence they reach), and beacon.rollups.current (which generation counts)"
                     .to_owned(),
             ),
-            subjects: vec![format!("{ROLLUPS_PREFIX}.*")],
+            // `>`: generations after a replay add a token (`beacon.rollups.g1.3`).
+            subjects: vec![format!("{ROLLUPS_PREFIX}.>")],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             max_bytes: -1,

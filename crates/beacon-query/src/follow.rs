@@ -1,9 +1,14 @@
 //! Following the rollup store: one ordered consumer over every partition's log
-//! in `BEACON_ROLLUPS` pushes each record as the aggregators commit it. The
-//! node first reads what is there into its [`View`] and reports ready only
-//! then; afterwards each record changes just the cells it touches. A feed that
-//! a reconnect or a stall broke is reopened at once; a stream that is gone
-//! fails the follower, and with it the node.
+//! in `BEACON_ROLLUPS` pushes each record as the aggregators commit it (no
+//! polling). The node first reads what is there into its [`View`] and reports
+//! ready only then; afterwards each record changes just the cells it touches.
+//! A feed that a reconnect or a stall broke is reopened at once; a stream that
+//! is gone fails the follower, and with it the node.
+//!
+//! The view holds the generation of logs that `beacon.rollups.current` names.
+//! Records of a newer generation (a `beacon replay` at work) are folded aside,
+//! and the view is swapped for them exactly at the switch message, between
+//! two records, so an answer reads one generation or the other, never a mix.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +18,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::context::{Context, GetStreamError, GetStreamErrorKind};
-use beacon_aggregate::{StoreError, header};
+use beacon_aggregate::{RollupSubject, StoreError, header};
 use beacon_core::subject::ROLLUPS_PREFIX;
 use beacon_nats::ROLLUPS_STREAM;
 use beacon_rollup::record::{Assembler, Change, FORMAT_HEADER, RECORD_HEADER};
@@ -78,6 +83,14 @@ impl Rollups {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Note that every message up to `seq` is read, when the last one changed
+    /// nothing (a part of a record, another generation's record): `status`
+    /// compares this with the stream's end to tell that the view is current.
+    fn read_up_to(&self, seq: u64) {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        guard.seq = guard.seq.max(seq);
+    }
+
     /// Loaded, and still followed.
     pub fn is_ready(&self) -> bool {
         self.read(|f| f.ready && !f.failed)
@@ -95,34 +108,59 @@ impl Rollups {
     }
 }
 
-/// Per partition, the record being put together.
+/// Per generation and partition, the record being put together.
 #[derive(Default)]
 struct Reader {
-    assemblers: HashMap<u32, Assembler>,
+    assemblers: HashMap<(u64, u32), Assembler>,
+}
+
+/// What a message of `BEACON_ROLLUPS` completes.
+enum Item {
+    Record {
+        generation: u64,
+        partition: u32,
+        change: Change,
+    },
+    /// From here on, `generation` counts.
+    Switch(u64),
 }
 
 impl Reader {
-    /// The change a message completes, if any.
+    /// The item a message completes, if any.
     fn push(
         &mut self,
         subject: &str,
         seq: u64,
         message: &async_nats::Message,
-    ) -> Result<Option<(u32, Change)>, StoreError> {
-        let Some(partition) = subject
-            .strip_prefix(ROLLUPS_PREFIX)
-            .and_then(|s| s.strip_prefix('.'))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            return Ok(None);
+    ) -> Result<Option<Item>, StoreError> {
+        let (generation, partition) = match RollupSubject::parse(subject) {
+            Some(RollupSubject::Log {
+                generation,
+                partition,
+            }) => (generation, partition),
+            Some(RollupSubject::Current) => {
+                let header = header(message, beacon_aggregate::store::GENERATION_HEADER);
+                return Ok(Some(Item::Switch(beacon_aggregate::store::generation_of(
+                    header, seq,
+                )?)));
+            }
+            None => return Ok(None),
         };
-        match self.assemblers.entry(partition).or_default().push(
-            header(message, RECORD_HEADER),
-            header(message, FORMAT_HEADER),
-            &message.payload,
-        ) {
+        match self
+            .assemblers
+            .entry((generation, partition))
+            .or_default()
+            .push(
+                header(message, RECORD_HEADER),
+                header(message, FORMAT_HEADER),
+                &message.payload,
+            ) {
             Some(record) => match record.decode() {
-                Ok(change) => Ok(Some((partition, change))),
+                Ok(change) => Ok(Some(Item::Record {
+                    generation,
+                    partition,
+                    change,
+                })),
                 Err(reason) => Err(StoreError::Corrupt {
                     partition,
                     seq,
@@ -131,6 +169,32 @@ impl Reader {
             },
             None => Ok(None),
         }
+    }
+}
+
+/// Partition states folded apart from the view, per generation.
+#[derive(Default)]
+struct Generations(HashMap<u64, Vec<PartitionState>>);
+
+impl Generations {
+    fn apply(&mut self, generation: u64, partition: u32, change: Change) {
+        let states = self.0.entry(generation).or_default();
+        let i = partition as usize;
+        if states.len() <= i {
+            states.resize_with(i + 1, PartitionState::default);
+        }
+        match change {
+            Change::Takeover => {}
+            Change::Delta(d) => states[i].apply(&d),
+            Change::Snapshot(s) => states[i] = s,
+        }
+    }
+
+    /// The states of `generation`, forgetting it and every older one.
+    fn take(&mut self, generation: u64) -> Vec<PartitionState> {
+        let states = self.0.remove(&generation).unwrap_or_default();
+        self.0.retain(|g, _| *g > generation);
+        states
     }
 }
 
@@ -179,11 +243,14 @@ pub async fn follow(
         }
     };
     let mut reader = Reader::default();
-    // Until ready, states are folded alone and merged once at the end.
-    let mut loading: Option<Vec<PartitionState>> = Some(Vec::new());
+    // Until ready, states are folded alone and merged once at the end; after
+    // that, only generations newer than the view's are.
+    let mut loading = true;
+    let mut aside = Generations::default();
+    let mut current = 0;
     let mut seq = 0;
     if end_at_start == 0 {
-        finish_loading(&rollups, &mut loading, 0);
+        install(&rollups, aside.take(current), 0, &mut loading);
     }
     loop {
         let connected = beacon_nats::connects(&client);
@@ -242,26 +309,37 @@ pub async fn follow(
             (delivered, stalled) = (true, 0);
             missing = Missing::default();
             seq = at;
-            let change = match reader.push(message.subject.as_str(), at, &message) {
-                Ok(change) => change,
+            let item = match reader.push(message.subject.as_str(), at, &message) {
+                Ok(item) => item,
                 Err(e) => {
                     metrics::counter!("beacon_query_records_unreadable_total").increment(1);
                     return Err(FollowError::Record(e));
                 }
             };
-            match (&mut loading, change) {
-                (Some(states), Some((p, change))) => {
-                    let i = p as usize;
-                    if states.len() <= i {
-                        states.resize_with(i + 1, PartitionState::default);
-                    }
-                    match change {
-                        Change::Takeover => {}
-                        Change::Delta(d) => states[i].apply(&d),
-                        Change::Snapshot(s) => states[i] = s,
+            match item {
+                Some(Item::Switch(generation)) if generation != current => {
+                    tracing::info!(
+                        from = current,
+                        to = generation,
+                        "rollups switched generation"
+                    );
+                    current = generation;
+                    if loading {
+                        aside.0.retain(|g, _| *g >= generation);
+                    } else {
+                        install(&rollups, aside.take(generation), at, &mut loading);
                     }
                 }
-                (None, Some((p, change))) => {
+                Some(Item::Record {
+                    generation,
+                    partition,
+                    change,
+                }) if loading || generation > current => aside.apply(generation, partition, change),
+                Some(Item::Record {
+                    generation,
+                    partition: p,
+                    change,
+                }) if generation == current => {
                     let now = chrono::Utc::now().timestamp_millis();
                     rollups.write(|f| {
                         let newest = match change {
@@ -286,10 +364,13 @@ pub async fn follow(
                     });
                     metrics::counter!("beacon_query_records_applied_total").increment(1);
                 }
-                (_, None) => {}
+                // An older generation's late writes, a repeated switch: nothing to do.
+                Some(_) | None => {}
             }
-            if loading.is_some() && at >= end_at_start {
-                finish_loading(&rollups, &mut loading, at);
+            if loading && at >= end_at_start {
+                install(&rollups, aside.take(current), at, &mut loading);
+            } else if !loading && rollups.read(|f| f.seq) < at {
+                rollups.read_up_to(at);
             }
         }
     }
@@ -326,7 +407,6 @@ impl Missing {
     }
 }
 
-/// The stream's last sequence.
 /// The rollup stream's last sequence, read from the stream's leader like every
 /// position behind progress and lag: a replica that is behind would make the
 /// node ready too early.
@@ -383,8 +463,8 @@ async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, seq: u64) {
-    let states = loading.take().unwrap_or_default();
+/// Make `states` the view: once loading is done, and at each switch of generation.
+fn install(rollups: &Rollups, states: Vec<PartitionState>, seq: u64, loading: &mut bool) {
     let view = View::new(states);
     let now = chrono::Utc::now().timestamp_millis();
     let newest = view
@@ -393,7 +473,10 @@ fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, 
         .map(|s| s.newest_received_ms)
         .max()
         .filter(|ms| *ms > 0);
-    tracing::info!(cells = view.len(), "rollups loaded; query node ready");
+    if *loading {
+        tracing::info!(cells = view.len(), "rollups loaded; query node ready");
+    }
+    *loading = false;
     rollups.write(|f| {
         f.view = view;
         f.ready = true;
@@ -404,4 +487,34 @@ fn finish_loading(rollups: &Rollups, loading: &mut Option<Vec<PartitionState>>, 
         });
     });
     metrics::gauge!("beacon_query_ready").set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(through_seq: u64) -> Change {
+        Change::Snapshot(PartitionState {
+            through_seq,
+            ..PartitionState::default()
+        })
+    }
+
+    #[test]
+    fn a_generation_is_taken_whole_and_older_ones_are_forgotten() {
+        let mut aside = Generations::default();
+        aside.apply(1, 0, snapshot(5));
+        aside.apply(1, 3, snapshot(7));
+        aside.apply(2, 1, snapshot(9));
+        aside.apply(1, 3, Change::Takeover);
+        let states = aside.take(1);
+        // Every partition up to the highest seen, the others empty.
+        let seqs: Vec<u64> = states.iter().map(|s| s.through_seq).collect();
+        assert_eq!(seqs, [5, 0, 0, 7]);
+        // A newer generation (another replay under way) stays aside.
+        assert_eq!(aside.0.keys().copied().collect::<Vec<_>>(), [2]);
+        assert!(aside.take(1).is_empty());
+        assert_eq!(aside.take(2).len(), 2);
+        assert!(aside.0.is_empty());
+    }
 }

@@ -4,5 +4,6 @@ mod cluster;
 mod crash;
 mod local_server;
 mod process;
+mod replay;
 mod simulate;
 mod up;

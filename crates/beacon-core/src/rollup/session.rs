@@ -19,7 +19,8 @@ pub const MAX_SESSIONS_PER_USER: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Visit {
     pub ts_ms: i64,
-    pub path: String,
+    /// Boxed, not a `String`: there is one per remembered session.
+    pub path: Box<str>,
 }
 
 /// One session, as much of it as its rollup figures need.
@@ -41,7 +42,7 @@ impl Session {
     fn of(ts_ms: i64, page: Option<&str>) -> Session {
         let visit = page.map(|path| Visit {
             ts_ms,
-            path: path.to_owned(),
+            path: path.into(),
         });
         Session {
             start_ms: ts_ms,
@@ -93,7 +94,8 @@ impl Session {
     }
 
     fn approx_bytes(&self) -> usize {
-        let path = |v: &Option<Visit>| v.as_ref().map_or(0, |v| v.path.capacity());
+        // An allocation costs its length plus the allocator's own word or two.
+        let path = |v: &Option<Visit>| v.as_ref().map_or(0, |v| v.path.len() + 16);
         std::mem::size_of::<Session>() + path(&self.entry) + path(&self.exit)
     }
 }

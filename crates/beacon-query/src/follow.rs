@@ -198,8 +198,12 @@ pub async fn follow(
                 }
                 match change {
                     Change::Takeover => {}
-                    Change::Delta(d) => states[i].apply(&d),
-                    Change::Snapshot(s) => states[i] = s,
+                    // The view keeps no remembered sessions; neither does loading.
+                    Change::Delta(d) => states[i].apply_figures(&d),
+                    Change::Snapshot(mut s) => {
+                        s.users = Default::default();
+                        states[i] = s;
+                    }
                 }
             }
             (None, Some((p, change))) => {

@@ -149,6 +149,20 @@ impl PartitionState {
     /// Apply a committed delta. The owner calls this after its commit succeeds,
     /// and recovery calls it for every stored delta: the one way state changes.
     pub fn apply(&mut self, delta: &Delta) {
+        self.apply_figures(delta);
+        for (user, sessions) in &delta.users {
+            self.users.insert(*user, sessions.clone());
+        }
+        if delta.forget_before > self.forgotten_before {
+            self.users
+                .retain(|_, u| u.newest_ms() >= delta.forget_before);
+            self.forgotten_before = delta.forget_before;
+        }
+    }
+
+    /// Apply all of a delta but the remembered sessions: what a reader of the
+    /// rollups needs. Query nodes keep no sessions, only their figures.
+    pub fn apply_figures(&mut self, delta: &Delta) {
         self.through_seq = self.through_seq.max(delta.through_seq);
         for (key, cell) in &delta.cells {
             if key.start >= delta.cutoffs[key.granularity.index()] {
@@ -163,14 +177,6 @@ impl PartitionState {
             self.cells
                 .retain(|key, _| key.start >= delta.cutoffs[key.granularity.index()]);
             self.cutoffs = delta.cutoffs;
-        }
-        for (user, sessions) in &delta.users {
-            self.users.insert(*user, sessions.clone());
-        }
-        if delta.forget_before > self.forgotten_before {
-            self.users
-                .retain(|_, u| u.newest_ms() >= delta.forget_before);
-            self.forgotten_before = delta.forget_before;
         }
         self.dropped_late += delta.dropped_late;
         self.session_late += delta.session_late;

@@ -196,6 +196,8 @@ async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow:
     let elapsed = started.elapsed().as_secs_f64();
     let memory = proc_status(pid)?;
     let cpu_seconds = proc_cpu_seconds(pid)?;
+    // Owners estimate their state's size every 10 s: wait for a fresh estimate.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let metrics = reqwest::get(&metrics_url).await?.text().await?;
     let (p50, p99) = (
         histogram_quantile(&metrics, "beacon_aggregator_commit_seconds", 0.5),

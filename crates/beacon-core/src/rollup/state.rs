@@ -1,6 +1,7 @@
 //! A partition's rollup state, the delta one commit carries, and the owner's
 //! working view that turns events into the next delta.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -73,9 +74,7 @@ impl RollupSettings {
         }
         problems
     }
-}
 
-impl RollupSettings {
     /// Session timeout and memory in milliseconds.
     pub fn reach(&self) -> Reach {
         Reach {
@@ -110,7 +109,7 @@ pub struct PartitionState {
     pub newest_event_ms: i64,
     /// The retention cutoffs last applied.
     pub cutoffs: [i64; 3],
-    /// Sessions idle since before this were forgotten.
+    /// Users whose newest remembered event was older than this are forgotten.
     pub forgotten_before: i64,
 }
 
@@ -125,7 +124,7 @@ pub struct Delta {
     pub users: HashMap<u64, UserSessions>,
     /// Per granularity, buckets starting before this are dropped (retention).
     pub cutoffs: [i64; 3],
-    /// Sessions whose last event is older than this are forgotten.
+    /// Users whose newest remembered event is older than this are forgotten.
     pub forget_before: i64,
     pub top_n: usize,
     pub dropped_late: u64,
@@ -388,13 +387,13 @@ impl Working {
             .is_none()
             .then(|| UserSessions::since(horizon.saturating_add(reach.timeout_ms)));
         let sessions = match pending.users.entry(user) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
+            Entry::Occupied(mut e) => {
                 if let Some(fresh) = fresh {
                     e.insert(fresh);
                 }
                 e.into_mut()
             }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(match fresh {
+            Entry::Vacant(e) => e.insert(match fresh {
                 Some(fresh) => fresh,
                 None => self.state.users.get(&user).cloned().unwrap_or_default(),
             }),

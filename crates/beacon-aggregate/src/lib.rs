@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 pub use self::progress::{Progress, progress, view};
 pub use self::settings::AggregatorSettings;
-pub use self::store::{Assembler, Change, StoreError, load, rollup_subject};
+pub use self::store::{StoreError, header, load, rollup_subject};
 use crate::lease::Lease;
 use crate::owner::Shared;
 

@@ -8,8 +8,8 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream::Stream;
 use beacon_core::Event;
-use beacon_core::rollup::{Outcome, Working};
 use beacon_core::subject::EVENTS_PREFIX;
+use beacon_rollup::{Outcome, Working};
 use futures::StreamExt;
 use tokio::sync::watch;
 

@@ -4,9 +4,9 @@
 //! the numbers use it.
 
 use async_nats::jetstream::context::Context;
-use beacon_core::rollup::View;
 use beacon_core::subject::EVENTS_PREFIX;
 use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
+use beacon_rollup::View;
 use serde::Serialize;
 
 use crate::lease;

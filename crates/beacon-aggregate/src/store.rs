@@ -17,17 +17,17 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
-use beacon_core::rollup::{Delta, PartitionState};
 use beacon_core::subject::ROLLUPS_PREFIX;
+use beacon_rollup::record::{
+    Assembler, Change, FORMAT_HEADER, FORMAT_VERSION, Kind, OWNER_HEADER, PartHeader,
+    RECORD_HEADER, RecordError, THROUGH_SEQ_HEADER, encode_delta, encode_snapshot,
+};
+use beacon_rollup::{Delta, PartitionState};
 use bytes::Bytes;
 use futures::StreamExt;
 
 /// Largest payload of one message of a record.
 const PART_BYTES: usize = 512 * 1024;
-
-const RECORD: &str = "Beacon-Record";
-const THROUGH_SEQ: &str = "Beacon-Through-Seq";
-const OWNER: &str = "Beacon-Owner";
 
 /// The subject of `partition`'s rollup log.
 pub fn rollup_subject(partition: u32) -> String {
@@ -42,12 +42,13 @@ pub enum StoreError {
     /// NATS did not answer or refused; retrying may help.
     #[error("NATS unavailable: {0}")]
     Unavailable(String),
-    /// A stored record cannot be read (written by an incompatible version?).
-    #[error("rollup record on partition {partition} at sequence {seq} is unreadable: {reason}")]
+    /// A stored record cannot be read: a format this release does not know,
+    /// or bytes that do not decode.
+    #[error("rollup record on partition {partition} at sequence {seq}: {reason}")]
     Corrupt {
         partition: u32,
         seq: u64,
-        reason: String,
+        reason: RecordError,
     },
 }
 
@@ -57,62 +58,9 @@ impl StoreError {
     }
 }
 
-/// What a record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Takeover,
-    Delta,
-    Snapshot,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Takeover => "takeover",
-            Kind::Delta => "delta",
-            Kind::Snapshot => "snapshot",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        [Kind::Takeover, Kind::Delta, Kind::Snapshot]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
-
-/// `<kind> <record id> <part>/<parts>`, on every message of a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartHeader {
-    kind: Kind,
-    id: String,
-    part: usize,
-    parts: usize,
-}
-
-impl PartHeader {
-    fn render(&self) -> String {
-        format!(
-            "{} {} {}/{}",
-            self.kind.as_str(),
-            self.id,
-            self.part,
-            self.parts
-        )
-    }
-
-    fn parse(s: &str) -> Option<PartHeader> {
-        let mut words = s.split(' ');
-        let kind = Kind::parse(words.next()?)?;
-        let id = words.next()?.to_owned();
-        let (part, parts) = words.next()?.split_once('/')?;
-        Some(PartHeader {
-            kind,
-            id,
-            part: part.parse().ok()?,
-            parts: parts.parse().ok()?,
-        })
-    }
+/// A message header's value, if present.
+pub fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    message.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
 
 /// A partition's state as last committed, and where its log ends.
@@ -146,7 +94,7 @@ pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, StoreError>
 pub async fn committed_seq(stream: &Stream, partition: u32) -> Result<Option<u64>, StoreError> {
     Ok(last_message(stream, &rollup_subject(partition))
         .await?
-        .and_then(|m| m.headers.get(THROUGH_SEQ)?.as_str().parse().ok()))
+        .and_then(|m| m.headers.get(THROUGH_SEQ_HEADER)?.as_str().parse().ok()))
 }
 
 /// Fold `partition`'s log into its committed state.
@@ -181,9 +129,17 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         let info = message.info().map_err(StoreError::unavailable)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         let first_seq = *first_seq.get_or_insert(seq);
-        if let Some(record) = records.push(message.headers.as_ref(), &message.payload) {
+        if let Some(record) = records.push(
+            header(&message, RECORD_HEADER),
+            header(&message, FORMAT_HEADER),
+            &message.payload,
+        ) {
             let bytes = record.bytes.len();
-            match record.decode(partition, seq)? {
+            match record.decode().map_err(|reason| StoreError::Corrupt {
+                partition,
+                seq,
+                reason,
+            })? {
                 Change::Takeover => {}
                 Change::Delta(delta) => {
                     loaded.state.apply(&delta);
@@ -208,81 +164,6 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         }
     }
     Ok(loaded)
-}
-
-/// Puts records back together from a log's messages, read in order. A record
-/// counts only when all its parts follow each other; anything else (a record
-/// cut short by a crash or a takeover) is dropped.
-#[derive(Debug, Default)]
-pub struct Assembler {
-    open: Option<(PartHeader, Vec<u8>)>,
-}
-
-/// One complete record, still encoded.
-#[derive(Debug)]
-pub struct Record {
-    kind: Kind,
-    bytes: Vec<u8>,
-}
-
-/// What a record does to a partition's state.
-#[derive(Debug)]
-pub enum Change {
-    /// A new owner claimed the log; the state is unchanged.
-    Takeover,
-    Delta(Delta),
-    /// The whole state, replacing what came before.
-    Snapshot(PartitionState),
-}
-
-impl Assembler {
-    /// Take the next message of the log; returns the record it completes, if any.
-    pub fn push(&mut self, headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Record> {
-        let header = headers
-            .and_then(|h| h.get(RECORD))
-            .and_then(|v| PartHeader::parse(v.as_str()));
-        match header {
-            Some(h) if h.part == 1 => self.open = Some((h, payload.to_vec())),
-            Some(h) => match &mut self.open {
-                Some((open, bytes)) if open.id == h.id && open.part + 1 == h.part => {
-                    open.part = h.part;
-                    bytes.extend_from_slice(payload);
-                }
-                _ => self.open = None,
-            },
-            None => self.open = None,
-        }
-        match &self.open {
-            Some((open, _)) if open.part == open.parts => {
-                self.open.take().map(|(open, bytes)| Record {
-                    kind: open.kind,
-                    bytes,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether a record has begun and not yet ended.
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-}
-
-impl Record {
-    /// Decode it; `partition` and `seq` (of its last part) name it in errors.
-    pub fn decode(self, partition: u32, seq: u64) -> Result<Change, StoreError> {
-        let corrupt = |e: postcard::Error| StoreError::Corrupt {
-            partition,
-            seq,
-            reason: e.to_string(),
-        };
-        Ok(match self.kind {
-            Kind::Takeover => Change::Takeover,
-            Kind::Delta => Change::Delta(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
-            Kind::Snapshot => Change::Snapshot(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
-        })
-    }
 }
 
 /// An owner's handle on its partition's log: appends are fenced by the
@@ -344,7 +225,7 @@ impl Log {
 
     /// Commit a delta; returns the bytes written.
     pub async fn commit(&mut self, delta: &Delta) -> Result<usize, StoreError> {
-        let bytes = postcard::to_stdvec(delta).map_err(StoreError::unavailable)?;
+        let bytes = encode_delta(delta);
         self.append(Kind::Delta, &bytes, delta.through_seq).await?;
         Ok(bytes.len())
     }
@@ -352,7 +233,7 @@ impl Log {
     /// Write the whole state, then drop the log before it: loading then starts
     /// from this snapshot. Returns the snapshot's size.
     pub async fn snapshot(&mut self, state: &PartitionState) -> Result<usize, StoreError> {
-        let bytes = postcard::to_stdvec(state).map_err(StoreError::unavailable)?;
+        let bytes = encode_snapshot(state);
         let first = self
             .append(Kind::Snapshot, &bytes, state.through_seq)
             .await?;
@@ -441,11 +322,12 @@ impl Log {
         through_seq: Option<u64>,
     ) -> Result<u64, StoreError> {
         let mut headers = HeaderMap::new();
-        headers.insert(RECORD, part);
+        headers.insert(RECORD_HEADER, part);
+        headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
         if let Some(seq) = through_seq {
-            headers.insert(THROUGH_SEQ, seq.to_string().as_str());
+            headers.insert(THROUGH_SEQ_HEADER, seq.to_string().as_str());
         }
-        headers.insert(OWNER, self.owner.as_str());
+        headers.insert(OWNER_HEADER, self.owner.as_str());
         let publish = PublishMessage::build()
             .payload(payload)
             .headers(headers)
@@ -469,7 +351,7 @@ impl Log {
         let end_seq = end.as_ref().map_or(0, |m| m.sequence);
         let ours = end
             .as_ref()
-            .and_then(|m| m.headers.get(RECORD))
+            .and_then(|m| m.headers.get(RECORD_HEADER))
             .is_some_and(|v| v.as_str() == part);
         if ours {
             self.last = end_seq;
@@ -483,23 +365,5 @@ impl Log {
 
     pub fn last(&self) -> u64 {
         self.last
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn part_headers_round_trip() {
-        let h = PartHeader {
-            kind: Kind::Snapshot,
-            id: "agg-1-7".into(),
-            part: 2,
-            parts: 3,
-        };
-        assert_eq!(PartHeader::parse(&h.render()), Some(h));
-        assert_eq!(PartHeader::parse("delta x"), None);
-        assert_eq!(PartHeader::parse("nope x 1/1"), None);
     }
 }

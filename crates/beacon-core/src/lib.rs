@@ -12,7 +12,6 @@ pub mod event;
 pub mod limits;
 pub mod partition;
 pub mod reject;
-pub mod rollup;
 pub mod site;
 pub mod subject;
 pub mod validate;

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
-use beacon_aggregate::{Assembler, Change, StoreError};
-use beacon_core::rollup::{PartitionState, View};
+use beacon_aggregate::{StoreError, header};
 use beacon_core::subject::ROLLUPS_PREFIX;
 use beacon_nats::ROLLUPS_STREAM;
+use beacon_rollup::record::{Assembler, Change, FORMAT_HEADER, RECORD_HEADER};
+use beacon_rollup::{PartitionState, View};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -92,8 +93,7 @@ impl Reader {
         &mut self,
         subject: &str,
         seq: u64,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
+        message: &async_nats::Message,
     ) -> Result<Option<(u32, Change)>, StoreError> {
         let Some(partition) = subject
             .strip_prefix(ROLLUPS_PREFIX)
@@ -102,20 +102,28 @@ impl Reader {
         else {
             return Ok(None);
         };
-        match self
-            .assemblers
-            .entry(partition)
-            .or_default()
-            .push(headers, payload)
-        {
-            Some(record) => Ok(Some((partition, record.decode(partition, seq)?))),
+        match self.assemblers.entry(partition).or_default().push(
+            header(message, RECORD_HEADER),
+            header(message, FORMAT_HEADER),
+            &message.payload,
+        ) {
+            Some(record) => match record.decode() {
+                Ok(change) => Ok(Some((partition, change))),
+                Err(reason) => Err(StoreError::Corrupt {
+                    partition,
+                    seq,
+                    reason,
+                }),
+            },
             None => Ok(None),
         }
     }
 }
 
 /// Follow `BEACON_ROLLUPS` into `rollups` until `shutdown`. Retries on its
-/// own while NATS is away; a record it cannot decode is logged and skipped.
+/// own while NATS is away. A record it cannot decode (a format this release
+/// does not read) ends it with that error: answering without the record would
+/// be a silent hole in the numbers.
 pub async fn follow(
     js: Context,
     rollups: Rollups,
@@ -177,17 +185,11 @@ pub async fn follow(
             continue; // a recreated feed repeats what was read
         }
         seq = at;
-        let change = match reader.push(
-            message.subject.as_str(),
-            at,
-            message.headers.as_ref(),
-            &message.payload,
-        ) {
+        let change = match reader.push(message.subject.as_str(), at, &message) {
             Ok(change) => change,
             Err(e) => {
-                tracing::error!(error = %e, "skipping an unreadable rollup record");
                 metrics::counter!("beacon_query_records_unreadable_total").increment(1);
-                None
+                return Err(e);
             }
         };
         match (&mut loading, change) {

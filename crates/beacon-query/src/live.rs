@@ -195,7 +195,7 @@ impl Live {
             .as_deref()
             .or(event.anonymous_id.as_deref())
             .unwrap_or(&event.id);
-        let user = beacon_core::rollup::cell::user_hash(user_key);
+        let user = beacon_rollup::cell::user_hash(user_key);
         {
             let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
             let site = match sites.get_mut(event.site.as_ref()) {

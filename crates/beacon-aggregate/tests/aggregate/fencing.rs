@@ -2,8 +2,8 @@
 
 use beacon_aggregate::StoreError;
 use beacon_aggregate::store::{Log, load};
-use beacon_core::rollup::{Delta, Granularity, PartitionState};
 use beacon_nats::ROLLUPS_STREAM;
+use beacon_rollup::{Delta, Granularity, PartitionState};
 
 use super::support::setup;
 
@@ -73,9 +73,9 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     for i in 0..200_000 {
         big.users.insert(
             i as u64,
-            beacon_core::rollup::UserSessions {
+            beacon_rollup::UserSessions {
                 since_ms: i64::MIN,
-                sessions: vec![beacon_core::rollup::Session {
+                sessions: vec![beacon_rollup::Session {
                     start_ms: i,
                     end_ms: i,
                     pageviews: 0,

@@ -6,3 +6,4 @@ mod answers;
 mod errors;
 mod live;
 mod support;
+mod upgrade;

@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::{Delta, Granularity, Outcome, PartitionState, RollupSettings, Working};
-use crate::event::{Context, Event};
+use beacon_core::event::{Context, Event};
 
 const NOW: i64 = 1_790_000_000_000;
 const MIN: i64 = 60_000;

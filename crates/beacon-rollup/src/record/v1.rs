@@ -193,3 +193,51 @@ impl From<Counters> for cell::Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Reach;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_format_1_session_only_grows_later_and_its_entry_cancels_out() {
+        let old = UserSession {
+            start_ms: 0,
+            last_ms: 10 * MIN,
+            pageviews: 2,
+            exit: Some("/x".into()),
+        };
+        let mut users = sessions(HashMap::from([(7, old)]));
+        let user = users.get_mut(&7).expect("converted");
+        let reach = Reach {
+            timeout_ms: 30 * MIN,
+            memory_ms: 24 * 60 * MIN,
+        };
+        assert!(user.is_late(5 * MIN, reach), "its start cannot move");
+        let change = user.place(20 * MIN, Some("/y"), reach).expect("it grows");
+        let mut booked = cell::SessionCounters::default();
+        for s in &change.removed {
+            s.book(&mut booked, -1);
+        }
+        change.added.book(&mut booked, 1);
+        booked.entries.drop_zeros();
+        booked.exits.drop_zeros();
+        assert!(
+            booked.entries.is_empty(),
+            "the entry format 1 counted stays"
+        );
+        let exits: Vec<(&str, i64)> = booked.exits.iter().collect();
+        assert_eq!(exits, [("/x", -1), ("/y", 1)]);
+        assert_eq!(
+            (
+                booked.started,
+                booked.bounces,
+                booked.pageviews,
+                booked.duration_ms
+            ),
+            (0, 0, 1, 10 * MIN)
+        );
+    }
+}

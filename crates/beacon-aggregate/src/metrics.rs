@@ -3,11 +3,13 @@
 
 pub const APPLIED: &str = "beacon_aggregator_events_applied_total";
 pub const DROPPED_LATE: &str = "beacon_aggregator_events_dropped_late_total";
+pub const SESSION_LATE: &str = "beacon_aggregator_events_session_late_total";
 pub const UNREADABLE: &str = "beacon_aggregator_events_unreadable_total";
 pub const COMMIT_SECONDS: &str = "beacon_aggregator_commit_seconds";
 pub const COMMIT_FAILURES: &str = "beacon_aggregator_commit_failures_total";
 pub const FENCED: &str = "beacon_aggregator_fenced_total";
 pub const STATE_BYTES: &str = "beacon_aggregator_state_bytes";
+pub const SESSION_BYTES: &str = "beacon_aggregator_session_bytes";
 pub const LAG: &str = "beacon_aggregator_lag_events";
 pub const FRESHNESS: &str = "beacon_aggregator_freshness_seconds";
 pub const OWNED: &str = "beacon_aggregator_partitions_owned";

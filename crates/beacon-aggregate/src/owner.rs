@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{
     APPLIED, COMMIT_FAILURES, COMMIT_SECONDS, COMMITTED_SEQ, DROPPED_LATE, FRESHNESS, LAG,
-    STATE_BYTES, UNREADABLE,
+    SESSION_BYTES, SESSION_LATE, STATE_BYTES, UNREADABLE,
 };
 use crate::settings::AggregatorSettings;
 use crate::store::{Log, StoreError, load};
@@ -195,6 +195,10 @@ impl Owner {
         match serde_json::from_slice::<Event>(&message.payload) {
             Ok(event) => match self.working.apply_event(&event, seq) {
                 Outcome::Counted => metrics::counter!(APPLIED).increment(1),
+                Outcome::SessionLate => {
+                    metrics::counter!(APPLIED).increment(1);
+                    metrics::counter!(SESSION_LATE).increment(1);
+                }
                 Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
             },
             Err(e) => {
@@ -272,8 +276,10 @@ impl Owner {
         metrics::gauge!(COMMITTED_SEQ, "partition" => label.clone()).set(state.through_seq as f64);
         if self.sized.is_none_or(|at| at.elapsed() >= SIZE_EVERY) {
             self.sized = Some(Instant::now());
+            let sessions = state.session_bytes();
+            metrics::gauge!(SESSION_BYTES, "partition" => label.clone()).set(sessions as f64);
             metrics::gauge!(STATE_BYTES, "partition" => label.clone())
-                .set(state.approx_bytes() as f64);
+                .set((state.cell_bytes() + sessions) as f64);
         }
         if state.newest_received_ms > 0 {
             let age = (now_ms() - state.newest_received_ms).max(0) as f64 / 1000.0;

@@ -185,8 +185,12 @@ impl Generations {
         }
         match change {
             Change::Takeover => {}
-            Change::Delta(d) => states[i].apply(&d),
-            Change::Snapshot(s) => states[i] = s,
+            // The view keeps no remembered sessions; neither does loading.
+            Change::Delta(d) => states[i].apply_figures(&d),
+            Change::Snapshot(mut s) => {
+                s.users = Default::default();
+                states[i] = s;
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! A partition's rollup state, the delta one commit carries, and the owner's
 //! working view that turns events into the next delta.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bucket::{Granularity, Retention};
 use super::cell::{Cell, CellDelta, CellKey, DIMENSIONS, user_hash};
-use super::session::{UserSession, advance};
+use super::session::{Reach, UserSessions};
 use crate::tally::Tally;
 use beacon_core::event::Event;
 
@@ -37,8 +38,10 @@ pub struct RollupSettings {
     /// A session ends after this long without events from its user.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
-    /// How long (in event time, behind the newest event) an idle user's session
-    /// is remembered. A later event of a forgotten user starts a new session.
+    /// How long (in event time, behind the user's newest event) a user's
+    /// sessions are remembered and corrected by late events; an event older
+    /// than that is counted as session-late. A user idle this long behind the
+    /// partition's newest event is forgotten.
     #[serde(with = "humantime_serde")]
     pub session_memory: Duration,
     /// Keys kept per breakdown (names, paths, sources, …); the rest is `(other)`.
@@ -72,6 +75,14 @@ impl RollupSettings {
         }
         problems
     }
+
+    /// Session timeout and memory in milliseconds.
+    pub fn reach(&self) -> Reach {
+        Reach {
+            timeout_ms: millis(self.session_timeout),
+            memory_ms: millis(self.session_memory),
+        }
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -84,10 +95,13 @@ pub struct PartitionState {
     /// The `BEACON_EVENTS` sequence every event up to which is counted.
     pub through_seq: u64,
     pub cells: BTreeMap<CellKey, Cell>,
-    /// Open sessions by [`session_key`] of site and user.
-    pub users: HashMap<u64, UserSession>,
+    /// Remembered sessions by [`session_key`] of site and user.
+    pub users: HashMap<u64, UserSessions>,
     /// Events too old for every granularity's retention.
     pub dropped_late: u64,
+    /// Events counted everywhere but in sessions: older than what their user's
+    /// remembered sessions reach back to (see [`UserSessions::is_late`]).
+    pub session_late: u64,
     /// Events counted.
     pub applied: u64,
     /// `received_at` (Unix ms) of the newest event counted.
@@ -96,7 +110,7 @@ pub struct PartitionState {
     pub newest_event_ms: i64,
     /// The retention cutoffs last applied.
     pub cutoffs: [i64; 3],
-    /// Sessions idle since before this were forgotten.
+    /// Users whose newest remembered event was older than this are forgotten.
     pub forgotten_before: i64,
 }
 
@@ -107,14 +121,15 @@ pub struct Delta {
     /// The stream sequence reached: the state after this delta counts every event up to it.
     pub through_seq: u64,
     pub cells: BTreeMap<CellKey, CellDelta>,
-    /// New state of every session an event touched.
-    pub users: HashMap<u64, UserSession>,
+    /// New sessions of every user an event changed.
+    pub users: HashMap<u64, UserSessions>,
     /// Per granularity, buckets starting before this are dropped (retention).
     pub cutoffs: [i64; 3],
-    /// Sessions whose last event is older than this are forgotten.
+    /// Users whose newest remembered event is older than this are forgotten.
     pub forget_before: i64,
     pub top_n: usize,
     pub dropped_late: u64,
+    pub session_late: u64,
     pub applied: u64,
     pub newest_received_ms: i64,
     pub newest_event_ms: i64,
@@ -123,7 +138,10 @@ pub struct Delta {
 impl Delta {
     /// Whether committing it would change nothing but the sequence.
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty() && self.users.is_empty() && self.dropped_late == 0
+        self.cells.is_empty()
+            && self.users.is_empty()
+            && self.dropped_late == 0
+            && self.session_late == 0
     }
 }
 
@@ -131,6 +149,20 @@ impl PartitionState {
     /// Apply a committed delta. The owner calls this after its commit succeeds,
     /// and recovery calls it for every stored delta: the one way state changes.
     pub fn apply(&mut self, delta: &Delta) {
+        self.apply_figures(delta);
+        for (user, sessions) in &delta.users {
+            self.users.insert(*user, sessions.clone());
+        }
+        if delta.forget_before > self.forgotten_before {
+            self.users
+                .retain(|_, u| u.newest_ms() >= delta.forget_before);
+            self.forgotten_before = delta.forget_before;
+        }
+    }
+
+    /// Apply all of a delta but the remembered sessions: what a reader of the
+    /// rollups needs. Query nodes keep no sessions, only their figures.
+    pub fn apply_figures(&mut self, delta: &Delta) {
         self.through_seq = self.through_seq.max(delta.through_seq);
         for (key, cell) in &delta.cells {
             if key.start >= delta.cutoffs[key.granularity.index()] {
@@ -146,23 +178,27 @@ impl PartitionState {
                 .retain(|key, _| key.start >= delta.cutoffs[key.granularity.index()]);
             self.cutoffs = delta.cutoffs;
         }
-        for (user, session) in &delta.users {
-            self.users.insert(*user, session.clone());
-        }
-        if delta.forget_before > self.forgotten_before {
-            self.users.retain(|_, s| s.last_ms >= delta.forget_before);
-            self.forgotten_before = delta.forget_before;
-        }
         self.dropped_late += delta.dropped_late;
+        self.session_late += delta.session_late;
         self.applied += delta.applied;
         self.newest_received_ms = self.newest_received_ms.max(delta.newest_received_ms);
         self.newest_event_ms = self.newest_event_ms.max(delta.newest_event_ms);
     }
 
-    /// Rough heap bytes, for the state-size metric.
-    pub fn approx_bytes(&self) -> usize {
-        let cells: usize = self.cells.values().map(Cell::approx_bytes).sum();
-        cells + self.users.len() * 80
+    /// Rough heap bytes of the cells, for the state-size metric.
+    pub fn cell_bytes(&self) -> usize {
+        self.cells.values().map(Cell::approx_bytes).sum()
+    }
+
+    /// Rough heap bytes of the remembered sessions (with the map's own slots).
+    pub fn session_bytes(&self) -> usize {
+        let slots = self.users.capacity() * (std::mem::size_of::<(u64, UserSessions)>() + 1);
+        slots
+            + self
+                .users
+                .values()
+                .map(|u| u.approx_bytes() - std::mem::size_of::<UserSessions>())
+                .sum::<usize>()
     }
 }
 
@@ -200,6 +236,8 @@ fn roll_up(cells: &mut BTreeMap<CellKey, CellDelta>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Counted,
+    /// Counted, but in no session: older than its user's remembered sessions.
+    SessionLate,
     /// Older than every granularity's retention: counted only as dropped-late.
     DroppedLate,
 }
@@ -312,27 +350,81 @@ impl Working {
             }
         }
 
-        let user_ref = session_key(&event.site, user);
-        let prev = pending
-            .users
-            .get(&user_ref)
-            .or_else(|| self.state.users.get(&user_ref));
         let page = is_pageview.then(|| DIMENSIONS[0].of(event));
-        let step = advance(prev, ts, page, millis(self.settings.session_timeout));
-        // Booked in the finest kept bucket of the session's start, like the event.
-        if let Some(g) = Granularity::ALL
-            .into_iter()
-            .find(|g| g.bucket_start(step.session.start_ms) >= pending.cutoffs[g.index()])
-        {
-            let key = CellKey {
-                site: event.site.clone(),
-                granularity: g,
-                start: g.bucket_start(step.session.start_ms),
-            };
-            let cell = pending.cells.entry(key).or_default();
-            cell.counters.sessions.merge(&step.counters);
+        self.place_in_session(&event.site, session_key(&event.site, user), ts, page)
+    }
+
+    /// Place an event in its user's sessions and book the change: the old
+    /// sessions' figures out, the new session's in, each in the buckets of its
+    /// own start, in this same pending delta (so the correction commits, or
+    /// is lost, together with the event).
+    fn place_in_session(&mut self, site: &str, user: u64, ts: i64, page: Option<&str>) -> Outcome {
+        let reach = self.settings.reach();
+        let pending = &mut self.pending;
+        // Whether a user is forgotten depends only on the events counted so
+        // far, never on when commits happened to prune the state.
+        let horizon = self
+            .state
+            .newest_event_ms
+            .max(pending.newest_event_ms)
+            .saturating_sub(reach.memory_ms);
+        let remembered = |u: &&UserSessions| u.newest_ms() >= horizon;
+        let known = pending
+            .users
+            .get(&user)
+            .or_else(|| self.state.users.get(&user))
+            .filter(remembered);
+        // A user with no remembered sessions may have had some up to the
+        // horizon: an event that could have joined one of them is late.
+        let late = match known {
+            Some(u) => u.is_late(ts, reach),
+            None => ts < horizon.saturating_add(reach.timeout_ms),
+        };
+        if late {
+            pending.session_late += 1;
+            return Outcome::SessionLate;
         }
-        pending.users.insert(user_ref, step.session);
+        let fresh = known
+            .is_none()
+            .then(|| UserSessions::since(horizon.saturating_add(reach.timeout_ms)));
+        let sessions = match pending.users.entry(user) {
+            Entry::Occupied(mut e) => {
+                if let Some(fresh) = fresh {
+                    e.insert(fresh);
+                }
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert(match fresh {
+                Some(fresh) => fresh,
+                None => self.state.users.get(&user).cloned().unwrap_or_default(),
+            }),
+        };
+        let Some(change) = sessions.place(ts, page, reach) else {
+            return Outcome::Counted;
+        };
+        for (session, sign) in change
+            .removed
+            .iter()
+            .map(|s| (s, -1))
+            .chain([(&change.added, 1)])
+        {
+            // Booked in the finest kept bucket of the session's start, like an event.
+            let Some(g) = Granularity::ALL
+                .into_iter()
+                .find(|g| g.bucket_start(session.start_ms) >= pending.cutoffs[g.index()])
+            else {
+                continue;
+            };
+            let key = CellKey {
+                site: site.to_owned(),
+                granularity: g,
+                start: g.bucket_start(session.start_ms),
+            };
+            session.book(
+                &mut pending.cells.entry(key).or_default().counters.sessions,
+                sign,
+            );
+        }
         Outcome::Counted
     }
 
@@ -350,6 +442,11 @@ impl Working {
         let forget = newest.saturating_sub(millis(self.settings.session_memory));
         self.pending.forget_before = forget.saturating_sub(forget.rem_euclid(FORGET_STEP_MS));
         let mut delta = std::mem::take(&mut self.pending);
+        // A correction in the bucket its session already counts in nets out.
+        for cell in delta.cells.values_mut() {
+            cell.counters.sessions.entries.drop_zeros();
+            cell.counters.sessions.exits.drop_zeros();
+        }
         roll_up(&mut delta.cells);
         delta
     }

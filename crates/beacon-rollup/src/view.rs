@@ -50,7 +50,11 @@ pub fn new_union() -> HllUnion {
 }
 
 impl View {
-    pub fn new(partitions: Vec<PartitionState>) -> Self {
+    pub fn new(mut partitions: Vec<PartitionState>) -> Self {
+        // Remembered sessions serve only the owner's corrections.
+        for state in &mut partitions {
+            state.users = Default::default();
+        }
         let mut view = View {
             cells: BTreeMap::new(),
             partitions,
@@ -103,12 +107,13 @@ impl View {
             );
         }
         let before = old_counters(state, touched);
-        state.apply(delta);
+        state.apply_figures(delta);
         self.rebase(partition, before);
     }
 
     /// Replace `partition`'s whole state (a snapshot).
-    pub fn replace(&mut self, partition: u32, state: PartitionState) {
+    pub fn replace(&mut self, partition: u32, mut state: PartitionState) {
+        state.users = Default::default();
         let slot = self.partition_mut(partition);
         let touched: BTreeSet<CellKey> = slot
             .cells

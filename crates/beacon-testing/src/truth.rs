@@ -111,6 +111,30 @@ pub fn generate(shape: Shape) -> Vec<Event> {
     events
 }
 
+/// `events` in a realistic arrival order: a `late_fraction` of them arrive
+/// late, by up to `max_delay_ms` of event time (an SDK flushing a batch, a
+/// phone coming back online); the others keep their order.
+pub fn arrive_late(events: &mut [Event], seed: u64, late_fraction: f64, max_delay_ms: i64) {
+    let mut rng = Rng(seed ^ 0x1a7e);
+    let mut keyed: Vec<(i64, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let late = (rng.next() % 10_000) as f64 / 10_000.0 < late_fraction;
+            let delay = if late {
+                1 + (rng.next() % max_delay_ms.max(1) as u64) as i64
+            } else {
+                0
+            };
+            (e.ts.timestamp_millis() + delay, i)
+        })
+        .collect();
+    // Stable: events that are not late keep their relative order.
+    keyed.sort_by_key(|(arrival, _)| *arrival);
+    let order: Vec<Event> = keyed.iter().map(|(_, i)| events[*i].clone()).collect();
+    events.clone_from_slice(&order);
+}
+
 /// Publish `events` to `BEACON_EVENTS` on their subjects with their dedupe ids;
 /// returns the last stream sequence of each partition.
 pub async fn publish(js: &async_nats::jetstream::Context, events: &[Event]) -> BTreeMap<u32, u64> {
@@ -156,6 +180,9 @@ struct Expected {
     exits: BTreeMap<String, i64>,
 }
 
+/// An event of a user as sessions see it: its time, and its path if it is a page view.
+type Moment = (i64, Option<String>);
+
 /// What the rollups must hold for a set of events.
 #[derive(Debug, Default)]
 pub struct Truth {
@@ -164,20 +191,17 @@ pub struct Truth {
     granularities: Vec<Granularity>,
 }
 
-struct Open {
-    start: i64,
-    last: i64,
-    pages: Vec<String>,
-}
-
 impl Truth {
-    /// Compute the truth over `granularities`, with sessions split by `timeout_ms`.
+    /// Compute the truth over `granularities`, with sessions split by
+    /// `timeout_ms` in event time: each user's events sorted by time (page
+    /// views at the same time by path), cut where they pause longer than the
+    /// timeout. The order of `events` does not matter.
     pub fn of(events: &[Event], granularities: &[Granularity], timeout_ms: i64) -> Truth {
         let mut truth = Truth {
             granularities: granularities.to_vec(),
             ..Truth::default()
         };
-        let mut sessions: HashMap<(String, String), Vec<Open>> = HashMap::new();
+        let mut users: HashMap<(String, String), Vec<Moment>> = HashMap::new();
         for e in events {
             let ts = e.ts.timestamp_millis();
             for g in granularities {
@@ -194,37 +218,38 @@ impl Truth {
                 }
                 cell.users.insert(e.user_key().to_owned());
             }
-            let list = sessions
+            let page = (e.name == "pageview")
+                .then(|| e.context.path.clone().unwrap_or_else(|| "(none)".into()));
+            users
                 .entry((e.site.clone(), e.user_key().to_owned()))
-                .or_default();
-            match list.last_mut() {
-                Some(open) if ts <= open.last + timeout_ms => open.last = open.last.max(ts),
-                _ => list.push(Open {
-                    start: ts,
-                    last: ts,
-                    pages: Vec::new(),
-                }),
-            }
-            if e.name == "pageview"
-                && let Some(open) = list.last_mut()
-            {
-                open.pages
-                    .push(e.context.path.clone().unwrap_or_else(|| "(none)".into()));
-            }
+                .or_default()
+                .push((ts, page));
         }
-        for ((site, _), list) in sessions {
-            for s in list {
+        for ((site, _), mut times) in users {
+            times.sort();
+            let mut rest = times.as_slice();
+            while let Some(&(start, _)) = rest.first() {
+                // The session runs while each event follows the one before
+                // within the timeout.
+                let len = 1 + rest
+                    .windows(2)
+                    .take_while(|w| w[1].0 - w[0].0 <= timeout_ms)
+                    .count();
+                let (session, after) = rest.split_at(len);
+                rest = after;
+                let end = session[len - 1].0;
+                let pages: Vec<&String> = session.iter().filter_map(|(_, p)| p.as_ref()).collect();
                 for g in granularities {
-                    let cell = truth.cell(&site, *g, s.start);
+                    let cell = truth.cell(&site, *g, start);
                     cell.sessions += 1;
-                    cell.duration_ms += s.last - s.start;
-                    cell.session_pageviews += s.pages.len() as i64;
-                    if s.pages.len() == 1 {
+                    cell.duration_ms += end - start;
+                    cell.session_pageviews += pages.len() as i64;
+                    if pages.len() == 1 {
                         cell.bounces += 1;
                     }
-                    if let (Some(first), Some(last)) = (s.pages.first(), s.pages.last()) {
-                        *cell.entries.entry(first.clone()).or_default() += 1;
-                        *cell.exits.entry(last.clone()).or_default() += 1;
+                    if let (Some(first), Some(last)) = (pages.first(), pages.last()) {
+                        *cell.entries.entry((*first).clone()).or_default() += 1;
+                        *cell.exits.entry((*last).clone()).or_default() += 1;
                     }
                 }
             }

@@ -73,11 +73,15 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     for i in 0..200_000 {
         big.users.insert(
             i as u64,
-            beacon_rollup::UserSession {
-                start_ms: i,
-                last_ms: i,
-                pageviews: 1,
-                exit: Some("/".into()),
+            beacon_rollup::UserSessions {
+                since_ms: i64::MIN,
+                sessions: vec![beacon_rollup::Session {
+                    start_ms: i,
+                    end_ms: i,
+                    pageviews: 0,
+                    entry: None,
+                    exit: None,
+                }],
             },
         );
     }

@@ -1,5 +1,6 @@
 mod fencing;
 mod restart;
 mod retention;
+mod sessions;
 mod support;
 mod truth;

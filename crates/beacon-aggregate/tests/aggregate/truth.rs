@@ -1,9 +1,10 @@
-//! Rollups equal a ground truth the test computes itself.
+//! Rollups equal a ground truth the test computes itself, with events
+//! arriving out of event-time order.
 
 use std::time::Duration;
 
 use beacon_rollup::Granularity;
-use beacon_testing::truth::{Shape, Truth, generate, publish};
+use beacon_testing::truth::{Shape, Truth, arrive_late, generate, publish};
 
 use super::support::{PARTITIONS, aggregator, settings, setup, view, wait_committed};
 
@@ -20,7 +21,10 @@ async fn rollups_equal_the_ground_truth() {
         end_ms: chrono::Utc::now().timestamp_millis(),
         partitions: PARTITIONS,
     };
-    let events = generate(shape);
+    let mut events = generate(shape);
+    // A fifth of the events arrive up to 12 hours late (inside the 24 h
+    // session memory), so sessions are cut, extended and merged afterwards.
+    arrive_late(&mut events, shape.seed, 0.2, 12 * 3_600_000);
     let truth = Truth::of(&events, &Granularity::ALL, 30 * 60_000);
     eprintln!("generated and computed the truth in {:?}", t0.elapsed());
     // Half before the aggregator starts, half while it runs; it is restarted

@@ -105,6 +105,7 @@ pub(super) fn delta(bytes: &[u8]) -> Result<state::Delta, postcard::Error> {
         forget_before: d.forget_before,
         top_n: d.top_n,
         dropped_late: d.dropped_late,
+        session_late: 0,
         applied: d.applied,
         newest_received_ms: d.newest_received_ms,
         newest_event_ms: d.newest_event_ms,
@@ -130,6 +131,7 @@ pub(super) fn snapshot(bytes: &[u8]) -> Result<state::PartitionState, postcard::
         cells,
         users: sessions(s.users),
         dropped_late: s.dropped_late,
+        session_late: 0,
         applied: s.applied,
         newest_received_ms: s.newest_received_ms,
         newest_event_ms: s.newest_event_ms,
@@ -138,17 +140,35 @@ pub(super) fn snapshot(bytes: &[u8]) -> Result<state::PartitionState, postcard::
     })
 }
 
-fn sessions(users: HashMap<u64, UserSession>) -> HashMap<u64, session::UserSession> {
+/// A format-1 user's one open session becomes one remembered session. Format 1
+/// kept only its exit page; its entry page was counted but not kept. Events
+/// of the user at or before the session's last event are therefore
+/// session-late (`since_ms` just after it), so the session can only grow later
+/// and its start never moves: the entry stands for the counted one under the
+/// exit's path, and every correction takes it out and puts it back in the
+/// same bucket, where the two cancel.
+fn sessions(users: HashMap<u64, UserSession>) -> HashMap<u64, session::UserSessions> {
     users
         .into_iter()
         .map(|(k, u)| {
-            let s = session::UserSession {
-                start_ms: u.start_ms,
-                last_ms: u.last_ms,
-                pageviews: u.pageviews,
-                exit: u.exit,
+            let visit = |ts_ms| {
+                u.exit.as_deref().map(|path| session::Visit {
+                    ts_ms,
+                    path: path.into(),
+                })
             };
-            (k, s)
+            let s = session::Session {
+                start_ms: u.start_ms,
+                end_ms: u.last_ms,
+                pageviews: u.pageviews,
+                entry: visit(u.start_ms),
+                exit: visit(u.last_ms),
+            };
+            let user = session::UserSessions {
+                since_ms: u.last_ms.saturating_add(1),
+                sessions: vec![s],
+            };
+            (k, user)
         })
         .collect()
 }
@@ -171,5 +191,53 @@ impl From<Counters> for cell::Counters {
                 exits: s.exits,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Reach;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_format_1_session_only_grows_later_and_its_entry_cancels_out() {
+        let old = UserSession {
+            start_ms: 0,
+            last_ms: 10 * MIN,
+            pageviews: 2,
+            exit: Some("/x".into()),
+        };
+        let mut users = sessions(HashMap::from([(7, old)]));
+        let user = users.get_mut(&7).expect("converted");
+        let reach = Reach {
+            timeout_ms: 30 * MIN,
+            memory_ms: 24 * 60 * MIN,
+        };
+        assert!(user.is_late(5 * MIN, reach), "its start cannot move");
+        let change = user.place(20 * MIN, Some("/y"), reach).expect("it grows");
+        let mut booked = cell::SessionCounters::default();
+        for s in &change.removed {
+            s.book(&mut booked, -1);
+        }
+        change.added.book(&mut booked, 1);
+        booked.entries.drop_zeros();
+        booked.exits.drop_zeros();
+        assert!(
+            booked.entries.is_empty(),
+            "the entry format 1 counted stays"
+        );
+        let exits: Vec<(&str, i64)> = booked.exits.iter().collect();
+        assert_eq!(exits, [("/x", -1), ("/y", 1)]);
+        assert_eq!(
+            (
+                booked.started,
+                booked.bounces,
+                booked.pageviews,
+                booked.duration_ms
+            ),
+            (0, 0, 1, 10 * MIN)
+        );
     }
 }

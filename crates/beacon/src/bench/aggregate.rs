@@ -1,7 +1,9 @@
 //! `beacon bench aggregate`: how fast one aggregator process counts a day of
 //! events from many users, what its commits cost, and how much memory it needs.
 //! The events are published first; then an aggregator is started as its own
-//! process and timed until every partition has committed all of them.
+//! process and timed until every partition has committed all of them. This is
+//! done twice: with the events in time order, and with a fifth of them
+//! arriving up to ten minutes late (event-time sessions correct themselves).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -46,14 +48,132 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     if args.events == 0 || args.users == 0 {
         bail!("--events and --users must be positive");
     }
+    let in_order = day_of_events(args.events, args.users);
+    let exact_users = in_order
+        .iter()
+        .filter_map(|e| e.user_id.as_deref())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let mut out_of_order = in_order.clone();
+    arrive_late(&mut out_of_order);
+    let a = measure(&in_order, nats_urls, "in order").await?;
+    let b = measure(&out_of_order, nats_urls, "out of order").await?;
+    // Both orders hold the same events, so event-time sessions must agree.
+    if a.sessions != b.sessions {
+        bail!(
+            "session figures differ: (started, bounces, duration ms, page views) {:?} in order, {:?} out of order",
+            a.sessions,
+            b.sessions
+        );
+    }
+    let user_error = (a.estimated_users - exact_users as f64).abs() / exact_users as f64;
+    let ratio = b.rate / a.rate;
+    let mb = |bytes: f64| (bytes / 1048576.0).round();
+    let report = json!({
+        "events": args.events, "users": args.users, "partitions": PARTITIONS,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "aggregate_events_per_sec": a.rate.round(),
+        "aggregate_events_per_cpu_sec": a.per_cpu_second.round(),
+        "cpu_seconds_per_million_events": (a.cpu_seconds / args.events as f64 * 1e6 * 100.0).round() / 100.0,
+        "commit_seconds_p50_at_most": a.p50, "commit_seconds_p99_at_most": a.p99,
+        "peak_rss_mb": a.memory.peak_kb / 1024, "rss_mb": a.memory.rss_kb / 1024,
+        "state_bytes_estimate_mb": mb(a.state_bytes),
+        "session_bytes_estimate_mb": mb(a.session_bytes),
+        "sessions": a.sessions.0,
+        "unique_users_exact": exact_users, "unique_users_estimated": a.estimated_users.round(),
+        "unique_users_error_pct": (user_error * 10000.0).round() / 100.0,
+        "out_of_order": {
+            "late_share_pct": LATE_PER_MILLE / 10, "late_by_at_most_minutes": MAX_LATE_MS / 60_000,
+            "aggregate_events_per_sec": b.rate.round(),
+            "aggregate_events_per_cpu_sec": b.per_cpu_second.round(),
+            "commit_seconds_p50_at_most": b.p50, "commit_seconds_p99_at_most": b.p99,
+            "peak_rss_mb": b.memory.peak_kb / 1024,
+            "state_bytes_estimate_mb": mb(b.state_bytes),
+            "session_bytes_estimate_mb": mb(b.session_bytes),
+            "session_late_events": b.session_late,
+        },
+        "out_of_order_throughput_ratio": (ratio * 1000.0).round() / 1000.0,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "\nbeacon bench aggregate: {} events from {} users over one day, {PARTITIONS} partitions, one aggregator process",
+        args.events, args.users
+    );
+    println!(
+        "out of order: {}% of the events arrive up to {} minutes late\n",
+        LATE_PER_MILLE / 10,
+        MAX_LATE_MS / 60_000
+    );
+    println!("{:<44} {:>16} {:>16}", "", "in order", "out of order");
+    let row = |what: &str, a: String, b: String| println!("{what:<44} {a:>16} {b:>16}");
+    row(
+        "events/s applied and committed (wall clock)",
+        format!("{:.0}", a.rate),
+        format!("{:.0} ({:.0}%)", b.rate, ratio * 100.0),
+    );
+    row(
+        "events per CPU-second of the aggregator",
+        format!("{:.0}", a.per_cpu_second),
+        format!("{:.0}", b.per_cpu_second),
+    );
+    let per_million = |m: &Measured| format!("{:.2}", m.cpu_seconds / args.events as f64 * 1e6);
+    row(
+        "CPU seconds per million events",
+        per_million(&a),
+        per_million(&b),
+    );
+    let ms = |q: Option<f64>| q.map_or("-".to_owned(), |s| format!("≤ {:.1} ms", s * 1000.0));
+    row("commit latency p50", ms(a.p50), ms(b.p50));
+    row("commit latency p99", ms(a.p99), ms(b.p99));
+    let peak = |m: &Measured| format!("{} MB", m.memory.peak_kb / 1024);
+    row("peak resident memory", peak(&a), peak(&b));
+    let sessions = |m: &Measured| format!("{} MB", mb(m.session_bytes));
+    row("remembered sessions (estimate)", sessions(&a), sessions(&b));
+    row(
+        "sessions counted",
+        a.sessions.0.to_string(),
+        b.sessions.0.to_string(),
+    );
+    println!(
+        "{:<44} {:>16}",
+        "unique users: sketch / exact",
+        format!(
+            "{:.0} / {exact_users} ({:.2}%)",
+            a.estimated_users,
+            user_error * 100.0
+        )
+    );
+    Ok(())
+}
+
+/// What one aggregator run measured.
+struct Measured {
+    rate: f64,
+    per_cpu_second: f64,
+    cpu_seconds: f64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    memory: Memory,
+    state_bytes: f64,
+    session_bytes: f64,
+    estimated_users: f64,
+    /// Sessions started, bounces, total duration (ms) and page views, over the day.
+    sessions: (i64, i64, i64, i64),
+    session_late: u64,
+}
+
+/// Publish `events` in their order to a fresh nats-server, then time an
+/// aggregator process until it has committed them all.
+async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow::Result<Measured> {
     let nats = BenchNats::own(nats_urls, "aggregation").await?;
     let (client, js) = nats.provisioned().await?;
-
-    let events = day_of_events(args.events, args.users);
-    let published = publish_events(&js, &events).await?;
+    let published = publish_events(&js, events).await?;
     eprintln!(
-        "published {} events from {} users over a day ({published:.0} events/s)",
-        args.events, args.users
+        "published {} events {order} ({published:.0} events/s)",
+        events.len()
     );
 
     let config = nats.process_config()?;
@@ -76,83 +196,75 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     let elapsed = started.elapsed().as_secs_f64();
     let memory = proc_status(pid)?;
     let cpu_seconds = proc_cpu_seconds(pid)?;
+    // Owners estimate their state's size every 10 s: wait for a fresh estimate.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let metrics = reqwest::get(&metrics_url).await?.text().await?;
     let (p50, p99) = (
         histogram_quantile(&metrics, "beacon_aggregator_commit_seconds", 0.5),
         histogram_quantile(&metrics, "beacon_aggregator_commit_seconds", 0.99),
     );
     let state_bytes: f64 = metric_values(&metrics, "beacon_aggregator_state_bytes").sum();
+    let session_bytes: f64 = metric_values(&metrics, "beacon_aggregator_session_bytes").sum();
     super::sigterm(pid);
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
 
-    // The figure is only worth something if every event was counted.
+    // The figures are only worth something if every event was counted.
     let view = beacon_aggregate::view(&js, PARTITIONS).await?;
-    let counted = view
-        .total(SITE, Granularity::Day, i64::MIN..i64::MAX)
-        .total_events();
+    let day = view.total(SITE, Granularity::Day, i64::MIN..i64::MAX);
     let estimated_users = view.unique_users(SITE, Granularity::Day, i64::MIN..i64::MAX);
-    let exact_users = events
-        .iter()
-        .filter_map(|e| e.user_id.as_deref())
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    let user_error = (estimated_users - exact_users as f64).abs() / exact_users as f64;
+    let session_late = view.partitions().iter().map(|p| p.session_late).sum();
     drop(client);
     nats.stop().await;
-    if counted != args.events as i64 {
-        bail!("the aggregator counted {counted} of {} events", args.events);
+    if day.total_events() != events.len() as i64 {
+        bail!(
+            "the aggregator counted {} of {} events",
+            day.total_events(),
+            events.len()
+        );
     }
+    let s = &day.sessions;
+    Ok(Measured {
+        rate: events.len() as f64 / elapsed,
+        per_cpu_second: events.len() as f64 / cpu_seconds.max(1e-9),
+        cpu_seconds,
+        p50,
+        p99,
+        memory,
+        state_bytes,
+        session_bytes,
+        estimated_users,
+        sessions: (s.started, s.bounces, s.duration_ms, s.pageviews),
+        session_late,
+    })
+}
 
-    let rate = args.events as f64 / elapsed;
-    let per_cpu_second = args.events as f64 / cpu_seconds.max(1e-9);
-    let report = json!({
-        "events": args.events, "users": args.users, "partitions": PARTITIONS,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "aggregate_events_per_sec": rate.round(),
-        "aggregate_events_per_cpu_sec": per_cpu_second.round(),
-        "cpu_seconds_per_million_events": (cpu_seconds / args.events as f64 * 1e6 * 100.0).round() / 100.0,
-        "commit_seconds_p50_at_most": p50, "commit_seconds_p99_at_most": p99,
-        "peak_rss_mb": memory.peak_kb / 1024, "rss_mb": memory.rss_kb / 1024,
-        "state_bytes_estimate_mb": (state_bytes / 1048576.0).round(),
-        "unique_users_exact": exact_users, "unique_users_estimated": estimated_users.round(),
-        "unique_users_error_pct": (user_error * 10000.0).round() / 100.0,
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "\nbeacon bench aggregate: {} events from {} users over one day, {PARTITIONS} partitions, one aggregator process",
-        args.events, args.users
-    );
-    let row = |what: &str, value: String| println!("{what:<44} {value:>16}");
-    row(
-        "events/s applied and committed (wall clock)",
-        format!("{rate:.0}"),
-    );
-    row(
-        "events per CPU-second of the aggregator",
-        format!("{per_cpu_second:.0}"),
-    );
-    row(
-        "CPU seconds per million events",
-        format!("{:.2}", cpu_seconds / args.events as f64 * 1e6),
-    );
-    let ms = |q: Option<f64>| q.map_or("-".to_owned(), |s| format!("≤ {:.1} ms", s * 1000.0));
-    row("commit latency p50", ms(p50));
-    row("commit latency p99", ms(p99));
-    row(
-        "peak resident memory",
-        format!("{} MB", memory.peak_kb / 1024),
-    );
-    row(
-        "unique users: sketch / exact",
-        format!(
-            "{estimated_users:.0} / {exact_users} ({:.2}%)",
-            user_error * 100.0
-        ),
-    );
-    Ok(())
+/// Share of events (per mille) that arrive late, and by how much at most.
+const LATE_PER_MILLE: u64 = 200;
+const MAX_LATE_MS: i64 = 10 * 60_000;
+
+/// Reorder a day of events as they would arrive from SDKs that batch and
+/// phones that flush later: every event chosen (by a hash of its place, so
+/// every run is the same) arrives up to [`MAX_LATE_MS`] after its event time;
+/// the others keep their order.
+fn arrive_late(events: &mut [Event]) {
+    let mut arrival: Vec<(i64, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // A multiplicative hash and a fold, as in `day_of_events`.
+            let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let h = h ^ (h >> 29);
+            let delay = if h % 1000 < LATE_PER_MILLE {
+                1 + ((h >> 10) % MAX_LATE_MS as u64) as i64
+            } else {
+                0
+            };
+            (e.ts.timestamp_millis() + delay, i)
+        })
+        .collect();
+    arrival.sort_by_key(|(at, _)| *at);
+    let ordered: Vec<Event> = arrival.iter().map(|(_, i)| events[*i].clone()).collect();
+    events.clone_from_slice(&ordered);
 }
 
 /// A day of traffic ending now: page views over a catalogue with a few popular

@@ -19,6 +19,28 @@ async fn the_aggregation_benchmark_measures_every_figure() {
             "{figure} was not measured: {report}"
         );
     }
+    // The same events with a fifth arriving late: measured beside them.
+    let late = &report["out_of_order"];
+    for figure in [
+        "aggregate_events_per_sec",
+        "peak_rss_mb",
+        "commit_seconds_p99_at_most",
+    ] {
+        assert!(
+            late[figure].as_f64().is_some_and(|v| v > 0.0),
+            "out of order {figure} was not measured: {report}"
+        );
+    }
+    assert!(
+        report["out_of_order_throughput_ratio"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{report}"
+    );
+    assert!(
+        report["sessions"].as_i64().is_some_and(|n| n > 5_000),
+        "{report}"
+    );
     assert_eq!(report["events"], 50_000);
     assert_eq!(report["unique_users_exact"], 5_000);
     assert!(

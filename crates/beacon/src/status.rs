@@ -2,7 +2,9 @@
 //! each partition's owner and how far its aggregation lags behind the stream.
 
 use anyhow::Context as _;
-use beacon_nats::{EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM, connect};
+use beacon_nats::{
+    EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM, UNAUTH_REJECTS_STREAM, connect,
+};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
@@ -22,7 +24,13 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     let mut streams = Vec::new();
     let mut partitions = None;
-    for name in [EVENTS_STREAM, INGEST_STREAM, REJECTS_STREAM, ROLLUPS_STREAM] {
+    for name in [
+        EVENTS_STREAM,
+        INGEST_STREAM,
+        REJECTS_STREAM,
+        UNAUTH_REJECTS_STREAM,
+        ROLLUPS_STREAM,
+    ] {
         let Ok(mut stream) = js.get_stream(name).await else {
             streams.push(json!({"name": name, "exists": false}));
             continue;
@@ -75,13 +83,13 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         info.server_name
     );
     println!(
-        "\n{:<16} {:>12} {:>14} {:>12}  NOTES",
+        "\n{:<21} {:>12} {:>14} {:>12}  NOTES",
         "STREAM", "MESSAGES", "BYTES", "LAST SEQ"
     );
     for s in report["streams"].as_array().into_iter().flatten() {
         if s["exists"] == json!(false) {
             println!(
-                "{:<16} {:>12} {:>14} {:>12}  not created yet",
+                "{:<21} {:>12} {:>14} {:>12}  not created yet",
                 s["name"].as_str().unwrap_or(""),
                 "-",
                 "-",
@@ -94,7 +102,7 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
             .map(|p| format!("{p} partitions"))
             .unwrap_or_default();
         println!(
-            "{:<16} {:>12} {:>14} {:>12}  {}",
+            "{:<21} {:>12} {:>14} {:>12}  {}",
             s["name"].as_str().unwrap_or(""),
             s["messages"].to_string(),
             s["bytes"].to_string(),

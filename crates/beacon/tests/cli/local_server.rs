@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::process::{beacon, sigterm, spawn_until};
+use super::process::{beacon, sigterm, spawn_until, url_in};
 
 /// Whether `pid` is a running nats-server (not a zombie, not a reused pid).
 fn is_nats_server(pid: i32) -> bool {
@@ -78,9 +78,9 @@ async fn the_banner_shows_no_secret_in_full() {
         .spawn()
         .expect("beacon starts");
     let stdout = child.stdout.take().expect("stdout");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
     let banner = tokio::time::timeout(Duration::from_secs(120), async {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut banner = String::new();
         while let Ok(Some(line)) = lines.next_line().await {
             banner.push_str(&line);
@@ -93,6 +93,8 @@ async fn the_banner_shows_no_secret_in_full() {
     })
     .await
     .expect("the banner is printed");
+    // Keep draining, so its goodbye line finds the pipe open.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let config = std::fs::read_to_string(dir.path().join("beacon-data/beacon.toml"))
         .expect("starter config");
     let keys: Vec<&str> = config
@@ -112,6 +114,21 @@ async fn the_banner_shows_no_secret_in_full() {
         banner.contains("the full keys are in") && banner.contains("beacon.toml"),
         "{banner}"
     );
+    // Stop it only once it serves, when it surely listens for SIGTERM.
+    let line = banner
+        .lines()
+        .find(|l| l.contains("collector  http://"))
+        .expect("the collector's address");
+    let health = format!("{}/healthz", url_in(line));
+    let mut serving = false;
+    for _ in 0..100 {
+        if reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "{health} never answered");
     sigterm(&child);
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await

@@ -22,9 +22,11 @@ use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::progress::{Progress, progress, view};
+pub use self::progress::{Counted, Progress, progress, progress_of, view};
 pub use self::settings::AggregatorSettings;
-pub use self::store::{Assembler, Change, StoreError, load, rollup_subject};
+pub use self::store::{
+    CURRENT_SUBJECT, Current, RollupSubject, StoreError, header, load, rollup_subject,
+};
 use crate::lease::Lease;
 use crate::owner::Shared;
 
@@ -38,8 +40,10 @@ pub enum AggregateError {
     Lease(#[from] lease::LeaseError),
 }
 
-/// A partition this process owns: its task, how to stop it, its lease.
+/// A partition this process owns: its task, how to stop it, its lease, and
+/// the generation of rollup logs it writes.
 struct Owned {
+    generation: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), StoreError>>,
     lease: Lease,
@@ -111,9 +115,20 @@ pub async fn run(
             members.push(id.clone());
             members.sort();
         }
+        // After `beacon replay` switched generations, each owner stops and its
+        // partition is taken again on the new generation's log: its takeover
+        // marker fences the replay, and counting resumes where the replay
+        // committed.
+        let generation = match store::current(&shared.rollups).await {
+            Ok(c) => c.generation,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the current rollup generation");
+                continue;
+            }
+        };
         let targets = lease::assignment(&members, partitions, &id);
         for (p, o) in &owned {
-            if !targets.contains(p) {
+            if !targets.contains(p) || o.generation != generation {
                 let _ = o.stop.send(true);
             }
         }
@@ -124,8 +139,16 @@ pub async fn run(
             }
             if let Some(lease) = Lease::acquire(&kv, p, &id).await {
                 let (stop, stopped) = watch::channel(false);
-                let task = tokio::spawn(owner::own(shared.clone(), p, stopped));
-                owned.insert(p, Owned { stop, task, lease });
+                let task = tokio::spawn(owner::own(shared.clone(), generation, p, stopped));
+                owned.insert(
+                    p,
+                    Owned {
+                        generation,
+                        stop,
+                        task,
+                        lease,
+                    },
+                );
                 taken.push(p);
             }
         }

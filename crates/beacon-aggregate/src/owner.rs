@@ -8,8 +8,8 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream::Stream;
 use beacon_core::Event;
-use beacon_core::rollup::{Outcome, Working};
 use beacon_core::subject::EVENTS_PREFIX;
+use beacon_rollup::{Outcome, Working};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -53,17 +53,20 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Own `partition` until `stop` turns true (then commit and return) or the
-/// partition is taken over by someone else (`Err(Fenced)`).
+/// Own `partition`'s log in `generation` until `stop` turns true (then commit
+/// and return) or the partition is taken over by someone else (`Err(Fenced)`).
+/// `beacon replay` runs the same owners on a new generation.
 pub async fn own(
     shared: Arc<Shared>,
+    generation: u64,
     partition: u32,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let loaded = load(&shared.rollups, partition).await?;
+    let loaded = load(&shared.rollups, generation, partition).await?;
     let mut log = Log::new(
         shared.js.clone(),
         shared.rollups.clone(),
+        generation,
         partition,
         &shared.id,
         loaded.last,
@@ -71,6 +74,7 @@ pub async fn own(
     log.takeover(loaded.state.through_seq).await?;
     tracing::debug!(
         partition,
+        generation,
         through_seq = loaded.state.through_seq,
         "took partition"
     );
@@ -93,18 +97,22 @@ pub async fn own(
     let mut tick = tokio::time::interval(shared.settings.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut readers = 0u32;
+    let client = shared.js.client();
     'consume: loop {
         let start = owner.working.through_seq() + 1;
         // A reader left behind by a broken connection lingers on the server for
         // a while, and a consumer name cannot be reused with another start.
         readers += 1;
+        let connected = beacon_nats::connects(&client);
         let messages = async {
             let consumer = shared
                 .events
                 .create_consumer(OrderedConfig {
                     // Named after its owner, so `beacon status` can tell these apart.
+                    // The generation too: after a switch the partition is
+                    // read again from another start, under a new name.
                     name: Some(format!(
-                        "{READER_PREFIX}{}-p{partition}-{readers}",
+                        "{READER_PREFIX}{}-g{generation}-p{partition}-{readers}",
                         shared.id
                     )),
                     filter_subject: filter.clone(),
@@ -134,6 +142,9 @@ pub async fn own(
                 biased;
                 _ = stopped(&mut stop) => break 'consume,
                 _ = tick.tick() => owner.commit_if_due(&stopping).await?,
+                // A restarted server forgot this reader: open a new one now
+                // rather than after the client's missed-heartbeat timeouts.
+                _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
                 next = messages.next(), if !full => match next {
                     Some(Ok(message)) => owner.apply(&message),
                     Some(Err(e)) => {

@@ -4,9 +4,9 @@
 //! the numbers use it.
 
 use async_nats::jetstream::context::Context;
-use beacon_core::rollup::View;
 use beacon_core::subject::EVENTS_PREFIX;
 use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
+use beacon_rollup::View;
 use serde::Serialize;
 
 use crate::lease;
@@ -31,45 +31,90 @@ impl Progress {
     }
 }
 
-/// Every partition's owner, committed sequence and newest event.
+/// Where the committed side of [`Progress`] comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Counted<'a> {
+    /// What the aggregators have committed to the rollup store (`beacon status`,
+    /// tests that read the store itself).
+    Store,
+    /// What one reader of the store has applied, by partition index (a query
+    /// node's view): lag is then measured against the numbers it answers with.
+    /// A partition missing from the slice has applied nothing.
+    Applied(&'a [u64]),
+}
+
+/// Every partition's owner, committed sequence (in the rollup store) and newest event.
 pub async fn progress(js: &Context, partitions: u32) -> Result<Vec<Progress>, StoreError> {
-    let events = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(StoreError::unavailable)?;
-    let rollups = js
-        .get_stream(ROLLUPS_STREAM)
-        .await
-        .map_err(StoreError::unavailable)?;
+    progress_of(js, partitions, Counted::Store).await
+}
+
+/// Every partition's owner, what `counted` reaches, and its newest event: the
+/// one place Beacon reads stream positions for progress, lag and readiness.
+///
+/// Both positions come from the stream leaders (`STREAM.MSG.GET`, which only
+/// a stream's leader answers, never a direct get a lagging replica may
+/// serve), and the committed side is read before the newest events. Both only
+/// grow, so the lag reported is never less than the true lag at the moment
+/// this returns: "lag 0" means every event stored before the call is counted.
+pub async fn progress_of(
+    js: &Context,
+    partitions: u32,
+    counted: Counted<'_>,
+) -> Result<Vec<Progress>, StoreError> {
     let owners = match js.get_key_value(lease::AGGREGATORS_BUCKET).await {
         Ok(kv) => lease::owners(&kv, partitions)
             .await
             .map_err(StoreError::unavailable)?,
         Err(_) => vec![None; partitions as usize],
     };
+    let committed = match counted {
+        Counted::Store => {
+            let rollups = js
+                .get_stream(ROLLUPS_STREAM)
+                .await
+                .map_err(StoreError::unavailable)?;
+            // The generation that counts (a replay switches it), then its logs.
+            let generation = store::current(&rollups).await?.generation;
+            let mut committed = Vec::with_capacity(partitions as usize);
+            for partition in 0..partitions {
+                committed.push(
+                    store::committed_seq(&rollups, generation, partition)
+                        .await?
+                        .unwrap_or(0),
+                );
+            }
+            committed
+        }
+        Counted::Applied(applied) => (0..partitions as usize)
+            .map(|p| applied.get(p).copied().unwrap_or(0))
+            .collect(),
+    };
+    let events = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(StoreError::unavailable)?;
     let mut out = Vec::with_capacity(partitions as usize);
-    for (partition, owner) in (0..partitions).zip(owners) {
+    for ((partition, owner), committed) in (0..partitions).zip(owners).zip(committed) {
         out.push(Progress {
             partition,
             owner,
-            committed: store::committed_seq(&rollups, partition)
-                .await?
-                .unwrap_or(0),
+            committed,
             last_event: last_seq(&events, &format!("{EVENTS_PREFIX}.{partition}.>")).await?,
         });
     }
     Ok(out)
 }
 
-/// The committed rollups of every partition, merged.
+/// The committed rollups of every partition in the current generation, merged.
 pub async fn view(js: &Context, partitions: u32) -> Result<View, StoreError> {
     let rollups = js
         .get_stream(ROLLUPS_STREAM)
         .await
         .map_err(StoreError::unavailable)?;
+    let generation = store::current(&rollups).await?.generation;
     let mut states = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
-        states.push(load(&rollups, p).await?.state);
+        states.push(load(&rollups, generation, p).await?.state);
     }
     Ok(View::new(states))
 }

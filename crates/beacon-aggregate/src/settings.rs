@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use beacon_core::rollup::{Retention, RollupSettings};
+use beacon_rollup::{Retention, RollupSettings};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

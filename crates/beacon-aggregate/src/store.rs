@@ -1,5 +1,7 @@
 //! The rollup store: per partition, a log on `beacon.rollups.<partition>` in the
-//! `BEACON_ROLLUPS` stream. Each commit is one *record* (a delta, a snapshot or
+//! `BEACON_ROLLUPS` stream (generation 0; `beacon replay` builds generation N
+//! on `beacon.rollups.g<N>.<partition>`, and `beacon.rollups.current` says
+//! which generation counts). Each commit is one *record* (a delta, a snapshot or
 //! a takeover marker) holding the state change together with the
 //! `BEACON_EVENTS` sequence it reaches, so state and position can never
 //! disagree. Every message is published with `Nats-Expected-Last-Subject-Sequence`
@@ -17,21 +19,123 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
-use beacon_core::rollup::{Delta, PartitionState};
 use beacon_core::subject::ROLLUPS_PREFIX;
+use beacon_rollup::record::{
+    Assembler, Change, FORMAT_HEADER, FORMAT_VERSION, Kind, OWNER_HEADER, PartHeader,
+    RECORD_HEADER, RecordError, THROUGH_SEQ_HEADER, encode_delta, encode_snapshot,
+};
+use beacon_rollup::{Delta, PartitionState};
 use bytes::Bytes;
 use futures::StreamExt;
 
 /// Largest payload of one message of a record.
 const PART_BYTES: usize = 512 * 1024;
 
-const RECORD: &str = "Beacon-Record";
-const THROUGH_SEQ: &str = "Beacon-Through-Seq";
-const OWNER: &str = "Beacon-Owner";
+/// The last message on this subject names the generation of rollup logs
+/// that counts (none: generation 0).
+pub const CURRENT_SUBJECT: &str = "beacon.rollups.current";
+/// On a switch message: the generation that counts from there on.
+pub const GENERATION_HEADER: &str = "Beacon-Generation";
 
-/// The subject of `partition`'s rollup log.
-pub fn rollup_subject(partition: u32) -> String {
-    format!("{ROLLUPS_PREFIX}.{partition}")
+/// The subject of `partition`'s rollup log in `generation`. Generation 0 keeps
+/// the name Beacon always used, so existing logs need no migration.
+pub fn rollup_subject(generation: u64, partition: u32) -> String {
+    if generation == 0 {
+        format!("{ROLLUPS_PREFIX}.{partition}")
+    } else {
+        format!("{ROLLUPS_PREFIX}.g{generation}.{partition}")
+    }
+}
+
+/// What a subject of `BEACON_ROLLUPS` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupSubject {
+    Log { generation: u64, partition: u32 },
+    Current,
+}
+
+impl RollupSubject {
+    pub fn parse(subject: &str) -> Option<RollupSubject> {
+        if subject == CURRENT_SUBJECT {
+            return Some(RollupSubject::Current);
+        }
+        let rest = subject.strip_prefix(ROLLUPS_PREFIX)?.strip_prefix('.')?;
+        let (generation, partition) = match rest.split_once('.') {
+            Some((g, p)) => (g.strip_prefix('g')?.parse().ok().filter(|g| *g > 0)?, p),
+            None => (0, rest),
+        };
+        Some(RollupSubject::Log {
+            generation,
+            partition: partition.parse().ok()?,
+        })
+    }
+}
+
+/// The generation that counts, and the sequence of the message saying so (0:
+/// none, generation 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    pub generation: u64,
+    pub seq: u64,
+}
+
+/// The generation that counts now.
+pub async fn current(stream: &Stream) -> Result<Current, StoreError> {
+    let Some(message) = last_message(stream, CURRENT_SUBJECT).await? else {
+        return Ok(Current {
+            generation: 0,
+            seq: 0,
+        });
+    };
+    Ok(Current {
+        generation: generation_of(
+            message.headers.get(GENERATION_HEADER).map(|v| v.as_str()),
+            message.sequence,
+        )?,
+        seq: message.sequence,
+    })
+}
+
+/// The generation a switch message names.
+pub fn generation_of(header: Option<&str>, seq: u64) -> Result<u64, StoreError> {
+    header
+        .and_then(|g| g.parse().ok())
+        .ok_or(StoreError::BadSwitch { seq })
+}
+
+/// Make `generation` the one that counts, if `from` still is (two replays
+/// cannot both switch). Query nodes following `BEACON_ROLLUPS` in order swap
+/// their view at this message; aggregators take the new logs over.
+pub async fn switch(js: &Context, from: Current, generation: u64) -> Result<u64, StoreError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(GENERATION_HEADER, generation.to_string().as_str());
+    let publish = PublishMessage::build()
+        .payload(Bytes::new())
+        .headers(headers)
+        .expected_last_subject_sequence(from.seq);
+    let ack = js
+        .send_publish(CURRENT_SUBJECT, publish)
+        .await
+        .map_err(StoreError::unavailable)?;
+    match ack.await {
+        Ok(ack) => Ok(ack.sequence),
+        Err(e) => {
+            // Refused (another switch came first) or unknown: the end tells.
+            let now = current(
+                &js.get_stream(beacon_nats::ROLLUPS_STREAM)
+                    .await
+                    .map_err(StoreError::unavailable)?,
+            )
+            .await?;
+            if now.generation == generation {
+                Ok(now.seq)
+            } else if now.seq != from.seq {
+                Err(StoreError::Switched(now.generation))
+            } else {
+                Err(StoreError::unavailable(e))
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +143,23 @@ pub enum StoreError {
     /// Another owner has written to the log since this one last did.
     #[error("partition {0} was taken over by another aggregator (fenced)")]
     Fenced(u32),
+    /// Another switch of generation came first.
+    #[error("the rollups were switched to generation {0} meanwhile")]
+    Switched(u64),
     /// NATS did not answer or refused; retrying may help.
     #[error("NATS unavailable: {0}")]
     Unavailable(String),
-    /// A stored record cannot be read (written by an incompatible version?).
-    #[error("rollup record on partition {partition} at sequence {seq} is unreadable: {reason}")]
+    /// A stored record cannot be read: a format this release does not know,
+    /// or bytes that do not decode.
+    #[error("rollup record on partition {partition} at sequence {seq}: {reason}")]
     Corrupt {
         partition: u32,
         seq: u64,
-        reason: String,
+        reason: RecordError,
     },
+    /// A generation switch message that does not name a generation.
+    #[error("{CURRENT_SUBJECT} at sequence {seq} has no valid {GENERATION_HEADER} header")]
+    BadSwitch { seq: u64 },
 }
 
 impl StoreError {
@@ -57,62 +168,9 @@ impl StoreError {
     }
 }
 
-/// What a record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Takeover,
-    Delta,
-    Snapshot,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Takeover => "takeover",
-            Kind::Delta => "delta",
-            Kind::Snapshot => "snapshot",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        [Kind::Takeover, Kind::Delta, Kind::Snapshot]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
-
-/// `<kind> <record id> <part>/<parts>`, on every message of a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartHeader {
-    kind: Kind,
-    id: String,
-    part: usize,
-    parts: usize,
-}
-
-impl PartHeader {
-    fn render(&self) -> String {
-        format!(
-            "{} {} {}/{}",
-            self.kind.as_str(),
-            self.id,
-            self.part,
-            self.parts
-        )
-    }
-
-    fn parse(s: &str) -> Option<PartHeader> {
-        let mut words = s.split(' ');
-        let kind = Kind::parse(words.next()?)?;
-        let id = words.next()?.to_owned();
-        let (part, parts) = words.next()?.split_once('/')?;
-        Some(PartHeader {
-            kind,
-            id,
-            part: part.parse().ok()?,
-            parts: parts.parse().ok()?,
-        })
-    }
+/// A message header's value, if present.
+pub fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    message.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
 
 /// A partition's state as last committed, and where its log ends.
@@ -126,7 +184,10 @@ pub struct Loaded {
     pub snapshot_bytes: usize,
 }
 
-/// The last message on `subject` (wildcards allowed), if there is one.
+/// The last message on `subject` (wildcards allowed), if there is one. Asked
+/// with `STREAM.MSG.GET`, which only the stream's leader answers: on a cluster
+/// a direct get may be served by a replica that is behind, and both fencing
+/// and progress need the stream's real end.
 async fn last_message(stream: &Stream, subject: &str) -> Result<Option<StreamMessage>, StoreError> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => Ok(Some(m)),
@@ -142,16 +203,32 @@ pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, StoreError>
         .map_or(0, |m| m.sequence))
 }
 
-/// The committed sequence recorded on the last message of `partition`'s log.
-pub async fn committed_seq(stream: &Stream, partition: u32) -> Result<Option<u64>, StoreError> {
-    Ok(last_message(stream, &rollup_subject(partition))
+/// The committed sequence recorded on the last message of `partition`'s log
+/// in `generation`.
+pub async fn committed_seq(
+    stream: &Stream,
+    generation: u64,
+    partition: u32,
+) -> Result<Option<u64>, StoreError> {
+    Ok(last_message(stream, &rollup_subject(generation, partition))
         .await?
-        .and_then(|m| m.headers.get(THROUGH_SEQ)?.as_str().parse().ok()))
+        .and_then(|m| m.headers.get(THROUGH_SEQ_HEADER)?.as_str().parse().ok()))
 }
 
-/// Fold `partition`'s log into its committed state.
-pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError> {
-    let subject = rollup_subject(partition);
+/// Who wrote the last message of `partition`'s log in `generation`.
+pub async fn last_owner(
+    stream: &Stream,
+    generation: u64,
+    partition: u32,
+) -> Result<Option<String>, StoreError> {
+    Ok(last_message(stream, &rollup_subject(generation, partition))
+        .await?
+        .and_then(|m| Some(m.headers.get(OWNER_HEADER)?.as_str().to_owned())))
+}
+
+/// Fold `partition`'s log in `generation` into its committed state.
+pub async fn load(stream: &Stream, generation: u64, partition: u32) -> Result<Loaded, StoreError> {
+    let subject = rollup_subject(generation, partition);
     let last = last_seq(stream, &subject).await?;
     let mut loaded = Loaded {
         state: PartitionState::default(),
@@ -181,9 +258,17 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         let info = message.info().map_err(StoreError::unavailable)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         let first_seq = *first_seq.get_or_insert(seq);
-        if let Some(record) = records.push(message.headers.as_ref(), &message.payload) {
+        if let Some(record) = records.push(
+            header(&message, RECORD_HEADER),
+            header(&message, FORMAT_HEADER),
+            &message.payload,
+        ) {
             let bytes = record.bytes.len();
-            match record.decode(partition, seq)? {
+            match record.decode().map_err(|reason| StoreError::Corrupt {
+                partition,
+                seq,
+                reason,
+            })? {
                 Change::Takeover => {}
                 Change::Delta(delta) => {
                     loaded.state.apply(&delta);
@@ -208,81 +293,6 @@ pub async fn load(stream: &Stream, partition: u32) -> Result<Loaded, StoreError>
         }
     }
     Ok(loaded)
-}
-
-/// Puts records back together from a log's messages, read in order. A record
-/// counts only when all its parts follow each other; anything else (a record
-/// cut short by a crash or a takeover) is dropped.
-#[derive(Debug, Default)]
-pub struct Assembler {
-    open: Option<(PartHeader, Vec<u8>)>,
-}
-
-/// One complete record, still encoded.
-#[derive(Debug)]
-pub struct Record {
-    kind: Kind,
-    bytes: Vec<u8>,
-}
-
-/// What a record does to a partition's state.
-#[derive(Debug)]
-pub enum Change {
-    /// A new owner claimed the log; the state is unchanged.
-    Takeover,
-    Delta(Delta),
-    /// The whole state, replacing what came before.
-    Snapshot(PartitionState),
-}
-
-impl Assembler {
-    /// Take the next message of the log; returns the record it completes, if any.
-    pub fn push(&mut self, headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Record> {
-        let header = headers
-            .and_then(|h| h.get(RECORD))
-            .and_then(|v| PartHeader::parse(v.as_str()));
-        match header {
-            Some(h) if h.part == 1 => self.open = Some((h, payload.to_vec())),
-            Some(h) => match &mut self.open {
-                Some((open, bytes)) if open.id == h.id && open.part + 1 == h.part => {
-                    open.part = h.part;
-                    bytes.extend_from_slice(payload);
-                }
-                _ => self.open = None,
-            },
-            None => self.open = None,
-        }
-        match &self.open {
-            Some((open, _)) if open.part == open.parts => {
-                self.open.take().map(|(open, bytes)| Record {
-                    kind: open.kind,
-                    bytes,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether a record has begun and not yet ended.
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-}
-
-impl Record {
-    /// Decode it; `partition` and `seq` (of its last part) name it in errors.
-    pub fn decode(self, partition: u32, seq: u64) -> Result<Change, StoreError> {
-        let corrupt = |e: postcard::Error| StoreError::Corrupt {
-            partition,
-            seq,
-            reason: e.to_string(),
-        };
-        Ok(match self.kind {
-            Kind::Takeover => Change::Takeover,
-            Kind::Delta => Change::Delta(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
-            Kind::Snapshot => Change::Snapshot(postcard::from_bytes(&self.bytes).map_err(corrupt)?),
-        })
-    }
 }
 
 /// An owner's handle on its partition's log: appends are fenced by the
@@ -321,12 +331,19 @@ fn digest(kind: Kind, bytes: &[u8]) -> u64 {
 }
 
 impl Log {
-    pub fn new(js: Context, stream: Stream, partition: u32, owner: &str, last: u64) -> Self {
+    pub fn new(
+        js: Context,
+        stream: Stream,
+        generation: u64,
+        partition: u32,
+        owner: &str,
+        last: u64,
+    ) -> Self {
         Log {
             js,
             stream,
             partition,
-            subject: rollup_subject(partition),
+            subject: rollup_subject(generation, partition),
             owner: owner.to_owned(),
             last,
             records: 0,
@@ -344,7 +361,7 @@ impl Log {
 
     /// Commit a delta; returns the bytes written.
     pub async fn commit(&mut self, delta: &Delta) -> Result<usize, StoreError> {
-        let bytes = postcard::to_stdvec(delta).map_err(StoreError::unavailable)?;
+        let bytes = encode_delta(delta);
         self.append(Kind::Delta, &bytes, delta.through_seq).await?;
         Ok(bytes.len())
     }
@@ -352,7 +369,7 @@ impl Log {
     /// Write the whole state, then drop the log before it: loading then starts
     /// from this snapshot. Returns the snapshot's size.
     pub async fn snapshot(&mut self, state: &PartitionState) -> Result<usize, StoreError> {
-        let bytes = postcard::to_stdvec(state).map_err(StoreError::unavailable)?;
+        let bytes = encode_snapshot(state);
         let first = self
             .append(Kind::Snapshot, &bytes, state.through_seq)
             .await?;
@@ -441,11 +458,12 @@ impl Log {
         through_seq: Option<u64>,
     ) -> Result<u64, StoreError> {
         let mut headers = HeaderMap::new();
-        headers.insert(RECORD, part);
+        headers.insert(RECORD_HEADER, part);
+        headers.insert(FORMAT_HEADER, FORMAT_VERSION.to_string().as_str());
         if let Some(seq) = through_seq {
-            headers.insert(THROUGH_SEQ, seq.to_string().as_str());
+            headers.insert(THROUGH_SEQ_HEADER, seq.to_string().as_str());
         }
-        headers.insert(OWNER, self.owner.as_str());
+        headers.insert(OWNER_HEADER, self.owner.as_str());
         let publish = PublishMessage::build()
             .payload(payload)
             .headers(headers)
@@ -469,7 +487,7 @@ impl Log {
         let end_seq = end.as_ref().map_or(0, |m| m.sequence);
         let ours = end
             .as_ref()
-            .and_then(|m| m.headers.get(RECORD))
+            .and_then(|m| m.headers.get(RECORD_HEADER))
             .is_some_and(|v| v.as_str() == part);
         if ours {
             self.last = end_seq;
@@ -491,15 +509,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn part_headers_round_trip() {
-        let h = PartHeader {
-            kind: Kind::Snapshot,
-            id: "agg-1-7".into(),
-            part: 2,
-            parts: 3,
-        };
-        assert_eq!(PartHeader::parse(&h.render()), Some(h));
-        assert_eq!(PartHeader::parse("delta x"), None);
-        assert_eq!(PartHeader::parse("nope x 1/1"), None);
+    fn rollup_subjects_name_generation_and_partition() {
+        assert_eq!(rollup_subject(0, 7), "beacon.rollups.7");
+        assert_eq!(rollup_subject(3, 7), "beacon.rollups.g3.7");
+        for (g, p) in [(0, 0), (0, 15), (1, 3), (12, 255)] {
+            assert_eq!(
+                RollupSubject::parse(&rollup_subject(g, p)),
+                Some(RollupSubject::Log {
+                    generation: g,
+                    partition: p
+                })
+            );
+        }
+        assert_eq!(
+            RollupSubject::parse(CURRENT_SUBJECT),
+            Some(RollupSubject::Current)
+        );
+        for other in [
+            "beacon.rollups.x",
+            "beacon.rollups.g0.1",
+            "beacon.rollups.g2",
+            "beacon.events.1",
+        ] {
+            assert_eq!(RollupSubject::parse(other), None, "{other}");
+        }
     }
 }

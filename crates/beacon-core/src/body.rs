@@ -173,7 +173,9 @@ pub const SECRET_FIELDS: &[&str] = &["write_key", "api_key", "token", "writeKey"
 /// one but cannot be parsed to remove it is withheld entirely (`None`).
 pub fn without_write_key(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mentions = |name: &str| raw.windows(name.len()).any(|w| w == name.as_bytes());
-    if !SECRET_FIELDS.iter().any(|name| mentions(name)) {
+    // A JSON key may spell any of its characters as `\uXXXX` (`"write\u005fkey"`):
+    // only a body with neither a plain secret name nor such an escape skips the parse.
+    if !mentions("\\u") && !SECRET_FIELDS.iter().any(|name| mentions(name)) {
         return Some(Cow::Borrowed(raw));
     }
     let mut value = serde_json::from_slice::<Value>(raw).ok()?;
@@ -355,6 +357,11 @@ mod tests {
         let posthog = br#"[{"api_key":"phc_secret","properties":{"token":"phc_secret","a":1}}]"#;
         let kept = without_write_key(posthog).expect("parsable");
         assert_eq!(&kept[..], br#"[{"properties":{"a":1}}]"#);
+        // A key spelled with escapes is the same key to a JSON reader.
+        let escaped = br#"{"write\u005fkey":"wk_secret","name":"a","bad":1}"#;
+        let kept = without_write_key(escaped).expect("parsable");
+        assert_eq!(&kept[..], br#"{"bad":1,"name":"a"}"#);
+        assert!(without_write_key(br#"{"writ\u0065_key":"wk_secret", broken"#).is_none());
     }
 
     #[test]

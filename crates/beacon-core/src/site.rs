@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
 use crate::subject::is_valid_site_id;
 
 /// One site (or app) whose events Beacon counts.
@@ -13,10 +14,10 @@ pub struct Site {
     /// Lowercase letters, digits, `-` and `_`; appears in subjects.
     pub id: String,
     /// Secrets that may send events for this site.
-    pub write_keys: Vec<String>,
+    pub write_keys: Vec<Secret>,
     /// Secrets that may read this site's numbers (never the same as a write key).
     #[serde(default)]
-    pub read_keys: Vec<String>,
+    pub read_keys: Vec<Secret>,
     /// Events per second each write key may send; 0 for no limit.
     #[serde(default = "default_rate_limit")]
     pub rate_limit: u32,
@@ -77,6 +78,7 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
             problems.push(format!("sites.{}: needs at least one write key", site.id));
         }
         for key in site.write_keys.iter().chain(&site.read_keys) {
+            let key = key.expose();
             if key.chars().count() < MIN_KEY_CHARS || !key.chars().all(|c| c.is_ascii_graphic()) {
                 problems.push(format!(
                     "sites.{}: keys must be at least {MIN_KEY_CHARS} printable characters without spaces",
@@ -85,16 +87,16 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
             }
         }
         for key in &site.write_keys {
-            if !write_keys.insert(key.as_str()) {
+            if !write_keys.insert(key.expose()) {
                 problems.push(format!("sites.{}: a write key is used twice", site.id));
             }
         }
         let mut own_read = HashSet::new();
         for key in &site.read_keys {
-            if !own_read.insert(key.as_str()) {
+            if !own_read.insert(key.expose()) {
                 problems.push(format!("sites.{}: a read key is listed twice", site.id));
             }
-            read_keys.push((site.id.as_str(), key.as_str()));
+            read_keys.push((site.id.as_str(), key.expose()));
         }
     }
     // A read key may serve several sites; a key never both writes and reads.

@@ -57,6 +57,19 @@ pub fn site_of_ingest_subject(subject: &str) -> Option<&str> {
     (!site.is_empty() && !site.contains('.')).then_some(site)
 }
 
+/// Subjects of `BEACON_REJECTS_UNAUTH`: `beacon.rejects.unauth.<source>`. One
+/// token longer than `BEACON_REJECTS`' subjects, so neither stream's subjects
+/// overlap the other's.
+pub const UNAUTH_REJECTS_PREFIX: &str = "beacon.rejects.unauth";
+
+/// The subject a rejected input that no configured site vouches for (no key,
+/// an unknown key or site, a body unreadable before its key was known) is kept
+/// under: its own small stream, so floods of them never push out the rejects
+/// of known sites.
+pub fn unauth_reject_subject(source: &str) -> String {
+    format!("{UNAUTH_REJECTS_PREFIX}.{}", sanitize_token(source))
+}
+
 /// The subject a rejected input from `source` (e.g. `http`, `nats`) is kept under.
 pub fn reject_subject(source: &str) -> String {
     format!("{REJECTS_PREFIX}.{}", sanitize_token(source))

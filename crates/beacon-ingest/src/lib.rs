@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod normalizer;
 pub mod ops;
 pub mod pipeline;
+pub mod serve;
 
 pub use collector::{CollectorSettings, run as run_collector};
 pub use normalizer::{NormalizerSettings, run as run_normalizer};

@@ -18,6 +18,7 @@ use beacon_core::subject::{INGEST_PREFIX, site_of_ingest_subject};
 use beacon_core::{IdSource, Origin, Reason, parse_body};
 use beacon_nats::{INGEST_STREAM, RejectRecord};
 use chrono::{DateTime, Utc};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +62,12 @@ struct Shared {
     settings: NormalizerSettings,
 }
 
+/// How long one pull request waits for messages. At shutdown the open request
+/// is read to its end (its messages are released), so this bounds how long that takes.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
 /// Normalize `BEACON_INGEST` until `shutdown` resolves, then finish the messages
-/// in hand and return.
+/// in hand, release (nak without delay) any that arrive after it, and return.
 pub async fn run(
     pipeline: Pipeline,
     sites: HashSet<String>,
@@ -91,37 +96,67 @@ pub async fn run(
         partitions,
         settings,
     });
-    loop {
-        let messages = match consumer.messages().await {
-            Ok(messages) => messages,
+    let concurrency = shared.settings.concurrency.max(1);
+    let mut working = FuturesUnordered::new();
+    let mut stopping = false;
+    while !stopping {
+        while working.len() >= concurrency && !stopping {
+            tokio::select! {
+                _ = working.next() => {}
+                _ = shutdown.clone() => stopping = true,
+            }
+        }
+        if stopping {
+            break;
+        }
+        // Ask for no more than there are free slots: every message the server
+        // hands over is worked on at once, none waits in a buffer for ack_wait.
+        let want = concurrency - working.len();
+        let pulled = consumer
+            .batch()
+            .max_messages(want)
+            .expires(PULL_WAIT)
+            .messages()
+            .await;
+        let mut batch = match pulled {
+            Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "normalizer cannot pull; retrying");
                 tokio::select! {
-                    _ = shutdown.clone() => return Ok(()),
+                    _ = shutdown.clone() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        let concurrency = shared.settings.concurrency.max(1);
-        // Stops taking new messages at shutdown; for_each_concurrent finishes those in hand.
-        let ended_by_error = std::sync::atomic::AtomicBool::new(false);
-        messages
-            .take_until(shutdown.clone())
-            .take_while(|m| {
-                let ok = m.is_ok();
-                if let Err(e) = m {
-                    tracing::warn!(error = %e, "normalizer lost its message stream; reopening");
-                    ended_by_error.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                std::future::ready(ok)
-            })
-            .filter_map(|m| std::future::ready(m.ok()))
-            .for_each_concurrent(concurrency, |message| handle(shared.clone(), message))
-            .await;
-        if !ended_by_error.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
+        // Read the pull to its end even when stopping, so no message it brings
+        // is left delivered but unsettled.
+        loop {
+            tokio::select! {
+                biased;
+                Some(()) = working.next(), if !working.is_empty() => {}
+                _ = shutdown.clone(), if !stopping => stopping = true,
+                next = batch.next() => match next {
+                    Some(Ok(message)) if stopping => release(message).await,
+                    Some(Ok(message)) => working.push(handle(shared.clone(), message)),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "normalizer pull failed; pulling again");
+                        break;
+                    }
+                    None => break,
+                },
+            }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Finish the messages in hand, and make sure their acks leave the process.
+    while working.next().await.is_some() {}
+    let _ = js.client().flush().await;
+    Ok(())
+}
+
+/// Give a message back at shutdown, redeliverable at once (not after `ack_wait`).
+async fn release(message: jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(error = %e, "could not release an ingest message; it returns after ack_wait");
     }
 }
 
@@ -230,7 +265,8 @@ async fn normalize_message(
                 "no site {:?} is configured (subject {subject})",
                 other.unwrap_or("")
             );
-            return refuse(Reason::UnknownSite, text, other).await;
+            // Not a site: kept with the unauthenticated rejects.
+            return refuse(Reason::UnknownSite, text, None).await;
         }
     };
     let batch = match parse_body(payload, false, shared.pipeline.limits()) {

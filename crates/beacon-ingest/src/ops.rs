@@ -70,12 +70,14 @@ pub fn router(client: async_nats::Client, gates: Vec<Gate>) -> Router {
         .route("/metrics", get(|| async { crate::metrics::render() }))
 }
 
-/// Serve [`router`] and `extra` routes on `listener` until `shutdown` resolves.
+/// Serve [`router`] and `extra` routes on `listener` until `shutdown` resolves,
+/// closing connections whose headers take longer than `header_read_timeout`.
 pub async fn serve(
     client: async_nats::Client,
     gates: Vec<Gate>,
     extra: Router,
     listener: TcpListener,
+    header_read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app =
@@ -84,7 +86,5 @@ pub async fn serve(
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 crate::collector::panic_response,
             ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::serve::serve(listener, app, header_read_timeout, shutdown).await
 }

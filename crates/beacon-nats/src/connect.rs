@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, ServerAddr};
+use beacon_core::Secret;
 use serde::{Deserialize, Serialize};
 
 /// The oldest nats-server Beacon supports (per-message TTLs, metadata, priority groups).
@@ -17,10 +18,10 @@ pub struct NatsConfig {
     /// Server URLs, e.g. `["nats://n1:4222", "nats://n2:4222"]`.
     pub urls: Vec<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
     /// An nkey seed (`SU…`).
-    pub nkey_seed: Option<String>,
+    pub nkey_seed: Option<Secret>,
     /// A `.creds` file (JWT + nkey) as issued by `nsc`.
     pub creds_file: Option<PathBuf>,
     /// CA certificate(s) to trust for TLS.
@@ -42,7 +43,8 @@ impl NatsConfig {
         for url in &self.urls {
             if url.parse::<ServerAddr>().is_err() {
                 problems.push(format!(
-                    "nats.urls: {url:?} is not a NATS URL (nats://host:port)"
+                    "nats.urls: {:?} is not a NATS URL (nats://host:port)",
+                    printable_url(url)
                 ));
             }
         }
@@ -72,6 +74,7 @@ impl NatsConfig {
 /// Why Beacon could not use a NATS server.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Holds the URL as [`printable_url`] shows it.
     #[error("invalid NATS URL {0:?}")]
     BadUrl(String),
     #[error("cannot read NATS credentials file {path}: {source}")]
@@ -107,7 +110,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, ConnectE
         .iter()
         .map(|u| {
             u.parse::<ServerAddr>()
-                .map_err(|_| ConnectError::BadUrl(u.clone()))
+                .map_err(|_| ConnectError::BadUrl(printable_url(u)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut options = ConnectOptions::new()
@@ -124,13 +127,13 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, ConnectE
             }
         });
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
     if let Some(token) = &config.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_owned());
     }
     if let Some(seed) = &config.nkey_seed {
-        options = options.nkey(seed.clone());
+        options = options.nkey(seed.expose().to_owned());
     }
     if let Some(path) = &config.creds_file {
         options =
@@ -155,9 +158,61 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, ConnectE
         .connect(addrs)
         .await
         .map_err(|source| ConnectError::Connect {
-            urls: config.urls.join(","),
+            urls: printable_urls(&config.urls),
             source,
         })
+}
+
+/// A URL as it may be printed or logged: any password in it replaced by `***`.
+/// Text that does not parse as a URL is not shown at all, since it may hold one.
+pub fn printable_url(url: &str) -> String {
+    let with_scheme = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("nats://{url}")
+    };
+    match url::Url::parse(&with_scheme) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if url.contains("://") {
+                parsed.to_string()
+            } else {
+                parsed.to_string().trim_start_matches("nats://").to_owned()
+            }
+        }
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+/// Several URLs as [`printable_url`] shows them, comma-separated.
+pub fn printable_urls(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| printable_url(u))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How many times `client` has connected so far (the first connect included).
+pub fn connects(client: &Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Resolves once `client` has connected again after the `seen`-th connect.
+///
+/// Consumers a server held only in memory (every ordered consumer) are gone
+/// after it restarts, and the client library notices that only after two
+/// missed idle heartbeats (15 s each). Readers that must not freeze that long
+/// reopen their feed as soon as this resolves.
+pub async fn reconnected(client: &Client, seen: u64) {
+    // The connection count is a plain counter: looking at it is free.
+    while connects(client) <= seen {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Refuse servers older than 2.11 or without JetStream, naming what was found.
@@ -208,6 +263,45 @@ mod tests {
         assert!(!version_supported("2.10.26"));
         assert!(!version_supported("2.9.25"));
         assert!(!version_supported("garbage"));
+    }
+
+    #[test]
+    fn printed_urls_hold_no_password() {
+        assert_eq!(
+            printable_url("nats://beacon:s3cret@n1:4222"),
+            "nats://beacon:***@n1:4222"
+        );
+        assert_eq!(printable_url("tls://n1:4222"), "tls://n1:4222");
+        assert_eq!(printable_url("u:s3cret@n1:4222"), "u:***@n1:4222");
+        assert!(!printable_url("nats://u:s3cret@[::bad").contains("s3cret"));
+        let config = NatsConfig {
+            password: Some("s3cret".into()),
+            token: Some("t0ken".into()),
+            nkey_seed: Some("SUAEXAMPLE".into()),
+            ..NatsConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            ["s3cret", "t0ken", "SUAEXAMPLE"]
+                .iter()
+                .all(|s| !shown.contains(s)),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_names_the_url_without_its_password() {
+        // Nothing listens on port 1 of loopback: the connection is refused at once.
+        let config = NatsConfig {
+            urls: vec!["nats://beacon:s3cret@127.0.0.1:1".into()],
+            ..NatsConfig::default()
+        };
+        let error = connect(&config, "test")
+            .await
+            .expect_err("nothing listens there");
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
     }
 
     #[test]

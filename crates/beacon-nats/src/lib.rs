@@ -9,11 +9,13 @@ pub mod publish;
 pub mod salts;
 pub mod server;
 
-pub use connect::{ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect};
+pub use connect::{
+    ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect, connects, reconnected,
+};
 pub use provision::{
     EVENTS_STREAM, INGEST_STREAM, ProvisionError, ProvisionReport, REJECTS_STREAM, ROLLUPS_STREAM,
-    StreamSettings, provision,
+    StreamSettings, UNAUTH_REJECTS_STREAM, provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
 pub use salts::{SALTS_BUCKET, SaltError, Salts};
-pub use server::{LocalServer, ServerError, ServerOptions, find_server_binary};
+pub use server::{ClusterOptions, LocalServer, ServerError, ServerOptions, find_server_binary};

@@ -6,12 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use beacon_core::subject::{EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX};
+use beacon_core::subject::{
+    EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX, UNAUTH_REJECTS_PREFIX,
+};
 use serde::{Deserialize, Serialize};
 
 pub const EVENTS_STREAM: &str = "BEACON_EVENTS";
 pub const INGEST_STREAM: &str = "BEACON_INGEST";
 pub const REJECTS_STREAM: &str = "BEACON_REJECTS";
+pub const UNAUTH_REJECTS_STREAM: &str = "BEACON_REJECTS_UNAUTH";
 pub const ROLLUPS_STREAM: &str = "BEACON_ROLLUPS";
 
 /// Stream metadata key recording the partition count fixed at creation.
@@ -37,6 +40,8 @@ pub struct StreamSettings {
     #[serde(with = "humantime_serde")]
     pub rejects_max_age: Duration,
     pub rejects_max_bytes: i64,
+    /// Largest `BEACON_REJECTS_UNAUTH` may grow, in bytes (oldest dropped first).
+    pub unauth_rejects_max_bytes: i64,
 }
 
 impl Default for StreamSettings {
@@ -51,6 +56,7 @@ impl Default for StreamSettings {
             ingest_max_age: Duration::from_secs(7 * DAY),
             rejects_max_age: Duration::from_secs(30 * DAY),
             rejects_max_bytes: 1 << 30,
+            unauth_rejects_max_bytes: 64 << 20,
         }
     }
 }
@@ -84,7 +90,7 @@ impl StreamSettings {
     }
 
     /// The stream configurations these settings describe.
-    pub fn stream_configs(&self) -> [stream::Config; 4] {
+    pub fn stream_configs(&self) -> [stream::Config; 5] {
         let events = stream::Config {
             name: EVENTS_STREAM.to_owned(),
             description: Some(
@@ -125,15 +131,31 @@ impl StreamSettings {
             num_replicas: self.replicas,
             ..Default::default()
         };
+        // Anyone can send what lands here, so it is small and fills on its own.
+        let unauth_rejects = stream::Config {
+            name: UNAUTH_REJECTS_STREAM.to_owned(),
+            description: Some(
+                "Beacon rejected input no configured site vouches for: beacon.rejects.unauth.<source>"
+                    .to_owned(),
+            ),
+            subjects: vec![format!("{UNAUTH_REJECTS_PREFIX}.*")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: self.rejects_max_age,
+            max_bytes: self.unauth_rejects_max_bytes,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
         // The aggregators' committed state: never expires, replicated like the
         // events, since it is the only copy of what was counted.
         let rollups = stream::Config {
             name: ROLLUPS_STREAM.to_owned(),
             description: Some(
-                "Beacon rollup logs: beacon.rollups.<partition> (deltas and snapshots with the event sequence they reach)"
+                "Beacon rollup logs: beacon.rollups.<partition> and beacon.rollups.g<generation>.<partition> (deltas and snapshots with the event sequence they reach), and beacon.rollups.current (which generation counts)"
                     .to_owned(),
             ),
-            subjects: vec![format!("{ROLLUPS_PREFIX}.*")],
+            // `>`: generations after a replay add a token (`beacon.rollups.g1.3`).
+            subjects: vec![format!("{ROLLUPS_PREFIX}.>")],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             max_bytes: -1,
@@ -141,7 +163,7 @@ impl StreamSettings {
             allow_direct: true,
             ..Default::default()
         };
-        [events, ingest, rejects, rollups]
+        [events, ingest, rejects, unauth_rejects, rollups]
     }
 }
 

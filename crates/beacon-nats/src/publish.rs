@@ -3,15 +3,17 @@
 //! Every event carries `Nats-Msg-Id` = site + event id; retries reuse it, so a
 //! publish whose ack was lost is recognised as a duplicate by the stream instead
 //! of being stored twice. Messages are pipelined (all sent, then all acks
-//! awaited); only the ones not acknowledged are retried, with exponential
-//! backoff and jitter, until a deadline. Past it the caller answers 503.
+//! awaited together); only the ones not acknowledged are retried, with
+//! exponential backoff and jitter. The whole call is bounded by one deadline;
+//! past it the caller answers 503.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use beacon_core::{Reason, subject::reject_subject, without_write_key};
+use beacon_core::subject::{reject_subject, unauth_reject_subject};
+use beacon_core::{Reason, without_write_key};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -113,19 +115,48 @@ impl Publisher {
     /// Publish all `messages`; returns how each was stored, in order, or fails
     /// when some are still unacknowledged at the deadline (none is then reported
     /// stored, and the caller's retry is safe because of the message ids).
+    ///
+    /// The whole call, sends and acks of every round and the waits between them,
+    /// runs under the one `deadline`: the caller has its answer by then whatever
+    /// the size of the batch or the state of the server.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<Vec<Stored>, PublishFailed> {
         let deadline = Instant::now() + self.policy.deadline;
-        let mut stored: Vec<Option<Stored>> = vec![None; messages.len()];
+        let mut progress = Progress {
+            stored: vec![None; messages.len()],
+            last_error: String::new(),
+        };
+        match tokio::time::timeout_at(deadline, self.rounds(messages, deadline, &mut progress))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(PublishFailed::Unavailable {
+                pending: progress.stored.iter().filter(|s| s.is_none()).count(),
+                total: messages.len(),
+                last_error: if progress.last_error.is_empty() {
+                    "no acknowledgement before the deadline".to_owned()
+                } else {
+                    progress.last_error
+                },
+            }),
+        }
+    }
+
+    /// Send, await every ack at once, retry what is missing; `publish_all` bounds it in time.
+    async fn rounds(
+        &self,
+        messages: &[Outgoing],
+        deadline: Instant,
+        progress: &mut Progress,
+    ) -> Result<Vec<Stored>, PublishFailed> {
         let mut retried = vec![false; messages.len()];
         let mut pending: Vec<usize> = (0..messages.len()).collect();
         let mut backoff = self.policy.first_backoff;
-        let mut last_error = String::new();
         loop {
             let mut acks = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
             for &i in &pending {
-                // A send that stalls (connection down, buffers full) fails the rest of this round.
-                if !failed.is_empty() || Instant::now() >= deadline {
+                // A send that failed (connection down) fails the rest of this round.
+                if !failed.is_empty() {
                     failed.push(i);
                     continue;
                 }
@@ -134,31 +165,32 @@ impl Publisher {
                     .headers(m.headers.clone())
                     .payload(m.payload.clone());
                 match self.js.send_publish(m.subject.clone(), publish).await {
-                    Ok(ack) => acks.push((i, ack)),
+                    Ok(ack) => acks.push(async move { (i, ack.await) }),
                     Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                         return Err(PublishFailed::Refused(e.to_string()));
                     }
                     Err(e) => {
-                        last_error = e.to_string();
+                        progress.last_error = e.to_string();
                         failed.push(i);
                     }
                 }
             }
-            for (i, ack) in acks {
-                match ack.await {
+            // Concurrently: a round takes one `attempt_timeout` at most, not one per message.
+            for (i, ack) in futures::future::join_all(acks).await {
+                match ack {
                     // A duplicate after our own failed attempt is that attempt having landed.
                     Ok(ack) if ack.duplicate && !retried[i] => {
-                        stored[i] = Some(Stored::Duplicate(ack.sequence))
+                        progress.stored[i] = Some(Stored::Duplicate(ack.sequence))
                     }
-                    Ok(ack) => stored[i] = Some(Stored::New(ack.sequence)),
+                    Ok(ack) => progress.stored[i] = Some(Stored::New(ack.sequence)),
                     Err(e) => {
-                        last_error = e.to_string();
+                        progress.last_error = e.to_string();
                         failed.push(i);
                     }
                 }
             }
             if failed.is_empty() {
-                return Ok(stored.into_iter().flatten().collect());
+                return Ok(progress.stored.iter().flatten().copied().collect());
             }
             metrics::counter!("beacon_publish_retries_total").increment(failed.len() as u64);
             let pause = jittered(backoff);
@@ -166,10 +198,10 @@ impl Publisher {
                 return Err(PublishFailed::Unavailable {
                     pending: failed.len(),
                     total: messages.len(),
-                    last_error,
+                    last_error: progress.last_error.clone(),
                 });
             }
-            tracing::debug!(pending = failed.len(), ?pause, %last_error, "retrying publish");
+            tracing::debug!(pending = failed.len(), ?pause, last_error = %progress.last_error, "retrying publish");
             for &i in &failed {
                 retried[i] = true;
             }
@@ -178,6 +210,12 @@ impl Publisher {
             pending = failed;
         }
     }
+}
+
+/// What a `publish_all` call has got so far, kept when the deadline cuts it short.
+struct Progress {
+    stored: Vec<Option<Stored>>,
+    last_error: String,
 }
 
 /// Between half and one and a half times `base`, so clients that failed together
@@ -194,6 +232,8 @@ pub const MAX_REJECT_BYTES: usize = 64 * 1024;
 pub struct RejectRecord<'a> {
     /// Which path refused it: `http`, `nats`, …
     pub source: &'a str,
+    /// The configured site it is known to come from. `None` (no key, an
+    /// unknown key or site) files it with the unauthenticated rejects.
     pub site: Option<&'a str>,
     pub reason: Reason,
     pub message: &'a str,
@@ -228,8 +268,12 @@ impl RejectRecord<'_> {
         if kept.len() < raw.len() {
             headers.insert("Beacon-Original-Bytes", raw.len().to_string().as_str());
         }
+        let subject = match self.site {
+            Some(_) => reject_subject(self.source),
+            None => unauth_reject_subject(self.source),
+        };
         Outgoing {
-            subject: reject_subject(self.source),
+            subject,
             headers,
             payload: Bytes::copy_from_slice(kept),
         }

@@ -2,6 +2,7 @@
 //! found on disk, started on loopback (a free port unless one is configured),
 //! supervised, and stopped cleanly.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -32,6 +33,11 @@ pub enum ServerError {
     Exited { log_tail: String },
     #[error("nats-server did not report its port within {0:?}")]
     Timeout(Duration),
+    /// Another process runs a server on this store; two would corrupt it.
+    #[error(
+        "{path} is in use by another Beacon process (another `beacon up` on the same data directory?)"
+    )]
+    InUse { path: PathBuf },
 }
 
 /// The version a nats-server binary reports, e.g. `2.12.8`.
@@ -136,9 +142,17 @@ fn tools_dirs() -> Vec<PathBuf> {
 }
 
 /// A running nats-server child process with JetStream on loopback.
+///
+/// It holds a lock on its store for its whole life, and the server writes its
+/// pid into the store: if the process that started it is killed without a
+/// chance to stop it, the next start on the same store finds the orphan by that
+/// pid and stops it before starting a new one, and a second process trying the
+/// same store while the first lives is refused.
 #[derive(Debug)]
 pub struct LocalServer {
     child: Option<Child>,
+    /// Held while this process owns the store; the OS drops it when the process dies.
+    _lock: std::fs::File,
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
@@ -150,14 +164,32 @@ pub struct LocalServer {
 pub struct ServerOptions {
     /// JetStream on (Beacon needs it; tests turn it off to check the refusal).
     pub jetstream: bool,
+    /// The server's name; JetStream peers in a cluster must each have their own.
+    pub server_name: String,
+    /// Join a cluster (routes on loopback); `None` runs a single server.
+    pub cluster: Option<ClusterOptions>,
     /// More nats-server arguments, e.g. `--user`/`--pass` or `--config`.
     pub extra_args: Vec<String>,
+}
+
+/// One member's part of a cluster on loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// The cluster's name, the same on every member.
+    pub name: String,
+    /// This member's route port. Fixed, not picked at start, because the other
+    /// members must know it before it runs (and again after a restart).
+    pub port: u16,
+    /// The other members' route ports.
+    pub routes: Vec<u16>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             jetstream: true,
+            server_name: "beacon-local".to_owned(),
+            cluster: None,
             extra_args: Vec::new(),
         }
     }
@@ -165,6 +197,49 @@ impl Default for ServerOptions {
 
 /// How long a starting server may take to report its port.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// In the store: locked by the process that runs the server on it.
+const LOCK_FILE: &str = "beacon.lock";
+/// In the store: the running server's pid, written by nats-server itself.
+const PID_FILE: &str = "nats-server.pid";
+
+/// Stop a server left running on `dir` by a process that died without stopping
+/// it. Only a live process whose command line names this store is signalled, so
+/// a pid the system has since given to another program is left alone.
+async fn stop_orphan(dir: &Path) {
+    let pid_path = dir.join(PID_FILE);
+    let Some(pid) = std::fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+    else {
+        return;
+    };
+    let serves_dir = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)) == dir)
+        })
+    };
+    if !serves_dir(pid) {
+        let _ = std::fs::remove_file(&pid_path);
+        return;
+    }
+    tracing::warn!(pid, store = %dir.display(), "stopping a nats-server left running by an earlier Beacon");
+    let pid_t = Pid::from_raw(pid);
+    let _ = kill(pid_t, Signal::SIGTERM);
+    for _ in 0..500 {
+        if !serves_dir(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = kill(pid_t, Signal::SIGKILL);
+    while serves_dir(pid) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 impl LocalServer {
     /// Start `binary` with its JetStream store and log in `dir`, on `port` (0: a free one).
@@ -186,8 +261,19 @@ impl LocalServer {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::File::create(&lock_path).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ServerError::InUse { path: dir });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        stop_orphan(&dir).await;
         let mut server = LocalServer {
             child: None,
+            _lock: lock,
             binary: binary.to_owned(),
             dir,
             port,
@@ -222,6 +308,19 @@ impl LocalServer {
         if self.options.jetstream {
             command.arg("--jetstream");
         }
+        if let Some(cluster) = &self.options.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            command
+                .args(["--cluster_name", &cluster.name])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", cluster.port))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
         command.args(&self.options.extra_args);
         let child = command
             .args([
@@ -230,12 +329,14 @@ impl LocalServer {
                 "--port",
                 &port,
                 "--server_name",
-                "beacon-local",
+                &self.options.server_name,
             ])
             .arg("--store_dir")
             .arg(&self.dir)
             .arg("--ports_file_dir")
             .arg(&self.dir)
+            .arg("--pid")
+            .arg(self.dir.join(PID_FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -322,6 +423,23 @@ impl LocalServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freeze the process (SIGSTOP), as an overloaded or stalled server looks to
+    /// its clients: connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Let a paused process run again (SIGCONT).
+    pub fn unpause(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), signal);
         }
     }
 

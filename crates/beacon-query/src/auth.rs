@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use beacon_core::Site;
+use beacon_core::{Secret, Site};
 
 use crate::error::QueryError;
 
 #[derive(Debug, Default)]
 pub struct Keys {
-    read: HashMap<String, BTreeSet<String>>,
-    write: HashSet<String>,
+    read: HashMap<Secret, BTreeSet<String>>,
+    write: HashSet<Secret>,
     sites: HashSet<String>,
 }
 

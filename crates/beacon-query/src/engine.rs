@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use beacon_core::rollup::view::{Merged, new_union};
-use beacon_core::rollup::{Counters, DIMENSIONS, Dimension, Granularity, OTHER, PAGEVIEW, View};
+use beacon_rollup::view::{Merged, new_union};
+use beacon_rollup::{Counters, DIMENSIONS, Dimension, Granularity, OTHER, PAGEVIEW, View};
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, Offset, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use datasketches::hll::HllType;
@@ -1009,9 +1009,9 @@ pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String
                 (
                     Granularity::Hour,
                     Box::new(move |c, out| {
-                        for (n, dims) in &c.by_name {
+                        for (n, dims) in c.by_name.iter() {
                             if only.as_ref().is_none_or(|o| o == n) {
-                                add(out, std::iter::once((n.as_str(), dims[d.index()].get(&v))));
+                                add(out, std::iter::once((n, dims[d.index()].get(&v))));
                             }
                         }
                     }),

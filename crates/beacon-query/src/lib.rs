@@ -128,14 +128,28 @@ impl QueryNode {
         })
     }
 
-    /// Follow the rollups and the stream and serve the NATS service until shutdown.
+    /// Follow the rollups and the stream and serve the NATS service until
+    /// shutdown. If the follower or the NATS service fails, readiness turns red
+    /// and the node returns that failure at once: a node that no longer follows
+    /// would keep answering from a frozen view.
     pub async fn run(self) -> anyhow::Result<()> {
-        let follower = follow::follow(self.js.clone(), self.rollups.clone(), self.shutdown.clone());
-        let tail = live::tail(self.js.clone(), self.live.clone(), self.shutdown.clone());
-        let nats = service::serve(self.clone());
-        let (followed, (), served) = tokio::join!(follower, tail, nats);
-        followed?;
-        served
+        let rollups = self.rollups.clone();
+        let follower = async {
+            follow::follow(self.js.clone(), rollups.clone(), self.shutdown.clone())
+                .await
+                .inspect_err(|_| rollups.fail())
+                .map_err(anyhow::Error::from)
+        };
+        let tail = async {
+            live::tail(self.js.clone(), self.live.clone(), self.shutdown.clone()).await;
+            Ok(())
+        };
+        let nats = async {
+            service::serve(self.clone())
+                .await
+                .inspect_err(|_| self.rollups.fail())
+        };
+        tokio::try_join!(follower, tail, nats).map(drop)
     }
 
     /// Answer `op` for the holder of `key`: the answer's JSON text.

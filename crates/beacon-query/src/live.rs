@@ -195,7 +195,7 @@ impl Live {
             .as_deref()
             .or(event.anonymous_id.as_deref())
             .unwrap_or(&event.id);
-        let user = beacon_core::rollup::cell::user_hash(user_key);
+        let user = beacon_rollup::cell::user_hash(user_key);
         {
             let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
             let site = match sites.get_mut(event.site.as_ref()) {
@@ -280,7 +280,10 @@ impl Live {
 
 /// Follow `BEACON_EVENTS` from five minutes back into `live` until `shutdown`.
 pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) {
+    let client = js.client();
+    let mut last = 0;
     loop {
+        let connected = beacon_nats::connects(&client);
         let mut messages = match open(&js).await {
             Ok(m) => m,
             Err(e) => {
@@ -291,11 +294,12 @@ pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) 
                 continue;
             }
         };
-        let mut last = 0;
         loop {
             let next = tokio::select! {
                 m = messages.next() => m,
                 _ = shutdown.wait_for(|s| *s) => return,
+                // A restarted server forgot the feed's consumer: reopen it now.
+                _ = beacon_nats::reconnected(&client, connected) => break,
             };
             match next {
                 Some(Ok(message)) => {

@@ -1,6 +1,7 @@
-//! How current the numbers are: per partition the committed sequence, the lag
-//! behind the stream and how old the oldest uncounted event is; the streams'
-//! sizes; and when the newest counted event became queryable on this node.
+//! How current the numbers are: per partition the sequence this node's view
+//! counts up to, the lag behind the stream and how old the oldest uncounted
+//! event is; the streams' sizes; and when the newest counted event became
+//! queryable on this node.
 //!
 //! Partitions and streams are shared by every site, so their sizes and
 //! sequences tell one site's key holder about the others' traffic. A key that
@@ -41,9 +42,19 @@ pub enum Scope {
 /// The status answer.
 pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, QueryError> {
     let unavailable = |e: &dyn std::fmt::Display| QueryError::unavailable(format!("NATS: {e}"));
-    let progress = beacon_aggregate::progress(&node.js, node.partitions)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    // Lag is measured against what this node answers with (its view), not
+    // against what the aggregators have committed: the view follows the store
+    // and may be behind it, and "lag 0" must mean the numbers are complete.
+    let applied: Vec<u64> = node
+        .rollups
+        .read(|f| f.view.partitions().iter().map(|s| s.through_seq).collect());
+    let progress = beacon_aggregate::progress_of(
+        &node.js,
+        node.partitions,
+        beacon_aggregate::Counted::Applied(&applied),
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
     let events = node
         .js
         .get_stream(EVENTS_STREAM)

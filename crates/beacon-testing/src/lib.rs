@@ -1,12 +1,15 @@
 //! Dev-only test harness: real `nats-server`s on free ports with temporary stores,
 //! killed and cleaned up when dropped. Never a mock of NATS, never a fixed port.
 
+pub mod cluster;
 pub mod truth;
 
 use std::path::PathBuf;
 
 use beacon_nats::{LocalServer, NatsConfig, ServerOptions, find_server_binary};
 use tempfile::TempDir;
+
+pub use self::cluster::TestCluster;
 
 /// A nats-server for one test. Its store lives in a temporary folder.
 #[derive(Debug)]
@@ -96,6 +99,16 @@ impl TestServer {
     /// Kill as a crash would (SIGKILL).
     pub fn kill(&mut self) {
         self.server.kill();
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.server.pause();
+    }
+
+    /// Let a paused server run again (SIGCONT).
+    pub fn unpause(&self) {
+        self.server.unpause();
     }
 
     pub async fn resume(&mut self) {

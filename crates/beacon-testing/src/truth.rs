@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use beacon_core::event::{Context, Event, Revenue};
 use beacon_core::partition_of;
-use beacon_core::rollup::{DIMENSIONS, Granularity, View};
 use beacon_core::subject::event_subject;
+use beacon_rollup::{DIMENSIONS, Granularity, View};
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 

@@ -72,6 +72,9 @@ pub enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// Compare Beacon's answers with a ground-truth file from `simulate --truth`.
     Verify(crate::verify::VerifyArgs),
+    /// Rebuild the rollups from BEACON_EVENTS into a new generation beside live
+    /// ingest, then switch query nodes and aggregators over to it.
+    Replay(crate::replay::ReplayArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -132,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
         Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
+        Command::Replay(args) => crate::replay::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }

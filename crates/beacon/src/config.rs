@@ -154,8 +154,8 @@ impl Config {
 pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)> {
     let site = Site {
         id: "default".to_owned(),
-        write_keys: vec![format!("wk_{}", uuid::Uuid::new_v4().simple())],
-        read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple())],
+        write_keys: vec![format!("wk_{}", uuid::Uuid::new_v4().simple()).into()],
+        read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple()).into()],
         rate_limit: 10_000,
         rate_burst: 0,
         domains: vec![],
@@ -164,7 +164,9 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\
          # Every setting and its default: docs/CONFIG.md.\n\n\
          [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n",
-        site.id, site.write_keys[0], site.read_keys[0]
+        site.id,
+        site.write_keys[0].expose(),
+        site.read_keys[0].expose()
     );
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(CONFIG_FILE);

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod config;
+mod replay;
 mod send;
 mod services;
 mod simulate;

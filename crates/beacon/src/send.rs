@@ -78,7 +78,12 @@ pub async fn run(config: Config, args: SendArgs) -> anyhow::Result<()> {
     let key = args
         .key
         .clone()
-        .or_else(|| config.sites.first().and_then(|s| s.write_keys.first().cloned()))
+        .or_else(|| {
+            config
+                .sites
+                .first()
+                .and_then(|s| s.write_keys.first().map(|k| k.expose().to_owned()))
+        })
         .context("no write key: pass --key or set BEACON_WRITE_KEY (or run `beacon up` first, which creates one)")?;
     let url = collector_url(&config, args.url.as_deref());
     let endpoint = format!("{url}/api/v1/events");

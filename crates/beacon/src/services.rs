@@ -171,8 +171,9 @@ pub async fn start(
             .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
         ops_addr = Some(listener.local_addr()?);
         let (client, stop) = (client.clone(), stopped(shutdown.clone()));
+        let header_read_timeout = config.collector.header_read_timeout;
         tasks.spawn(async move {
-            beacon_ingest::ops::serve(client, gates, api, listener, stop)
+            beacon_ingest::ops::serve(client, gates, api, listener, header_read_timeout, stop)
                 .await
                 .context("metrics listener failed")
         });

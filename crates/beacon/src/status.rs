@@ -57,7 +57,7 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let report = json!({
-        "server": {"version": info.version, "name": info.server_name, "url": config.nats.urls.join(","), "jetstream": true},
+        "server": {"version": info.version, "name": info.server_name, "url": beacon_nats::connect::printable_urls(&config.nats.urls), "jetstream": true},
         "streams": streams,
         "partitions": progress.iter().map(|p| json!({
             "partition": p.partition, "owner": p.owner, "committed": p.committed,
@@ -70,7 +70,7 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
     }
     println!(
         "NATS {} (nats-server {}, {})",
-        config.nats.urls.join(","),
+        beacon_nats::connect::printable_urls(&config.nats.urls),
         info.version,
         info.server_name
     );

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use beacon_core::Secret;
 use beacon_nats::server::binary_version;
 use beacon_nats::{LocalServer, find_server_binary};
 use tokio::sync::{Mutex, watch};
@@ -112,7 +113,10 @@ fn print_banner(
         "  query API  http://{addr}/api/v1/   (OpenAPI: /api/v1/openapi.json; NATS service beacon-query)"
     );
     println!("  health     http://{addr}/readyz   metrics http://{addr}/metrics");
-    println!("  NATS       {}", config.nats.urls.join(","));
+    println!(
+        "  NATS       {}",
+        beacon_nats::connect::printable_urls(&config.nats.urls)
+    );
     println!(
         "  aggregator {} partitions (beacon status shows owners and lag)",
         config.streams.partitions
@@ -120,28 +124,35 @@ fn print_banner(
     if let Some(file) = file {
         println!("  config     {}", file.display());
     }
+    // Keys are secrets: the banner names them only enough to tell them apart.
+    let short = |key: Option<&Secret>| key.map_or_else(|| "-".to_owned(), Secret::shortened);
     for site in &config.sites {
         println!(
             "  site {:<10} write key {}   read key {}",
             site.id,
-            site.write_keys.first().map(String::as_str).unwrap_or("-"),
-            site.read_keys.first().map(String::as_str).unwrap_or("-"),
+            short(site.write_keys.first()),
+            short(site.read_keys.first()),
         );
     }
+    let Some(file) = file else { return };
+    let file = file.display();
+    println!("  (the full keys are in {file})");
     if let Some(site) = config.sites.first()
         && let Some(key) = site.write_keys.first()
     {
+        let prefix: String = key.expose().chars().take(3).collect();
         println!("\nSend an event:");
+        println!("  KEY=$(grep -o '{prefix}[0-9a-zA-Z_]*' {file} | head -1)");
         println!(
-            "  curl -X POST http://{addr}/api/v1/events -H 'Authorization: Bearer {key}' \\\n    -d '{{\"name\": \"pageview\", \"user_id\": \"u-1\", \"props\": {{\"path\": \"/\"}}}}'"
+            "  curl -X POST http://{addr}/api/v1/events -H \"Authorization: Bearer $KEY\" \\\n    -d '{{\"name\": \"pageview\", \"user_id\": \"u-1\", \"props\": {{\"path\": \"/\"}}}}'"
         );
     }
     if let Some(site) = config.sites.first()
-        && let Some(key) = site.read_keys.first()
+        && !site.read_keys.is_empty()
     {
-        println!("\nRead the numbers:");
+        println!("\nRead the numbers (with a read key from {file} as $READ_KEY):");
         println!(
-            "  curl 'http://{addr}/api/v1/sites/{}/summary?from=-24h' -H 'Authorization: Bearer {key}'",
+            "  curl 'http://{addr}/api/v1/sites/{}/summary?from=-24h' -H \"Authorization: Bearer $READ_KEY\"",
             site.id
         );
     }

@@ -2,8 +2,8 @@
 
 use beacon_aggregate::StoreError;
 use beacon_aggregate::store::{Log, load};
-use beacon_core::rollup::{Delta, Granularity, PartitionState};
 use beacon_nats::ROLLUPS_STREAM;
+use beacon_rollup::{Delta, Granularity, PartitionState};
 
 use super::support::setup;
 
@@ -22,17 +22,17 @@ fn delta(through_seq: u64, dropped: u64) -> Delta {
 async fn a_stale_owner_is_fenced_after_a_takeover() {
     let s = setup().await;
     let stream = s.js.get_stream(ROLLUPS_STREAM).await.expect("stream");
-    let mut old = Log::new(s.js.clone(), stream.clone(), 3, "old", 0);
+    let mut old = Log::new(s.js.clone(), stream.clone(), 0, 3, "old", 0);
     old.takeover(0).await.expect("first owner claims");
     old.commit(&delta(10, 1)).await.expect("owner commits");
 
     // A new owner loads what was committed and claims the log.
-    let loaded = load(&stream, 3).await.expect("load");
+    let loaded = load(&stream, 0, 3).await.expect("load");
     assert_eq!(
         (loaded.state.through_seq, loaded.state.dropped_late),
         (10, 1)
     );
-    let mut new = Log::new(s.js.clone(), stream.clone(), 3, "new", loaded.last);
+    let mut new = Log::new(s.js.clone(), stream.clone(), 0, 3, "new", loaded.last);
     new.takeover(loaded.state.through_seq)
         .await
         .expect("second owner claims");
@@ -42,7 +42,7 @@ async fn a_stale_owner_is_fenced_after_a_takeover() {
     assert!(matches!(stale, Err(StoreError::Fenced(3))), "{stale:?}");
     new.commit(&delta(20, 2)).await.expect("new owner commits");
 
-    let state = load(&stream, 3).await.expect("load").state;
+    let state = load(&stream, 0, 3).await.expect("load").state;
     assert_eq!(
         (state.through_seq, state.dropped_late),
         (20, 3),
@@ -50,7 +50,7 @@ async fn a_stale_owner_is_fenced_after_a_takeover() {
     );
     // Other partitions are untouched.
     assert_eq!(
-        load(&stream, 4).await.expect("load").state,
+        load(&stream, 0, 4).await.expect("load").state,
         PartitionState::default()
     );
     assert!(s.js.get_stream(ROLLUPS_STREAM).await.is_ok());
@@ -60,7 +60,7 @@ async fn a_stale_owner_is_fenced_after_a_takeover() {
 async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     let s = setup().await;
     let stream = s.js.get_stream(ROLLUPS_STREAM).await.expect("stream");
-    let mut log = Log::new(s.js.clone(), stream.clone(), 0, "a", 0);
+    let mut log = Log::new(s.js.clone(), stream.clone(), 0, 0, "a", 0);
     log.takeover(0).await.expect("claim");
     let mut state = PartitionState::default();
     for i in 1..=5 {
@@ -73,7 +73,7 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     for i in 0..200_000 {
         big.users.insert(
             i as u64,
-            beacon_core::rollup::UserSession {
+            beacon_rollup::UserSession {
                 start_ms: i,
                 last_ms: i,
                 pageviews: 1,
@@ -86,7 +86,7 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
         size > 1024 * 1024,
         "the snapshot spans several messages ({size} bytes)"
     );
-    let loaded = load(&stream, 0).await.expect("load");
+    let loaded = load(&stream, 0, 0).await.expect("load");
     assert_eq!(loaded.state, big);
     let info =
         s.js.get_stream(ROLLUPS_STREAM)
@@ -105,21 +105,21 @@ async fn a_record_cut_short_is_ignored_and_snapshots_trim_the_log() {
     // A crash in the middle of a multi-part record: a new owner takes over
     // after the first part; that record never counts.
     let _ = Granularity::Day;
-    let mut crashed = Log::new(s.js.clone(), stream.clone(), 0, "a", loaded.last);
+    let mut crashed = Log::new(s.js.clone(), stream.clone(), 0, 0, "a", loaded.last);
     let mut bigger = big.clone();
     bigger.dropped_late = 99;
     let mut successor_started = false;
     // Write the parts by hand: take over between them.
     let writer = tokio::spawn(async move { crashed.snapshot(&bigger).await });
     while !successor_started {
-        let now = load(&stream, 0).await.expect("load");
-        let mut successor = Log::new(s.js.clone(), stream.clone(), 0, "b", now.last);
+        let now = load(&stream, 0, 0).await.expect("load");
+        let mut successor = Log::new(s.js.clone(), stream.clone(), 0, 0, "b", now.last);
         if successor.takeover(now.state.through_seq).await.is_ok() {
             successor_started = true;
         }
     }
     let outcome = writer.await.expect("joined");
-    let after = load(&stream, 0).await.expect("load").state;
+    let after = load(&stream, 0, 0).await.expect("load").state;
     match outcome {
         // The successor claimed before the whole snapshot landed: it must not count.
         Err(StoreError::Fenced(0)) => assert_eq!(after.dropped_late, big.dropped_late),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use beacon_core::rollup::{Granularity, Retention};
+use beacon_rollup::{Granularity, Retention};
 use beacon_testing::truth::{Shape, generate, publish};
 
 use super::support::{aggregator, settings, setup, view, wait_committed};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use beacon_aggregate::AggregatorSettings;
-use beacon_core::rollup::{Retention, View};
+use beacon_rollup::{Retention, View};
 use beacon_testing::TestServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use beacon_core::rollup::Granularity;
+use beacon_rollup::Granularity;
 use beacon_testing::truth::{Shape, Truth, generate, publish};
 
 use super::support::{PARTITIONS, aggregator, settings, setup, view, wait_committed};

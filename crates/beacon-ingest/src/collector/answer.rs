@@ -51,6 +51,14 @@ impl Protocol {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, value);
         }
+        // The rest of a body that came too slowly is not waited for: the
+        // connection ends with this answer.
+        if matches!(error, ApiError::Timeout(_)) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 

@@ -1,4 +1,5 @@
-//! Reading a request body: bounded in size before and after gzip.
+//! Reading a request body: bounded in size before and after gzip, and in the
+//! time the client may take to send it.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
@@ -6,39 +7,53 @@ use beacon_core::encoding::{GZIP_MAGIC, gunzip_bounded};
 use beacon_core::{Reason, Rejection};
 use http_body_util::LengthLimitError;
 
+use super::CollectorSettings;
 use super::error::ApiError;
 use super::guard::RawSlot;
 
-/// The request body, decompressed, at most `limit` bytes either way. It is
+/// The request body, decompressed, at most `max_body_bytes` either way, read
+/// within `body_read_timeout` (a client that trickles it in is cut off). It is
 /// also left in `slot`, so a later panic can still record it.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    settings: &CollectorSettings,
     slot: &RawSlot,
 ) -> Result<Bytes, ApiError> {
-    let raw = decoded(headers, body, limit).await?;
+    let raw = decoded(headers, body, settings).await?;
     slot.keep(&raw);
     Ok(raw)
 }
 
-async fn decoded(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+async fn decoded(
+    headers: &HeaderMap,
+    body: Body,
+    settings: &CollectorSettings,
+) -> Result<Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
     let too_large = || {
         ApiError::TooLarge(Rejection::new(
             Reason::BodyTooLarge,
             format!("the body is larger than {limit} bytes"),
         ))
     };
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if caused_by_length_limit(&e) {
-            too_large()
-        } else {
-            ApiError::BadRequest(Rejection::new(
-                Reason::InvalidEncoding,
-                format!("cannot read the body: {e}"),
-            ))
-        }
-    })?;
+    let read = tokio::time::timeout(
+        settings.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    );
+    let raw = read
+        .await
+        .map_err(|_| ApiError::Timeout(settings.body_read_timeout))?
+        .map_err(|e| {
+            if caused_by_length_limit(&e) {
+                too_large()
+            } else {
+                ApiError::BadRequest(Rejection::new(
+                    Reason::InvalidEncoding,
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+        })?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

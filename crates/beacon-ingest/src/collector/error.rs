@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 500: handling the request hit a bug (a panic was caught).
     #[error("{0}")]
     Internal(Rejection),
+    /// 408: the body did not arrive in time; the connection is closed.
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(Duration),
     /// 429: this key is over its rate limit.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -60,7 +64,9 @@ impl ApiError {
             | ApiError::TooLarge(r)
             | ApiError::UnsupportedEncoding(r)
             | ApiError::Internal(r) => Some(r),
-            ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => None,
+            ApiError::Timeout(_) | ApiError::RateLimited { .. } | ApiError::Unavailable { .. } => {
+                None
+            }
         }
     }
 
@@ -90,6 +96,10 @@ impl ApiError {
                     .to_owned(),
             ),
             ApiError::Unavailable { message, .. } => ("unavailable", message.clone()),
+            ApiError::Timeout(after) => (
+                "timeout",
+                format!("the request body did not arrive within {after:?}"),
+            ),
         }
     }
 

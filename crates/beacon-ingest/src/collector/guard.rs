@@ -103,7 +103,7 @@ mod tests {
     /// An ingest handler with a bug after it has read its input: what the
     /// guard exists for. (No real handler may panic on input; this one must.)
     async fn buggy(Extension(slot): Extension<RawSlot>, headers: HeaderMap, raw: Body) -> Response {
-        let read = body::read_body(&headers, raw, 1 << 20, &slot).await;
+        let read = body::read_body(&headers, raw, &CollectorSettings::default(), &slot).await;
         panic!("bug after reading {:?} bytes", read.map(|r| r.len()).ok());
     }
 

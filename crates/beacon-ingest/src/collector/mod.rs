@@ -27,7 +27,7 @@ use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Site, parse_body};
+use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Secret, Site, parse_body};
 use beacon_nats::{PublishFailed, RejectRecord, Salts};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -61,6 +61,14 @@ pub struct CollectorSettings {
     /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
     /// believed; from any other peer the socket address is the client's.
     pub trusted_proxies: Vec<String>,
+    /// Longest a client may take to send a request's headers; then the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body; then it is answered
+    /// 408 and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl CollectorSettings {
@@ -81,6 +89,8 @@ impl Default for CollectorSettings {
             retry_after: Duration::from_secs(2),
             cors_origins: vec!["*".to_owned()],
             trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -101,9 +111,9 @@ pub struct Collector {
     client: async_nats::Client,
     settings: CollectorSettings,
     partitions: u32,
-    keys: HashMap<String, WriteKey>,
+    keys: HashMap<Secret, WriteKey>,
     /// Plausible `domain` → the site's id and the write key its events count against.
-    domains: HashMap<String, (String, String)>,
+    domains: HashMap<String, (String, Secret)>,
     /// Daily salts for Plausible visitor ids, shared with every collector.
     salts: Salts,
     in_flight: Semaphore,
@@ -235,15 +245,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::metrics::handle();
+    let header_read_timeout = collector.settings.header_read_timeout;
     let app = Arc::new(collector).router().merge(extra).layer(
         tower_http::catch_panic::CatchPanicLayer::custom(panic_response),
     );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    crate::serve::serve(listener, app, header_read_timeout, shutdown).await
 }
 
 async fn readyz(State(c): State<Arc<Collector>>) -> Response {
@@ -259,7 +265,7 @@ async fn post_events(
 ) -> Result<Response, ApiError> {
     let received_at = Utc::now();
     let header_key = bearer_key(&headers);
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
+    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
         Ok(raw) => raw,
         // Unreadable bodies are kept as far as they were read (none, when too large).
         Err(e) => return Err(refuse(&c, e, b"", None, received_at).await),

@@ -29,7 +29,7 @@ pub async fn event(
         received_at,
         headers: &headers,
     };
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
+    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
         Ok(raw) => raw,
         Err(e) => return compat.refuse(&c, e, b"").await,
     };
@@ -67,5 +67,7 @@ pub async fn event(
         plausible::translate(event, visitor.clone())
     });
     // Plausible's promise: the address is hashed, never stored.
-    compat.submit(&c, Some(key), translated, &raw, None).await
+    compat
+        .submit(&c, Some(key.expose()), translated, &raw, None)
+        .await
 }

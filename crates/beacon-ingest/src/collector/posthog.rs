@@ -49,7 +49,7 @@ pub async fn capture(
     let raw = if method == Method::GET {
         Bytes::from(query.get("data").cloned().unwrap_or_default())
     } else {
-        match body::read_body(&headers, body, limit, &slot).await {
+        match body::read_body(&headers, body, &c.settings, &slot).await {
             Ok(raw) => raw,
             Err(e) => return request.refuse(&c, e, b"").await,
         }

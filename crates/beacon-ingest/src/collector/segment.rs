@@ -40,7 +40,7 @@ pub async fn calls(
         received_at: Utc::now(),
         headers: &headers,
     };
-    let raw = match body::read_body(&headers, body, c.settings.max_body_bytes, &slot).await {
+    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
         Ok(raw) => raw,
         Err(e) => return request.refuse(&c, e, b"").await,
     };

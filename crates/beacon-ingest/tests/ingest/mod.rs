@@ -3,6 +3,7 @@ mod compat;
 mod hardening;
 mod normalizer;
 mod provisioning;
+mod runtime;
 mod sdk;
 mod server;
 mod support;

@@ -18,6 +18,7 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_EVENTS: created",
             "BEACON_INGEST: created",
             "BEACON_REJECTS: created",
+            "BEACON_REJECTS_UNAUTH: created",
             "BEACON_ROLLUPS: created"
         ]
     );
@@ -28,6 +29,7 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_EVENTS: up to date",
             "BEACON_INGEST: up to date",
             "BEACON_REJECTS: up to date",
+            "BEACON_REJECTS_UNAUTH: up to date",
             "BEACON_ROLLUPS: up to date"
         ]
     );

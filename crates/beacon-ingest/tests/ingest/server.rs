@@ -109,12 +109,12 @@ async fn nkey_credentials_are_passed_through() {
     .expect("config");
     let nats = secured(&["--config", config.to_str().expect("utf-8 path")]).await;
     let good = NatsConfig {
-        nkey_seed: Some(user.seed().expect("seed")),
+        nkey_seed: Some(user.seed().expect("seed").into()),
         ..nats.nats_config()
     };
     usable(&good).await.expect("nkey accepted");
     let stranger = NatsConfig {
-        nkey_seed: Some(other.seed().expect("seed")),
+        nkey_seed: Some(other.seed().expect("seed").into()),
         ..nats.nats_config()
     };
     assert!(usable(&stranger).await.is_err());

@@ -209,9 +209,16 @@ pub async fn events(js: &jetstream::Context) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every stored reject: those of known sites, then the unauthenticated ones.
+pub async fn all_rejects(js: &jetstream::Context) -> Vec<StreamMessage> {
+    let mut all = messages(js, beacon_nats::REJECTS_STREAM).await;
+    all.extend(messages(js, beacon_nats::UNAUTH_REJECTS_STREAM).await);
+    all
+}
+
 /// The reason header of every stored reject.
 pub async fn reject_reasons(js: &jetstream::Context) -> Vec<String> {
-    messages(js, beacon_nats::REJECTS_STREAM)
+    all_rejects(js)
         .await
         .iter()
         .filter_map(|m| {
@@ -224,7 +231,7 @@ pub async fn reject_reasons(js: &jetstream::Context) -> Vec<String> {
 
 /// Every stored reject as (reason, payload as text).
 pub async fn rejects(js: &jetstream::Context) -> Vec<(String, String)> {
-    messages(js, beacon_nats::REJECTS_STREAM)
+    all_rejects(js)
         .await
         .iter()
         .map(|m| {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use beacon_core::event::Event;
-use beacon_core::rollup::Granularity;
+use beacon_rollup::Granularity;
 use beacon_testing::truth::Truth;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use rust_decimal::Decimal;

@@ -7,4 +7,6 @@ mod errors;
 mod hardening;
 mod live;
 mod params;
+mod resilience;
 mod support;
+mod upgrade;

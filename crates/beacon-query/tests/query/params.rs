@@ -4,10 +4,10 @@
 //! arrives, the engine answers or refuses with a 4xx, never panics, and never
 //! builds more than its bounds allow. Bounded case counts keep this quick.
 
-use beacon_core::rollup::View;
 use beacon_query::engine::{self, MAX_LIMIT};
 use beacon_query::service::Request;
 use beacon_query::{Params, QueryError};
+use beacon_rollup::View;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -8,8 +8,8 @@ use async_nats::jetstream;
 use beacon_aggregate::AggregatorSettings;
 use beacon_core::Site;
 use beacon_core::event::Event;
-use beacon_core::rollup::Retention;
 use beacon_query::QueryNode;
+use beacon_rollup::Retention;
 use beacon_testing::TestServer;
 use beacon_testing::truth::{Shape, generate, publish};
 use serde_json::Value;
@@ -31,7 +31,7 @@ pub fn sites() -> Vec<Site> {
     let site = |id: &str, write: &str, read: Vec<&str>| Site {
         id: id.into(),
         write_keys: vec![write.into()],
-        read_keys: read.into_iter().map(String::from).collect(),
+        read_keys: read.into_iter().map(Into::into).collect(),
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],

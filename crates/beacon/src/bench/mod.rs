@@ -80,8 +80,8 @@ fn bench_config(urls: Vec<String>) -> anyhow::Result<Config> {
     config.collector.listen = "127.0.0.1:0".parse()?;
     config.sites = vec![Site {
         id: SITE.to_owned(),
-        write_keys: vec![WRITE_KEY.to_owned()],
-        read_keys: vec![READ_KEY.to_owned()],
+        write_keys: vec![WRITE_KEY.into()],
+        read_keys: vec![READ_KEY.into()],
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
-use beacon_core::rollup::Granularity;
+use beacon_rollup::Granularity;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use clap::Args;

@@ -1,11 +1,14 @@
 //! `beacon simulate`: realistic traffic for a site, sent through the real
 //! ingest paths (HTTP batches to the collector, or JetStream publishes to
 //! `beacon.ingest.<site>`), at a target rate or as fast as possible, and the
-//! exact ground truth of what was accepted.
+//! exact ground truth of what was accepted. With `--shuffle` a share of the
+//! events arrives late, in shuffled batches, as real SDKs and collectors send.
 
 pub mod traffic;
 pub mod truth;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +18,15 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
 use self::traffic::{SimEvent, Traffic};
-use self::truth::{GroundTruth, TruthFile};
+use self::truth::{Figures, GroundTruth, TruthFile, minute_of, utc};
 use crate::config::Config;
+use crate::verify::Api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Via {
@@ -66,6 +73,20 @@ pub struct SimulateArgs {
     /// Write key, for a single site (default: each site's first write key in the config).
     #[arg(long, env = "BEACON_WRITE_KEY")]
     pub key: Option<String>,
+    /// Read key, for a single site, to ask what Beacon counted in the
+    /// simulated period before (default: each site's first read key).
+    #[arg(long, env = "BEACON_READ_KEY")]
+    pub read_key: Option<String>,
+    /// Send out of order: a share of the events (--late-share) arrives up to
+    /// --late-by after its event time, and every batch is shuffled.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// With --shuffle: the share of events that arrive late.
+    #[arg(long, default_value_t = 0.2, requires = "shuffle")]
+    pub late_share: f64,
+    /// With --shuffle: how late, at most, in event time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m", requires = "shuffle")]
+    pub late_by: Duration,
     /// Events per HTTP request.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -85,14 +106,21 @@ pub struct SimulateArgs {
 
 /// What came of sending one batch.
 struct Sent {
-    /// Index in the batch of each event Beacon accepted (or had already).
+    /// Index in the batch of each event Beacon stored for this run: answered
+    /// `accepted`, or `duplicate` after an attempt of ours whose answer was
+    /// lost (that attempt stored it).
     accepted: Vec<usize>,
+    /// Events Beacon had stored before this run sent them.
+    duplicates: Vec<usize>,
     rejected: Vec<(usize, String)>,
 }
 
 pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
     if !(args.rate > 0.0 && args.rate.is_finite()) || args.users == 0 || args.batch == 0 {
         bail!("--rate, --users and --batch must be positive");
+    }
+    if !(0.0..=1.0).contains(&args.late_share) || args.late_by.is_zero() {
+        bail!("--late-share must be between 0 and 1, and --late-by positive");
     }
     let total = match (args.events, args.duration) {
         (Some(n), _) => n,
@@ -116,8 +144,14 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         } else {
             args.sites.clone()
         };
-    let events =
-        Traffic::new(args.seed, args.users, sites.len(), start_ms, args.rate).take(total as usize);
+    let traffic = Traffic::new(args.seed, args.users, sites.len(), start_ms, args.rate);
+    let run = traffic.run().to_owned();
+    // The simulated period, whole minutes: what verify asks about.
+    let range = (
+        minute_of(start_ms),
+        minute_of(traffic.time_of(total.saturating_sub(1))) + 60_000,
+    );
+    let events = in_sending_order(traffic.take(total as usize), &args);
     if let Some(path) = &args.dry_run {
         let events: Vec<SimEvent> = events.collect();
         let mut out = String::new();
@@ -128,7 +162,36 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
             out.push('\n');
         }
         std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
-        return finish(&args, &sites, &events, 0);
+        let before = vec![Figures::default(); sites.len()];
+        return finish(
+            &args,
+            &run,
+            &sites,
+            range,
+            &before,
+            &events,
+            Tally::default(),
+        );
+    }
+
+    // What Beacon already counted in the period, so that verify compares only
+    // what this run adds.
+    let mut before = Vec::with_capacity(sites.len());
+    for site in &sites {
+        let read_key = match &args.read_key {
+            Some(_) if sites.len() > 1 => {
+                bail!(
+                    "--read-key is for one site; with several, each site's key comes from the config"
+                )
+            }
+            key => key.as_deref(),
+        };
+        let api = Api::new(&config, args.url.as_deref(), read_key, site)?;
+        api.wait_counted(Duration::from_secs(60))
+            .await
+            .context("simulate asks the query API (--url) what Beacon counted before it sends")?;
+        let (figures, _) = api.figures(site, &utc(range.0), &utc(range.1)).await?;
+        before.push(figures);
     }
 
     let bar = if args.quiet {
@@ -148,7 +211,8 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let pace = !args.fast;
-    let batches = futures::stream::iter(batches(events, sites.len(), args.batch))
+    let shuffle = args.shuffle.then(|| StdRng::seed_from_u64(args.seed));
+    let batches = futures::stream::iter(batches(events, sites.len(), args.batch, shuffle))
         .map(|(sent_before, batch)| {
             let sender = senders[batch[0].site].clone();
             let due = started + Duration::from_secs_f64(sent_before as f64 / args.rate);
@@ -163,59 +227,85 @@ pub async fn run(config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         .buffered(args.concurrency.max(1));
     futures::pin_mut!(batches);
     let mut accepted = Vec::with_capacity(total as usize);
-    let mut rejected = 0usize;
+    let mut tally = Tally::default();
     while let Some((batch, sent)) = batches.next().await {
         let sent = sent?;
         for (i, reason) in &sent.rejected {
-            rejected += 1;
-            if rejected <= 5 {
+            tally.rejected += 1;
+            if tally.rejected <= 5 {
                 bar.println(format!("rejected {}: {reason}", batch[*i].id));
             }
         }
+        tally.duplicates += sent.duplicates.len();
         bar.inc(batch.len() as u64);
         accepted.extend(sent.accepted.into_iter().map(|i| batch[i].clone()));
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "sent {total} events via {:?} in {seconds:.1} s ({:.0} events/s): {} accepted, {rejected} rejected",
+        "sent {total} events via {:?} in {seconds:.1} s ({:.0} events/s): {} accepted, {} duplicates, {} rejected",
         args.via,
         total as f64 / seconds.max(1e-9),
         accepted.len(),
+        tally.duplicates,
+        tally.rejected,
     );
-    // Sent out of order across sites and batches: the truth takes them in event order.
-    accepted.sort_by_key(|e| (e.ts_ms, e.id.clone()));
-    finish(&args, &sites, &accepted, rejected)
+    if tally.duplicates > 0 {
+        eprintln!(
+            "{} events were stored before this run (the same --seed and --start again?): \
+             left out of the truth, which counts what this run added",
+            tally.duplicates
+        );
+    }
+    finish(&args, &run, &sites, range, &before, &accepted, tally)
+}
+
+/// Events that were not stored as this run's own.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    duplicates: usize,
+    rejected: usize,
 }
 
 fn finish(
     args: &SimulateArgs,
+    run: &str,
     sites: &[String],
-    events: &[SimEvent],
-    rejected: usize,
+    range: (i64, i64),
+    before: &[Figures],
+    accepted: &[SimEvent],
+    tally: Tally,
 ) -> anyhow::Result<()> {
     let file = TruthFile {
         seed: args.seed,
+        run: run.to_owned(),
         sites: sites
             .iter()
+            .zip(before)
             .enumerate()
-            .map(|(i, site)| {
-                let of_site: Vec<&SimEvent> = events.iter().filter(|e| e.site == i).collect();
-                GroundTruth::of(site, &of_site)
+            .map(|(i, (site, before))| {
+                let of_site: Vec<&SimEvent> = accepted.iter().filter(|e| e.site == i).collect();
+                GroundTruth {
+                    site: site.clone(),
+                    from: utc(range.0),
+                    to: utc(range.1),
+                    sent: Figures::of(&of_site),
+                    before: before.clone(),
+                }
             })
             .collect(),
     };
     for truth in &file.sites {
+        let sent = &truth.sent;
         println!(
             "site {}  events {}  users {}  pageviews {}  sessions {}  bounces {}  revenue {}  from {} to {}",
             truth.site,
-            truth.events,
-            truth.unique_users,
-            truth.pageviews,
-            truth.sessions,
-            truth.bounces,
-            truth
-                .revenue
+            sent.events,
+            sent.unique_users,
+            sent.pageviews,
+            sent.sessions,
+            sent.bounces,
+            sent.revenue
                 .iter()
                 .map(|(c, a)| format!("{a} {c}"))
                 .collect::<Vec<_>>()
@@ -230,10 +320,75 @@ fn finish(
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("ground truth written to {}", path.display());
     }
-    if rejected > 0 {
-        bail!("{rejected} events were rejected (left out of the truth)");
+    if tally.rejected > 0 {
+        bail!(
+            "{} events were rejected (left out of the truth)",
+            tally.rejected
+        );
     }
     Ok(())
+}
+
+/// The events in the order they are sent: as generated, or with `--shuffle`
+/// a share of them held back until up to `--late-by` of event time has
+/// passed after their own (then batches are shuffled too, in `batches`).
+fn in_sending_order(
+    events: impl Iterator<Item = SimEvent>,
+    args: &SimulateArgs,
+) -> impl Iterator<Item = SimEvent> {
+    /// An event held back, due when the generated events reach `due`.
+    struct Late {
+        due: i64,
+        n: u64,
+        event: SimEvent,
+    }
+    impl PartialEq for Late {
+        fn eq(&self, other: &Self) -> bool {
+            (self.due, self.n) == (other.due, other.n)
+        }
+    }
+    impl Eq for Late {}
+    impl PartialOrd for Late {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Late {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            (self.due, self.n).cmp(&(other.due, other.n))
+        }
+    }
+
+    let share = if args.shuffle { args.late_share } else { 0.0 };
+    let late_by = i64::try_from(args.late_by.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    // Its own stream of randomness, so the events themselves do not change.
+    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed_1a7e);
+    let mut events = events.peekable();
+    let mut held: BinaryHeap<Reverse<Late>> = BinaryHeap::new();
+    let mut n = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let now = events.peek().map(|e| e.ts_ms);
+            if let Some(Reverse(first)) = held.peek()
+                && now.is_none_or(|t| first.due <= t)
+            {
+                return held.pop().map(|Reverse(late)| late.event);
+            }
+            let event = events.next()?;
+            if share > 0.0 && rng.random_bool(share) {
+                n += 1;
+                held.push(Reverse(Late {
+                    due: event.ts_ms.saturating_add(rng.random_range(1..=late_by)),
+                    n,
+                    event,
+                }));
+                continue;
+            }
+            return Some(event);
+        }
+    })
 }
 
 /// Batches of at most `n` events of one site each, in the order their last
@@ -243,11 +398,12 @@ fn batches(
     events: impl Iterator<Item = SimEvent>,
     sites: usize,
     n: usize,
+    mut shuffle: Option<StdRng>,
 ) -> impl Iterator<Item = (usize, Vec<SimEvent>)> {
     let mut events = events.into_iter();
     let mut open: Vec<Vec<SimEvent>> = vec![Vec::new(); sites.max(1)];
     let mut generated = 0;
-    std::iter::from_fn(move || {
+    let mut next = move || {
         for e in events.by_ref() {
             generated += 1;
             let site = e.site;
@@ -259,6 +415,13 @@ fn batches(
         // The rest of each site's events, once all are generated.
         let site = open.iter().position(|b| !b.is_empty())?;
         Some((generated, std::mem::take(&mut open[site])))
+    };
+    std::iter::from_fn(move || {
+        let (generated, mut batch) = next()?;
+        if let Some(rng) = &mut shuffle {
+            batch.shuffle(rng);
+        }
+        Some((generated, batch))
     })
 }
 
@@ -296,7 +459,7 @@ impl Sender {
                         .sites
                         .iter()
                         .find(|s| s.id == site)
-                        .and_then(|s| s.write_keys.first().cloned())
+                        .and_then(|s| s.write_keys.first().map(|k| k.expose().to_owned()))
                         .with_context(|| format!("no write key for site {site:?}: pass --key"))?,
                 };
                 let url = crate::send::collector_url(config, args.url.as_deref());
@@ -324,7 +487,7 @@ impl Sender {
     async fn send(&self, batch: &[SimEvent]) -> anyhow::Result<Sent> {
         let mut delay = Duration::from_millis(100);
         for attempt in 0.. {
-            match self.try_send(batch).await {
+            match self.try_send(batch, attempt > 0).await {
                 Ok(sent) => return Ok(sent),
                 Err(e) if attempt < 20 => {
                     tracing::debug!(error = %e, "retrying a batch");
@@ -337,7 +500,22 @@ impl Sender {
         unreachable!("the loop returns")
     }
 
-    async fn try_send(&self, batch: &[SimEvent]) -> anyhow::Result<Sent> {
+    /// One attempt. On a `retry`, a duplicate is an event our failed attempt
+    /// stored (the ids are this run's), so it counts as accepted, as Beacon's
+    /// own publisher counts it.
+    async fn try_send(&self, batch: &[SimEvent], retry: bool) -> anyhow::Result<Sent> {
+        let mut sent = Sent {
+            accepted: Vec::new(),
+            duplicates: Vec::new(),
+            rejected: Vec::new(),
+        };
+        let mut stored = |i: usize, duplicate: bool| {
+            if duplicate && !retry {
+                sent.duplicates.push(i);
+            } else {
+                sent.accepted.push(i);
+            }
+        };
         match self {
             Sender::Http {
                 client,
@@ -360,17 +538,22 @@ impl Sender {
                 if !status.is_success() && answer["results"].is_null() {
                     bail!("the collector answered {status}: {answer}");
                 }
-                let mut sent = Sent {
-                    accepted: Vec::new(),
-                    rejected: Vec::new(),
-                };
+                let mut rejected = Vec::new();
                 for result in answer["results"].as_array().into_iter().flatten() {
-                    let i = result["index"].as_u64().unwrap_or(0) as usize;
+                    let Some(i) = result["index"]
+                        .as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .filter(|i| *i < batch.len())
+                    else {
+                        bail!("the collector answered a result without a valid index: {result}");
+                    };
                     match result["status"].as_str() {
-                        Some("accepted" | "duplicate") => sent.accepted.push(i),
-                        _ => sent.rejected.push((i, result["message"].to_string())),
+                        Some("accepted") => stored(i, false),
+                        Some("duplicate") => stored(i, true),
+                        _ => rejected.push((i, result["message"].to_string())),
                     }
                 }
+                sent.rejected = rejected;
                 Ok(sent)
             }
             Sender::Nats { js, subject } => {
@@ -384,13 +567,10 @@ impl Sender {
                             .await?,
                     );
                 }
-                for ack in acks {
-                    ack.await?;
+                for (i, ack) in acks.into_iter().enumerate() {
+                    stored(i, ack.await?.duplicate);
                 }
-                Ok(Sent {
-                    accepted: (0..batch.len()).collect(),
-                    rejected: Vec::new(),
-                })
+                Ok(sent)
             }
         }
     }

@@ -188,7 +188,8 @@ struct Visitor {
 /// Generates events in time order.
 pub struct Traffic {
     rng: StdRng,
-    seed: u64,
+    /// Names the run's events and users, see [`run_id`].
+    run: String,
     visitors: Vec<Visitor>,
     pages: Vec<String>,
     /// Cumulative Zipf weights over `pages`.
@@ -199,6 +200,14 @@ pub struct Traffic {
     /// Milliseconds of simulated time per event, ×1000 (for sub-ms spacing).
     step_micros: i64,
     n: u64,
+}
+
+/// What names one run's events (`sim-<run>-<n>`) and users (`<run>-u<n>`):
+/// the seed and the start. A second run with another seed or start sends
+/// new events of new visitors, so it neither dedupes against nor joins the
+/// sessions of an earlier one; the same seed and start repeat a run exactly.
+pub fn run_id(seed: u64, start_ms: i64) -> String {
+    format!("{seed}-{start_ms}")
 }
 
 impl Traffic {
@@ -229,7 +238,7 @@ impl Traffic {
         let concurrent = ((rate * 20.0) as usize).clamp(1, (users / 2).max(1));
         Traffic {
             rng,
-            seed,
+            run: run_id(seed, start_ms),
             busy: vec![false; users.max(1)],
             visitors,
             pages,
@@ -315,10 +324,19 @@ impl Traffic {
         }
     }
 
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// The time of the `n`-th event (from 0).
+    pub fn time_of(&self, n: u64) -> i64 {
+        self.start_ms + (n as i64 * self.step_micros) / 1000
+    }
+
     /// The next event, and whether its visit ended with it.
     fn step(&mut self, slot: usize) -> (SimEvent, bool) {
-        let ts_ms = self.start_ms + (self.n as i64 * self.step_micros) / 1000;
-        let id = format!("sim-{}-{}", self.seed, self.n);
+        let ts_ms = self.time_of(self.n);
+        let id = format!("sim-{}-{}", self.run, self.n);
         self.n += 1;
         let next_page = self.zipf_page();
         let visit = &mut self.active[slot];
@@ -327,7 +345,7 @@ impl Traffic {
             site: visitor.site,
             id,
             name: "pageview",
-            user: format!("u{}", visit.user),
+            user: format!("{}-u{}", self.run, visit.user),
             ts_ms,
             path: visit.page.clone(),
             props: Vec::new(),
@@ -414,6 +432,16 @@ mod tests {
             .take(2_000)
             .collect();
         assert_ne!(a, c);
+        // Another seed or start: other visitors, so sessions never collide.
+        let user = |e: &SimEvent| e.user.clone();
+        assert!(c.iter().map(user).all(|u| !a.iter().any(|e| e.user == u)));
+        let d: Vec<SimEvent> = Traffic::new(7, 500, 1, 1_790_000_060_000, 50.0)
+            .take(10)
+            .collect();
+        assert!(
+            d.iter()
+                .all(|e| !a.iter().any(|f| f.user == e.user || f.id == e.id))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use beacon_core::rollup::Granularity;
+use beacon_rollup::Granularity;
 use beacon_testing::TestServer;
 use beacon_testing::truth::{Shape, Truth, generate, publish};
 use nix::sys::signal::{Signal, kill};

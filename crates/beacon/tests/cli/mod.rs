@@ -1,6 +1,9 @@
 mod bench;
 mod chaos;
+mod cluster;
 mod crash;
+mod local_server;
 mod process;
+mod replay;
 mod simulate;
 mod up;

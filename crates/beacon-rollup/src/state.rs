@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::bucket::{Granularity, Retention};
 use super::cell::{Cell, CellDelta, CellKey, DIMENSIONS, user_hash};
 use super::session::{UserSession, advance};
-use crate::event::Event;
+use crate::tally::Tally;
+use beacon_core::event::Event;
 
 /// The key a user's session is kept under: 64 bits of XXH3 over site and user
 /// key. A collision (about one in 10^10 for a million users) would merge two
@@ -366,7 +367,7 @@ mod tests {
     use rust_decimal::Decimal;
 
     use super::*;
-    use crate::event::{Context, Revenue};
+    use beacon_core::event::{Context, Revenue};
 
     const NOW: i64 = 1_790_000_000_000;
 

@@ -15,6 +15,7 @@ use datasketches::hll::{HllSketch, HllType, HllUnion};
 use super::bucket::Granularity;
 use super::cell::{CellKey, Counters, HLL_LG_K, new_sketch};
 use super::state::{Delta, PartitionState};
+use crate::tally::Tally;
 
 /// One bucket of one site, over every partition.
 #[derive(Debug, Clone)]
@@ -230,8 +231,8 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::event::{Context, Event};
-    use crate::rollup::{RollupSettings, Working};
+    use crate::{RollupSettings, Working};
+    use beacon_core::event::{Context, Event};
 
     const NOW: i64 = 1_790_000_000_000;
 

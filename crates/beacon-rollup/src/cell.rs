@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bounded::Bounded;
 use super::bucket::Granularity;
-use crate::event::Event;
+use crate::tally::Tally;
+use crate::tally_fields;
+use beacon_core::event::Event;
 
 /// HyperLogLog precision: 2^14 registers, a relative standard error of 0.8%.
 pub const HLL_LG_K: u8 = 14;
@@ -97,18 +99,17 @@ pub struct SessionCounters {
     pub exits: Bounded,
 }
 
-impl SessionCounters {
-    pub fn merge(&mut self, other: &SessionCounters) {
-        self.started += other.started;
-        self.bounces += other.bounces;
-        self.duration_ms += other.duration_ms;
-        self.pageviews += other.pageviews;
-        self.entries.merge(&other.entries);
-        self.exits.merge(&other.exits);
-    }
-}
+tally_fields!(SessionCounters {
+    started,
+    bounces,
+    duration_ms,
+    pageviews,
+    entries,
+    exits
+});
 
 /// The additive figures of a cell: a committed total or a delta to add to one.
+/// Every field is a [`Tally`], listed once below the struct.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Events by name.
@@ -118,98 +119,35 @@ pub struct Counters {
     pub revenue: BTreeMap<String, Decimal>,
     /// Events by each [`Dimension`], in [`DIMENSIONS`] order.
     pub dims: [Bounded; 6],
-    /// Events by name × each dimension, sorted by name (a vector for the same
-    /// reason as [`Bounded`]). Kept in hour and day buckets only.
-    pub by_name: Vec<(String, [Bounded; 6])>,
+    /// Events by name × each dimension. Kept in hour and day buckets only.
+    pub by_name: ByName,
     pub sessions: SessionCounters,
 }
 
+tally_fields!(Counters {
+    events,
+    pageviews,
+    revenue,
+    dims,
+    by_name,
+    sessions
+} after truncate Counters::bound_names);
+
 impl Counters {
-    pub fn merge(&mut self, other: &Counters) {
-        self.events.merge(&other.events);
-        self.pageviews += other.pageviews;
-        for (currency, amount) in &other.revenue {
-            let sum = self.revenue.entry(currency.clone()).or_default();
-            // Amounts are bounded at ingest; saturating keeps even absurd totals from panicking.
-            *sum = sum.saturating_add(*amount);
-        }
-        merge_dims(&mut self.dims, &other.dims);
-        for (name, dims) in &other.by_name {
-            merge_dims(self.name_dims_mut(name), dims);
-        }
-        self.sessions.merge(&other.sessions);
-    }
-
-    /// Add (`sign` 1) or take away (`sign` -1) `other`, exactly and key by
-    /// key: a merged view stays the sum of its partitions' cells when one of
-    /// them changes by taking the old cell away and adding the new one.
-    pub fn shift(&mut self, other: &Counters, sign: i64) {
-        self.events.shift(&other.events, sign);
-        self.pageviews += sign * other.pageviews;
-        for (currency, amount) in &other.revenue {
-            let sum = self.revenue.entry(currency.clone()).or_default();
-            *sum = if sign < 0 {
-                sum.saturating_sub(*amount)
-            } else {
-                sum.saturating_add(*amount)
-            };
-        }
-        for (a, b) in self.dims.iter_mut().zip(&other.dims) {
-            a.shift(b, sign);
-        }
-        for (name, dims) in &other.by_name {
-            for (a, b) in self.name_dims_mut(name).iter_mut().zip(dims) {
-                a.shift(b, sign);
-            }
-        }
-        let (s, o) = (&mut self.sessions, &other.sessions);
-        s.started += sign * o.started;
-        s.bounces += sign * o.bounces;
-        s.duration_ms += sign * o.duration_ms;
-        s.pageviews += sign * o.pageviews;
-        s.entries.shift(&o.entries, sign);
-        s.exits.shift(&o.exits, sign);
-    }
-
-    /// Drop every key counted zero times (after [`Counters::shift`]).
-    pub fn drop_zeros(&mut self) {
-        self.events.drop_zeros();
-        self.revenue.retain(|_, a| !a.is_zero());
-        for d in &mut self.dims {
-            d.drop_zeros();
-        }
-        for (_, dims) in &mut self.by_name {
-            for d in dims.iter_mut() {
-                d.drop_zeros();
-            }
-        }
-        self.by_name
-            .retain(|(_, dims)| dims.iter().any(|d| !d.is_empty()));
-        self.sessions.entries.drop_zeros();
-        self.sessions.exits.drop_zeros();
-    }
-
-    /// Bound every map to `top_n` keys. Names beyond the kept ones have their
-    /// per-dimension counts folded under `(other)` too.
-    pub fn truncate(&mut self, top_n: usize) {
-        self.events.truncate(top_n);
-        for dims in &mut self.dims {
-            dims.truncate(top_n);
-        }
-        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.by_name)
+    /// Names beyond the ones [`Counters::events`] kept have their
+    /// per-dimension counts folded under `(other)` too; then each name's
+    /// dimensions are bounded.
+    fn bound_names(&mut self, top_n: usize) {
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.by_name.0)
             .into_iter()
             .partition(|(n, _)| n == super::OTHER || self.events.get(n) != 0);
-        self.by_name = kept;
+        self.by_name.0 = kept;
         for (_, dims) in dropped {
-            merge_dims(self.name_dims_mut(super::OTHER), &dims);
+            self.by_name.dims_mut(super::OTHER).merge(&dims);
         }
-        for (_, dims) in &mut self.by_name {
-            for d in dims.iter_mut() {
-                d.truncate(top_n);
-            }
+        for (_, dims) in &mut self.by_name.0 {
+            dims.truncate(top_n);
         }
-        self.sessions.entries.truncate(top_n);
-        self.sessions.exits.truncate(top_n);
     }
 
     pub fn total_events(&self) -> i64 {
@@ -218,43 +156,76 @@ impl Counters {
 
     /// The per-dimension counts of events named `name`, if any.
     pub fn name_dims(&self, name: &str) -> Option<&[Bounded; 6]> {
-        self.by_name
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.by_name[i].1)
+        self.by_name.dims(name)
     }
 
     pub fn name_dims_mut(&mut self, name: &str) -> &mut [Bounded; 6] {
-        let i = match self.by_name.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.by_name
-                    .insert(i, (name.to_owned(), Default::default()));
-                i
-            }
-        };
-        &mut self.by_name[i].1
-    }
-
-    fn approx_bytes(&self) -> usize {
-        let dims: usize = self.dims.iter().map(Bounded::approx_bytes).sum();
-        let by_name: usize = self
-            .by_name
-            .iter()
-            .map(|(n, d)| n.len() + 48 + d.iter().map(Bounded::approx_bytes).sum::<usize>())
-            .sum();
-        self.events.approx_bytes()
-            + dims
-            + by_name
-            + self.sessions.entries.approx_bytes()
-            + self.sessions.exits.approx_bytes()
-            + 64 * self.revenue.len()
+        self.by_name.dims_mut(name)
     }
 }
 
-fn merge_dims(into: &mut [Bounded; 6], from: &[Bounded; 6]) {
-    for (a, b) in into.iter_mut().zip(from) {
-        a.merge(b);
+/// Events by name × each dimension, sorted by name (a vector for the same
+/// reason as [`Bounded`]). Names are bounded by [`Counters::events`], so its
+/// own truncation bounds nothing (see `Counters::bound_names`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ByName(Vec<(String, [Bounded; 6])>);
+
+impl ByName {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Bounded; 6])> {
+        self.0.iter().map(|(n, d)| (n.as_str(), d))
+    }
+
+    pub fn dims(&self, name: &str) -> Option<&[Bounded; 6]> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn dims_mut(&mut self, name: &str) -> &mut [Bounded; 6] {
+        let i = match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (name.to_owned(), Default::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
+impl From<Vec<(String, [Bounded; 6])>> for ByName {
+    fn from(mut names: Vec<(String, [Bounded; 6])>) -> Self {
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        ByName(names)
+    }
+}
+
+impl Tally for ByName {
+    fn merge(&mut self, other: &Self) {
+        for (name, dims) in &other.0 {
+            self.dims_mut(name).merge(dims);
+        }
+    }
+    fn shift(&mut self, other: &Self, sign: i64) {
+        for (name, dims) in &other.0 {
+            self.dims_mut(name).shift(dims, sign);
+        }
+    }
+    fn drop_zeros(&mut self) {
+        for (_, dims) in &mut self.0 {
+            dims.drop_zeros();
+        }
+        self.0
+            .retain(|(_, dims)| dims.iter().any(|d| !d.is_empty()));
+    }
+    fn truncate(&mut self, _: usize) {}
+    fn approx_bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(n, d)| n.len() + 48 + d.approx_bytes())
+            .sum()
     }
 }
 

@@ -1,5 +1,9 @@
-//! Rollups: what the aggregators keep per partition, and the one way that state
-//! changes. An owner turns events into a [`Delta`] (the *outcome* of a batch of
+//! Rollups: what the aggregators keep per partition, the one way that state
+//! changes, the merged view readers answer from, and the versioned format the
+//! rollup log stores them in ([`record`]). No I/O: the aggregators (`beacon-aggregate`)
+//! and the query nodes (`beacon-query`) both build on it.
+//!
+//! An owner turns events into a [`Delta`] (the *outcome* of a batch of
 //! events: counter increments, sketch inputs, new session states), commits the
 //! delta together with the stream sequence it reached, and only then applies
 //! it with [`PartitionState::apply`]. Recovery folds the same deltas with the
@@ -9,13 +13,18 @@
 pub mod bounded;
 pub mod bucket;
 pub mod cell;
+pub mod record;
 pub mod session;
 pub mod state;
+pub mod tally;
 pub mod view;
 
 pub use bounded::{Bounded, OTHER};
 pub use bucket::{Granularity, Retention};
-pub use cell::{Cell, CellDelta, CellKey, Counters, DIMENSIONS, Dimension, SessionCounters};
+pub use cell::{
+    ByName, Cell, CellDelta, CellKey, Counters, DIMENSIONS, Dimension, SessionCounters,
+};
 pub use session::UserSession;
 pub use state::{Delta, Outcome, PAGEVIEW, PartitionState, RollupSettings, Working};
+pub use tally::Tally;
 pub use view::View;

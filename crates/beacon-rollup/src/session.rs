@@ -79,6 +79,7 @@ pub fn advance(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tally::Tally;
 
     const MIN: i64 = 60_000;
 

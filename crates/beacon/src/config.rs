@@ -184,7 +184,7 @@ mod tests {
         let path = dir.path().join("beacon.toml");
         std::fs::write(
             &path,
-            "[streams]\npartitions = 0\n[[sites]]\nid = \"Bad Site\"\nwrite_keys = [\"short\"]\n",
+            "[streams]\npartitions = 0\n[collector]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.local\"]\n[[sites]]\nid = \"Bad Site\"\nwrite_keys = [\"short\"]\n",
         )
         .expect("write config");
         let err = load(&Overrides {
@@ -195,6 +195,7 @@ mod tests {
         assert!(err.contains("partitions"), "{err}");
         assert!(err.contains("not a valid site id"), "{err}");
         assert!(err.contains("at least 16"), "{err}");
+        assert!(err.contains("trusted_proxies: \"lb.local\""), "{err}");
     }
 
     #[test]

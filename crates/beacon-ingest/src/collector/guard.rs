@@ -1,7 +1,8 @@
 //! The last line of defence on ingest routes: a panic while handling a
 //! request answers 500 `internal_error` and records the input in
-//! `BEACON_REJECTS`, so the sender hears what happened and an operator can
-//! replay the input that hit the bug. No panic should be reachable from input
+//! `BEACON_REJECTS_UNAUTH` (the guard cannot know whether the request's key
+//! was checked, so no site vouches for it), so the sender hears what happened
+//! and an operator can replay the input that hit the bug. No panic should be reachable from input
 //! in the first place; this bounds the damage of one that is.
 
 use std::any::Any;
@@ -55,7 +56,7 @@ pub(crate) async fn record_panics(
             metrics::counter!(crate::metrics::PANICS).increment(1);
             let error = ApiError::from_rejection(Rejection::new(
                 Reason::InternalError,
-                "Beacon failed while handling this input (a bug); it is kept in BEACON_REJECTS",
+                "Beacon failed while handling this input (a bug); it is kept in BEACON_REJECTS_UNAUTH",
             ));
             refuse(&c, error, &slot.take(), None, received_at)
                 .await
@@ -93,7 +94,7 @@ mod tests {
     use axum::http::HeaderMap;
     use axum::routing::post;
     use beacon_core::Limits;
-    use beacon_nats::{Publisher, REJECTS_STREAM, RetryPolicy};
+    use beacon_nats::{Publisher, RetryPolicy, UNAUTH_REJECTS_STREAM};
     use beacon_testing::TestServer;
 
     use super::*;
@@ -142,7 +143,7 @@ mod tests {
         let body: serde_json::Value = answer.json().await.expect("JSON");
         assert_eq!(body["error"]["reason"], "internal_error", "{body}");
 
-        let stream = js.get_stream(REJECTS_STREAM).await.expect("stream");
+        let stream = js.get_stream(UNAUTH_REJECTS_STREAM).await.expect("stream");
         let kept = stream
             .get_raw_message(1)
             .await

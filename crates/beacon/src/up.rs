@@ -64,6 +64,7 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     if let Some(server) = &local {
         tokio::spawn(supervise(server.clone(), shutdown));
     }
+    let signal = services::signal();
     print_banner(
         &config,
         running.collector_addr,
@@ -73,7 +74,7 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
             .or(Some(&data_dir.join(config::CONFIG_FILE))),
     );
 
-    let result = running.run_until(stop, services::signal()).await;
+    let result = running.run_until(stop, signal).await;
     if let Some(server) = local {
         server.lock().await.stop().await;
         let _ = std::fs::remove_file(data_dir.join(NATS_URL_FILE));

@@ -137,23 +137,30 @@ pub fn arrive_late(events: &mut [Event], seed: u64, late_fraction: f64, max_dela
 
 /// Publish `events` to `BEACON_EVENTS` on their subjects with their dedupe ids;
 /// returns the last stream sequence of each partition.
+/// Publish one event as the pipeline stores it (its subject, its dedupe id);
+/// the ack is the caller's to await.
+pub async fn send(
+    js: &async_nats::jetstream::Context,
+    e: &Event,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError>
+{
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", e.dedupe_id().as_str());
+    let payload = serde_json::to_vec(e).expect("serialize");
+    js.publish_with_headers(
+        event_subject(e.partition, &e.site, &e.name),
+        headers,
+        payload.into(),
+    )
+    .await
+}
+
 pub async fn publish(js: &async_nats::jetstream::Context, events: &[Event]) -> BTreeMap<u32, u64> {
     let mut last = BTreeMap::new();
     for chunk in events.chunks(2000) {
         let mut acks = Vec::with_capacity(chunk.len());
         for e in chunk {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.dedupe_id().as_str());
-            let payload = serde_json::to_vec(e).expect("serialize");
-            let ack = js
-                .publish_with_headers(
-                    event_subject(e.partition, &e.site, &e.name),
-                    headers,
-                    payload.into(),
-                )
-                .await
-                .expect("publish");
-            acks.push((e.partition, ack));
+            acks.push((e.partition, send(js, e).await.expect("publish")));
         }
         for (p, ack) in acks {
             let seq = ack.await.expect("stored").sequence;

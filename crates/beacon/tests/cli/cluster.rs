@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use beacon_core::Event;
-use beacon_core::subject::event_subject;
 use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use beacon_rollup::Granularity;
 use beacon_testing::TestCluster;
@@ -95,16 +94,7 @@ async fn publish_stored(js: &async_nats::jetstream::Context, events: &[Event]) {
     while !pending.is_empty() {
         let mut sent = Vec::with_capacity(pending.len());
         for e in &pending {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.dedupe_id().as_str());
-            let payload = serde_json::to_vec(e).expect("serialize");
-            let ack = js
-                .publish_with_headers(
-                    event_subject(e.partition, &e.site, &e.name),
-                    headers,
-                    payload.into(),
-                )
-                .await;
+            let ack = beacon_testing::truth::send(js, e).await;
             sent.push(async move {
                 match ack {
                     Ok(ack) => ack.await.is_ok(),

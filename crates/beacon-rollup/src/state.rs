@@ -2,7 +2,7 @@
 //! working view that turns events into the next delta.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -183,6 +183,29 @@ impl PartitionState {
         self.applied += delta.applied;
         self.newest_received_ms = self.newest_received_ms.max(delta.newest_received_ms);
         self.newest_event_ms = self.newest_event_ms.max(delta.newest_event_ms);
+    }
+
+    /// Replace what `sites` have in this state by what `replayed` (a count of
+    /// only their events, at the same `through_seq`) has: their cells, and
+    /// their remembered sessions. Session keys do not say their site, so the
+    /// caller names every key of theirs this state may hold (`theirs`). The
+    /// other sites' cells and sessions, and the partition-wide figures, stay.
+    pub fn replace_sites(
+        &mut self,
+        sites: &[String],
+        theirs: &HashSet<u64>,
+        replayed: PartitionState,
+    ) {
+        self.cells.retain(|key, _| !sites.contains(&key.site));
+        self.users.retain(|user, _| !theirs.contains(user));
+        for (c, r) in self.cutoffs.iter_mut().zip(replayed.cutoffs) {
+            *c = (*c).max(r);
+        }
+        let cutoffs = self.cutoffs;
+        self.cells.extend(replayed.cells);
+        self.cells
+            .retain(|key, _| key.start >= cutoffs[key.granularity.index()]);
+        self.users.extend(replayed.users);
     }
 
     /// Rough heap bytes of the cells, for the state-size metric.
@@ -426,6 +449,25 @@ impl Working {
             );
         }
         Outcome::Counted
+    }
+
+    /// Move past `event` without counting it (a replay of other sites): the
+    /// sequence and the newest times advance as [`Working::apply_event`]
+    /// would move them, so the session horizon of the sites that are counted
+    /// stays what a count of every event gives.
+    pub fn pass(&mut self, event: &Event, seq: u64) {
+        let pending = &mut self.pending;
+        pending.through_seq = pending.through_seq.max(seq);
+        let ts = event.ts.timestamp_millis();
+        let kept = Granularity::ALL
+            .into_iter()
+            .any(|g| g.bucket_start(ts) >= pending.cutoffs[g.index()]);
+        if kept {
+            pending.newest_received_ms = pending
+                .newest_received_ms
+                .max(event.received_at.timestamp_millis());
+            pending.newest_event_ms = pending.newest_event_ms.max(ts);
+        }
     }
 
     /// Move past an event that cannot be counted (it is logged by the caller).

@@ -651,6 +651,78 @@ mod tests {
     }
 
     #[test]
+    fn one_site_counted_alone_and_merged_gives_the_full_count() {
+        // Two sites in one partition, with users idle long enough to be forgotten.
+        let events: Vec<Event> = (0..600)
+            .map(|i| {
+                let mut e = event(
+                    &format!("u{}", i % 23),
+                    ["pageview", "click"][i % 2],
+                    NOW - 40 * 3_600_000 + i as i64 * 240_000,
+                    &format!("/p{}", i % 3),
+                );
+                if i % 3 == 0 {
+                    e.site = "web".into();
+                }
+                e
+            })
+            .chain([
+                // `web` moves the partition's newest event time far on: the
+                // `shop` event after it (a user not seen before) is late only with
+                // that horizon.
+                Event {
+                    site: "web".into(),
+                    ..event("w", "click", NOW + 20 * 3_600_000, "/")
+                },
+                event("new", "pageview", NOW - 10 * 3_600_000, "/"),
+            ])
+            .collect();
+        let all = fold(&events, 13);
+        assert_eq!(all.session_late, 1);
+        let shop = ["shop".to_owned()];
+        let mut w = Working::new(PartitionState::default(), RollupSettings::default(), NOW);
+        let mut theirs = HashSet::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.site == "shop" {
+                theirs.insert(session_key(&e.site, e.user_key()));
+                w.apply_event(e, i as u64 + 1);
+            } else {
+                w.pass(e, i as u64 + 1);
+            }
+            if (i + 1) % 29 == 0 {
+                let d = w.take_delta();
+                w.committed(&d, NOW);
+            }
+        }
+        let d = w.take_delta();
+        w.committed(&d, NOW);
+        assert_eq!(w.state.through_seq, all.through_seq);
+        assert!(w.state.cells.keys().all(|k| k.site == "shop"));
+
+        // A live state whose `shop` figures are wrong is put right.
+        let mut live = all.clone();
+        for cell in live.cells.values_mut() {
+            cell.counters.pageviews += 1;
+        }
+        live.users.clear();
+        let web_cells: Vec<_> = all.cells.iter().filter(|(k, _)| k.site == "web").collect();
+        for (key, cell) in &web_cells {
+            live.cells.insert((*key).clone(), (*cell).clone());
+        }
+        live.users.extend(
+            all.users
+                .iter()
+                .filter(|(u, _)| !theirs.contains(*u))
+                .map(|(u, s)| (*u, s.clone())),
+        );
+        for user in &theirs {
+            live.users.insert(*user, UserSessions::default());
+        }
+        live.replace_sites(&shop, &theirs, w.state);
+        assert_eq!(live, all);
+    }
+
+    #[test]
     fn state_round_trips_through_its_stored_form() {
         let state = fold(&events(), 50);
         let bytes = postcard::to_stdvec(&state).expect("encode");

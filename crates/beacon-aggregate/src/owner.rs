@@ -1,6 +1,7 @@
 //! One partition's owner: load the committed state, claim the log, then apply
 //! events in stream order and commit each delta with the sequence it reaches.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream::Stream;
 use beacon_core::Event;
 use beacon_core::subject::EVENTS_PREFIX;
-use beacon_rollup::{Outcome, Working};
+use beacon_rollup::state::session_key;
+use beacon_rollup::{Outcome, PartitionState, Working};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -18,7 +20,7 @@ use crate::metrics::{
     SESSION_BYTES, SESSION_LATE, STATE_BYTES, UNREADABLE,
 };
 use crate::settings::AggregatorSettings;
-use crate::store::{Log, StoreError, load};
+use crate::store::{Log, StoreError, committed_seq, load};
 
 /// What every owner in a process shares.
 #[derive(Debug)]
@@ -60,113 +62,101 @@ pub async fn own(
     shared: Arc<Shared>,
     generation: u64,
     partition: u32,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let loaded = load(&shared.rollups, generation, partition).await?;
-    let mut log = Log::new(
-        shared.js.clone(),
-        shared.rollups.clone(),
-        generation,
-        partition,
-        &shared.id,
-        loaded.last,
-    );
-    log.takeover(loaded.state.through_seq).await?;
-    tracing::debug!(
-        partition,
-        generation,
-        through_seq = loaded.state.through_seq,
-        "took partition"
-    );
-    let mut owner = Owner {
-        working: Working::new(loaded.state, shared.settings.rollup(), now_ms()),
-        snapshot_bytes: loaded.snapshot_bytes,
-        bytes_since_snapshot: loaded.bytes_since_snapshot,
-        last_commit: Instant::now(),
-        lag: 0,
-        sized: None,
-        label: partition.to_string(),
-        log,
-        shared: shared.clone(),
-    };
-    owner.publish_gauges();
+    let mut owner = Owner::take(shared, generation, partition).await?;
+    owner.consume(generation, partition, stop, None).await
+}
 
-    // A second view of the stop flag, for commits made while `stop` is awaited.
-    let stopping = stop.clone();
-    let filter = format!("{EVENTS_PREFIX}.{partition}.>");
-    let mut tick = tokio::time::interval(shared.settings.commit_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut readers = 0u32;
-    let client = shared.js.client();
-    'consume: loop {
-        let start = owner.working.through_seq() + 1;
-        // A reader left behind by a broken connection lingers on the server for
-        // a while, and a consumer name cannot be reused with another start.
-        readers += 1;
-        let connected = beacon_nats::connects(&client);
-        let messages = async {
-            let consumer = shared
-                .events
-                .create_consumer(OrderedConfig {
-                    // Named after its owner, so `beacon status` can tell these apart.
-                    // The generation too: after a switch the partition is
-                    // read again from another start, under a new name.
-                    name: Some(format!(
-                        "{READER_PREFIX}{}-g{generation}-p{partition}-{readers}",
-                        shared.id
-                    )),
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(StoreError::unavailable)?;
-            consumer.messages().await.map_err(StoreError::unavailable)
+/// `beacon replay --site`: rebuild only `sites`' rollups of `partition` into
+/// `generation`, and end with a snapshot there that holds exactly the live
+/// generation's committed state but for `sites`, whose cells and sessions are
+/// the replay's. Both are taken at the same `BEACON_EVENTS` sequence, so the
+/// aggregators that take the new log over after the switch count on from
+/// there, and every other site's figures go through the switch unchanged.
+pub async fn replay_sites(
+    shared: Arc<Shared>,
+    generation: u64,
+    partition: u32,
+    live: u64,
+    sites: Arc<[String]>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut owner = Owner::take(shared.clone(), generation, partition).await?;
+    // A run that died after merging (or a replay of every site) left other
+    // sites' figures in the log, and their sessions cannot be told from the
+    // replayed sites' ones: count this partition afresh from an empty state.
+    let state = &owner.working.state;
+    if state.cells.keys().any(|key| !sites.contains(&key.site)) {
+        tracing::info!(partition, "the new log holds other sites; starting it over");
+        let empty = PartitionState::default();
+        owner.log.snapshot(&empty).await?;
+        owner.working = Working::new(empty, shared.settings.rollup(), now_ms());
+    }
+    // What else a resumed replay remembers is of `sites` (it counts nothing
+    // else), so those session keys are theirs.
+    owner.seen = owner.working.state.users.keys().copied().collect();
+    owner.sites = Some(sites.clone());
+    // Follow the live generation's committed position, never past it: the
+    // state to be merged with must be at the replay's position exactly, and
+    // the live one only moves forward.
+    loop {
+        let target = committed_seq(&shared.rollups, live, partition)
+            .await?
+            .unwrap_or(0);
+        if target <= owner.working.through_seq() {
+            break;
         }
-        .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "cannot read events; retrying");
-                tokio::select! {
-                    _ = stopped(&mut stop) => break 'consume,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'consume,
-                }
-            }
-        };
-        loop {
-            let full = owner.working.pending_events() >= shared.settings.commit_max_events;
-            tokio::select! {
-                biased;
-                _ = stopped(&mut stop) => break 'consume,
-                _ = tick.tick() => owner.commit_if_due(&stopping).await?,
-                // A restarted server forgot this reader: open a new one now
-                // rather than after the client's missed-heartbeat timeouts.
-                _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
-                next = messages.next(), if !full => match next {
-                    Some(Ok(message)) => owner.apply(&message),
-                    Some(Err(e)) => {
-                        tracing::warn!(partition, error = %e, "event consumer failed; recreating it");
-                        continue 'consume;
-                    }
-                    None => continue 'consume,
-                },
-            }
-            if owner.working.pending_events() >= shared.settings.commit_max_events {
-                owner.commit(&stopping).await?;
-            }
+        let started = Instant::now();
+        owner
+            .consume(generation, partition, stop.clone(), Some(target))
+            .await?;
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // Close behind: what the live side adds meanwhile is counted by the
+        // final step below.
+        if started.elapsed() < CLOSE_BEHIND {
+            break;
         }
     }
-    owner.commit(&stopping).await?;
-    tracing::debug!(
-        partition,
-        through_seq = owner.working.state.through_seq,
-        "released partition"
-    );
+    let live_state = load(&shared.rollups, live, partition).await?.state;
+    let at = live_state.through_seq;
+    owner
+        .consume(generation, partition, stop.clone(), Some(at))
+        .await?;
+    let replayed = owner.working.state.clone();
+    if replayed.through_seq != at {
+        return Err(StoreError::Misaligned {
+            partition,
+            replayed: replayed.through_seq,
+            live: at,
+        });
+    }
+    let mut merged = live_state;
+    merged.replace_sites(&sites, &owner.seen, replayed);
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1.. {
+        match owner.log.snapshot(&merged).await {
+            Ok(_) => break,
+            Err(StoreError::Unavailable(e)) if attempt < SNAPSHOT_ATTEMPTS => {
+                tracing::warn!(partition, error = %e, "merged snapshot failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::debug!(partition, through_seq = at, "merged the replayed sites");
     Ok(())
 }
+
+/// A catch-up round shorter than this leaves the replay close enough behind
+/// the live position to take the final step.
+const CLOSE_BEHIND: Duration = Duration::from_secs(1);
+
+/// Tries at the merged snapshot while NATS is unavailable.
+const SNAPSHOT_ATTEMPTS: u32 = 20;
 
 struct Owner {
     working: Working,
@@ -180,9 +170,160 @@ struct Owner {
     /// When the state's size was last estimated (it walks every cell).
     sized: Option<Instant>,
     label: String,
+    /// Count only these sites' events (`beacon replay --site`).
+    sites: Option<Arc<[String]>>,
+    /// Session keys of the events of `sites` counted.
+    seen: HashSet<u64>,
+    /// Count no event past this sequence.
+    until: Option<u64>,
+    /// An event past `until` came: that sequence is not one of this partition's.
+    overshot: bool,
+    /// Event readers opened so far (each gets a name of its own).
+    readers: u32,
 }
 
 impl Owner {
+    /// Load the committed state and claim the log.
+    async fn take(
+        shared: Arc<Shared>,
+        generation: u64,
+        partition: u32,
+    ) -> Result<Self, StoreError> {
+        let loaded = load(&shared.rollups, generation, partition).await?;
+        let mut log = Log::new(
+            shared.js.clone(),
+            shared.rollups.clone(),
+            generation,
+            partition,
+            &shared.id,
+            loaded.last,
+        );
+        log.takeover(loaded.state.through_seq).await?;
+        tracing::debug!(
+            partition,
+            generation,
+            through_seq = loaded.state.through_seq,
+            "took partition"
+        );
+        let mut owner = Owner {
+            working: Working::new(loaded.state, shared.settings.rollup(), now_ms()),
+            snapshot_bytes: loaded.snapshot_bytes,
+            bytes_since_snapshot: loaded.bytes_since_snapshot,
+            last_commit: Instant::now(),
+            lag: 0,
+            sized: None,
+            label: partition.to_string(),
+            log,
+            shared,
+            sites: None,
+            seen: HashSet::new(),
+            until: None,
+            overshot: false,
+            readers: 0,
+        };
+        owner.publish_gauges();
+        Ok(owner)
+    }
+
+    /// Whether `until` is reached.
+    fn reached(&self) -> bool {
+        self.overshot || self.until.is_some_and(|u| self.working.through_seq() >= u)
+    }
+
+    /// Count events until `stop` turns true or `until` is reached, then commit.
+    async fn consume(
+        &mut self,
+        generation: u64,
+        partition: u32,
+        mut stop: watch::Receiver<bool>,
+        until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.until = until;
+        self.overshot = false;
+        let owner = self;
+        let shared = owner.shared.clone();
+        // A second view of the stop flag, for commits made while `stop` is awaited.
+        let stopping = stop.clone();
+        let filter = format!("{EVENTS_PREFIX}.{partition}.>");
+        let mut tick = tokio::time::interval(shared.settings.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let client = shared.js.client();
+        'consume: loop {
+            if owner.reached() {
+                break 'consume;
+            }
+            let start = owner.working.through_seq() + 1;
+            // A reader left behind by a broken connection lingers on the server for
+            // a while, and a consumer name cannot be reused with another start.
+            owner.readers += 1;
+            let connected = beacon_nats::connects(&client);
+            let messages = async {
+                let consumer = shared
+                    .events
+                    .create_consumer(OrderedConfig {
+                        // Named after its owner, so `beacon status` can tell these apart.
+                        // The generation too: after a switch the partition is
+                        // read again from another start, under a new name.
+                        name: Some(format!(
+                            "{READER_PREFIX}{}-g{generation}-p{partition}-{}",
+                            shared.id, owner.readers
+                        )),
+                        filter_subject: filter.clone(),
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: start,
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                consumer.messages().await.map_err(StoreError::unavailable)
+            }
+            .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read events; retrying");
+                    tokio::select! {
+                        _ = stopped(&mut stop) => break 'consume,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'consume,
+                    }
+                }
+            };
+            loop {
+                let full = owner.working.pending_events() >= shared.settings.commit_max_events;
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => break 'consume,
+                    _ = tick.tick() => owner.commit_if_due(&stopping).await?,
+                    // A restarted server forgot this reader: open a new one now
+                    // rather than after the client's missed-heartbeat timeouts.
+                    _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
+                    next = messages.next(), if !full => match next {
+                        Some(Ok(message)) => owner.apply(&message),
+                        Some(Err(e)) => {
+                            tracing::warn!(partition, error = %e, "event consumer failed; recreating it");
+                            continue 'consume;
+                        }
+                        None => continue 'consume,
+                    },
+                }
+                if owner.working.pending_events() >= shared.settings.commit_max_events {
+                    owner.commit(&stopping).await?;
+                }
+                if owner.reached() {
+                    break 'consume;
+                }
+            }
+        }
+        owner.commit(&stopping).await?;
+        tracing::debug!(
+            partition,
+            through_seq = owner.working.state.through_seq,
+            "released partition"
+        );
+        Ok(())
+    }
+
     fn apply(&mut self, message: &async_nats::jetstream::Message) {
         let Ok(info) = message.info() else { return };
         let seq = info.stream_sequence;
@@ -192,15 +333,32 @@ impl Owner {
         if seq <= self.working.through_seq() {
             return;
         }
+        if self.until.is_some_and(|u| seq > u) {
+            self.overshot = true;
+            return;
+        }
         match serde_json::from_slice::<Event>(&message.payload) {
-            Ok(event) => match self.working.apply_event(&event, seq) {
-                Outcome::Counted => metrics::counter!(APPLIED).increment(1),
-                Outcome::SessionLate => {
-                    metrics::counter!(APPLIED).increment(1);
-                    metrics::counter!(SESSION_LATE).increment(1);
+            Ok(event)
+                if self
+                    .sites
+                    .as_ref()
+                    .is_some_and(|s| !s.contains(&event.site)) =>
+            {
+                self.working.pass(&event, seq)
+            }
+            Ok(event) => {
+                if self.sites.is_some() {
+                    self.seen.insert(session_key(&event.site, event.user_key()));
                 }
-                Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
-            },
+                match self.working.apply_event(&event, seq) {
+                    Outcome::Counted => metrics::counter!(APPLIED).increment(1),
+                    Outcome::SessionLate => {
+                        metrics::counter!(APPLIED).increment(1);
+                        metrics::counter!(SESSION_LATE).increment(1);
+                    }
+                    Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
+                }
+            }
             Err(e) => {
                 // Only Beacon writes BEACON_EVENTS; an unreadable event is a bug or
                 // a foreign writer. Skip it loudly rather than stall the partition.

@@ -157,6 +157,17 @@ pub enum StoreError {
         seq: u64,
         reason: RecordError,
     },
+    /// `beacon replay --site` could not reach the live generation's committed
+    /// sequence exactly (it is not one of the partition's events): the states
+    /// cannot be merged.
+    #[error(
+        "partition {partition}: the replay reached sequence {replayed}, the live rollups {live}; cannot merge them"
+    )]
+    Misaligned {
+        partition: u32,
+        replayed: u64,
+        live: u64,
+    },
     /// A generation switch message that does not name a generation.
     #[error("{CURRENT_SUBJECT} at sequence {seq} has no valid {GENERATION_HEADER} header")]
     BadSwitch { seq: u64 },

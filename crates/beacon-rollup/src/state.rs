@@ -2,7 +2,7 @@
 //! working view that turns events into the next delta.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -183,6 +183,29 @@ impl PartitionState {
         self.applied += delta.applied;
         self.newest_received_ms = self.newest_received_ms.max(delta.newest_received_ms);
         self.newest_event_ms = self.newest_event_ms.max(delta.newest_event_ms);
+    }
+
+    /// Replace what `sites` have in this state by what `replayed` (a count of
+    /// only their events, at the same `through_seq`) has: their cells, and
+    /// their remembered sessions. Session keys do not say their site, so the
+    /// caller names every key of theirs this state may hold (`theirs`). The
+    /// other sites' cells and sessions, and the partition-wide figures, stay.
+    pub fn replace_sites(
+        &mut self,
+        sites: &[String],
+        theirs: &HashSet<u64>,
+        replayed: PartitionState,
+    ) {
+        self.cells.retain(|key, _| !sites.contains(&key.site));
+        self.users.retain(|user, _| !theirs.contains(user));
+        for (c, r) in self.cutoffs.iter_mut().zip(replayed.cutoffs) {
+            *c = (*c).max(r);
+        }
+        let cutoffs = self.cutoffs;
+        self.cells.extend(replayed.cells);
+        self.cells
+            .retain(|key, _| key.start >= cutoffs[key.granularity.index()]);
+        self.users.extend(replayed.users);
     }
 
     /// Rough heap bytes of the cells, for the state-size metric.
@@ -428,6 +451,25 @@ impl Working {
         Outcome::Counted
     }
 
+    /// Move past `event` without counting it (a replay of other sites): the
+    /// sequence and the newest times advance as [`Working::apply_event`]
+    /// would move them, so the session horizon of the sites that are counted
+    /// stays what a count of every event gives.
+    pub fn pass(&mut self, event: &Event, seq: u64) {
+        let pending = &mut self.pending;
+        pending.through_seq = pending.through_seq.max(seq);
+        let ts = event.ts.timestamp_millis();
+        let kept = Granularity::ALL
+            .into_iter()
+            .any(|g| g.bucket_start(ts) >= pending.cutoffs[g.index()]);
+        if kept {
+            pending.newest_received_ms = pending
+                .newest_received_ms
+                .max(event.received_at.timestamp_millis());
+            pending.newest_event_ms = pending.newest_event_ms.max(ts);
+        }
+    }
+
     /// Move past an event that cannot be counted (it is logged by the caller).
     pub fn skip(&mut self, seq: u64) {
         self.pending.through_seq = self.pending.through_seq.max(seq);
@@ -606,6 +648,78 @@ mod tests {
             "{}",
             union.estimate()
         );
+    }
+
+    #[test]
+    fn one_site_counted_alone_and_merged_gives_the_full_count() {
+        // Two sites in one partition, with users idle long enough to be forgotten.
+        let events: Vec<Event> = (0..600)
+            .map(|i| {
+                let mut e = event(
+                    &format!("u{}", i % 23),
+                    ["pageview", "click"][i % 2],
+                    NOW - 40 * 3_600_000 + i as i64 * 240_000,
+                    &format!("/p{}", i % 3),
+                );
+                if i % 3 == 0 {
+                    e.site = "web".into();
+                }
+                e
+            })
+            .chain([
+                // `web` moves the partition's newest event time far on: the
+                // `shop` event after it (a user not seen before) is late only with
+                // that horizon.
+                Event {
+                    site: "web".into(),
+                    ..event("w", "click", NOW + 20 * 3_600_000, "/")
+                },
+                event("new", "pageview", NOW - 10 * 3_600_000, "/"),
+            ])
+            .collect();
+        let all = fold(&events, 13);
+        assert_eq!(all.session_late, 1);
+        let shop = ["shop".to_owned()];
+        let mut w = Working::new(PartitionState::default(), RollupSettings::default(), NOW);
+        let mut theirs = HashSet::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.site == "shop" {
+                theirs.insert(session_key(&e.site, e.user_key()));
+                w.apply_event(e, i as u64 + 1);
+            } else {
+                w.pass(e, i as u64 + 1);
+            }
+            if (i + 1) % 29 == 0 {
+                let d = w.take_delta();
+                w.committed(&d, NOW);
+            }
+        }
+        let d = w.take_delta();
+        w.committed(&d, NOW);
+        assert_eq!(w.state.through_seq, all.through_seq);
+        assert!(w.state.cells.keys().all(|k| k.site == "shop"));
+
+        // A live state whose `shop` figures are wrong is put right.
+        let mut live = all.clone();
+        for cell in live.cells.values_mut() {
+            cell.counters.pageviews += 1;
+        }
+        live.users.clear();
+        let web_cells: Vec<_> = all.cells.iter().filter(|(k, _)| k.site == "web").collect();
+        for (key, cell) in &web_cells {
+            live.cells.insert((*key).clone(), (*cell).clone());
+        }
+        live.users.extend(
+            all.users
+                .iter()
+                .filter(|(u, _)| !theirs.contains(*u))
+                .map(|(u, s)| (*u, s.clone())),
+        );
+        for user in &theirs {
+            live.users.insert(*user, UserSessions::default());
+        }
+        live.replace_sites(&shop, &theirs, w.state);
+        assert_eq!(live, all);
     }
 
     #[test]

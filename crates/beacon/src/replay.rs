@@ -33,6 +33,10 @@ pub struct ReplayArgs {
     /// (expired after streams.events_max_age): their rollups are lost.
     #[arg(long)]
     pub drop_expired: bool,
+    /// Rebuild only this site's rollups (repeatable); every other site's
+    /// figures are carried over from the live generation unchanged.
+    #[arg(long = "site", value_name = "SITE")]
+    pub sites: Vec<String>,
 }
 
 /// How often the replay compares its positions with the live generation's.
@@ -92,6 +96,30 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let mut owners = JoinSet::new();
+    if !args.sites.is_empty() {
+        let sites: Arc<[String]> = args.sites.clone().into();
+        for p in 0..partitions {
+            owners.spawn(owner::replay_sites(
+                shared.clone(),
+                generation,
+                p,
+                from.generation,
+                sites.clone(),
+                stopped.clone(),
+            ));
+        }
+        // Each owner ends with its partition merged at the live position.
+        while let Some(ended) = owners.join_next().await {
+            ended
+                .context("a replaying partition owner panicked")?
+                .context("a replaying partition owner failed; run the same `beacon replay` again to resume")?;
+        }
+        drop(stop);
+        return finish(
+            &js, &rollups, from, generation, partitions, &id, &args, started,
+        )
+        .await;
+    }
     for p in 0..partitions {
         owners.spawn(owner::own(shared.clone(), generation, p, stopped.clone()));
     }
@@ -150,7 +178,26 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             .context("a replaying partition owner failed; run `beacon replay` again to resume")?;
     }
     bar.finish_and_clear();
-    store::switch(&js, from, generation)
+    finish(
+        &js, &rollups, from, generation, partitions, &id, &args, started,
+    )
+    .await
+}
+
+/// Switch to the new generation, wait for the aggregators to take it over,
+/// and remove the old one.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    js: &async_nats::jetstream::Context,
+    rollups: &async_nats::jetstream::stream::Stream,
+    from: Current,
+    generation: u64,
+    partitions: u32,
+    id: &str,
+    args: &ReplayArgs,
+    started: Instant,
+) -> anyhow::Result<()> {
+    store::switch(js, from, generation)
         .await
         .context("cannot switch the rollups to the new generation")?;
     eprintln!(
@@ -158,10 +205,15 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    handover(&rollups, generation, partitions, &id, args.handover).await?;
-    remove(&rollups, from, partitions).await?;
+    handover(rollups, generation, partitions, id, args.handover).await?;
+    remove(rollups, from, partitions).await?;
+    let what = if args.sites.is_empty() {
+        String::new()
+    } else {
+        format!(" (sites {})", args.sites.join(", "))
+    };
     println!(
-        "replayed {partitions} partitions into generation {generation}; generation {} removed",
+        "replayed {partitions} partitions{what} into generation {generation}; generation {} removed",
         from.generation
     );
     Ok(())

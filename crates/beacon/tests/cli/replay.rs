@@ -1,7 +1,8 @@
 //! `beacon replay` on a running system: rollups rebuilt from the events into a
 //! new generation while traffic keeps coming, with the answers about earlier
 //! events unchanged and every figure equal to the truth afterwards; and a
-//! replay SIGKILLed part-way that, run again, resumes and ends exact.
+//! replay SIGKILLed part-way that, run again, resumes and ends exact; and a
+//! replay of one site that carries the other site's answers over exactly.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +20,15 @@ rate_limit = 0
 "#;
 
 const READ_KEY: &str = "rk_test_web_00000000";
+
+/// A second site beside `web`, for `beacon replay --site`.
+const SHOP: &str = r#"
+[[sites]]
+id = "shop"
+write_keys = ["wk_test_shop_0000000"]
+read_keys = ["rk_test_shop_0000000"]
+rate_limit = 0
+"#;
 const PARTITIONS: u32 = 16;
 
 async fn run(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -143,12 +153,24 @@ fn take_users(value: &mut serde_json::Value, users: &mut Vec<f64>) {
 }
 
 async fn answers(dir: &Path, url: &str, truth: &str) -> Answers {
+    answers_of(dir, url, truth, 0, "web", READ_KEY).await
+}
+
+/// Like [`answers`], for the `index`th site of the truth file, `site`.
+async fn answers_of(
+    dir: &Path,
+    url: &str,
+    truth: &str,
+    index: usize,
+    site: &str,
+    key: &str,
+) -> Answers {
     let truth: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(truth)).expect("truth"))
             .expect("JSON");
     let (from, to) = (
-        truth["sites"][0]["from"].as_str().expect("from"),
-        truth["sites"][0]["to"].as_str().expect("to"),
+        truth["sites"][index]["from"].as_str().expect("from"),
+        truth["sites"][index]["to"].as_str().expect("to"),
     );
     let http = reqwest::Client::new();
     let mut out = Answers {
@@ -162,8 +184,8 @@ async fn answers(dir: &Path, url: &str, truth: &str) -> Answers {
         format!("breakdown?dimension=browser&limit=1000&from={from}&to={to}"),
     ] {
         let answer = http
-            .get(format!("{url}/api/v1/sites/web/{ask}"))
-            .bearer_auth(READ_KEY)
+            .get(format!("{url}/api/v1/sites/{site}/{ask}"))
+            .bearer_auth(key)
             .send()
             .await
             .expect("asked");
@@ -311,5 +333,94 @@ async fn a_replay_killed_midway_resumes_and_ends_exact() {
     answers(dir.path(), &url, "past.json")
         .await
         .assert_same(&before);
+    stop(child).await;
+}
+
+#[tokio::test]
+async fn a_replay_of_one_site_carries_the_other_over_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, url, rollups) = up(dir.path(), &format!("{CONFIG}{SHOP}")).await;
+    // Both sites' past, in one simulation (so their events share partitions).
+    let start = hours_ago(3);
+    let (ok, out) = run(
+        dir.path(),
+        &[
+            "simulate",
+            "--site",
+            "web,shop",
+            "--url",
+            &url,
+            "--truth",
+            "past.json",
+            "--fast",
+            "--quiet",
+            "--users",
+            "2000",
+            "--rate",
+            "50",
+            "--events",
+            "20000",
+            "--seed",
+            "3",
+            "--start",
+            &start,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    verify(dir.path(), &url, "past.json").await;
+    let shop_key = "rk_test_shop_0000000";
+    let web_before = answers_of(dir.path(), &url, "past.json", 0, "web", READ_KEY).await;
+    let shop_before = answers_of(dir.path(), &url, "past.json", 1, "shop", shop_key).await;
+
+    // Live traffic on both sites while only `web` is replayed.
+    let mut live = beacon(dir.path());
+    live.args([
+        "simulate",
+        "--site",
+        "web,shop",
+        "--url",
+        &url,
+        "--truth",
+        "live.json",
+        "--quiet",
+        "--users",
+        "500",
+        "--rate",
+        "200",
+        "--duration",
+        "20s",
+        "--seed",
+        "4",
+    ]);
+    let live = live.output();
+    let replay = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        run(dir.path(), &["replay", "--quiet", "--site", "web"]).await
+    };
+    let (live, (ok, out)) = tokio::join!(live, replay);
+    assert!(ok, "{out}");
+    assert!(out.contains("switched: generation 1 counts now"), "{out}");
+    assert!(out.contains("(sites web)"), "{out}");
+    let live = live.expect("simulate ran");
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    assert_eq!(generation(&rollups).await, 1);
+
+    // Every figure of both sites equals the truth, the live traffic's too.
+    verify(dir.path(), &url, "past.json").await;
+    verify(dir.path(), &url, "live.json").await;
+    // `shop` was carried over, not rebuilt: its answers are the very same,
+    // down to the unique-user sketches' last digit.
+    let shop_after = answers_of(dir.path(), &url, "past.json", 1, "shop", shop_key).await;
+    assert_eq!(shop_after.figures, shop_before.figures);
+    assert_eq!(shop_after.users, shop_before.users);
+    // `web` was rebuilt from the events, to the same figures.
+    answers_of(dir.path(), &url, "past.json", 0, "web", READ_KEY)
+        .await
+        .assert_same(&web_before);
     stop(child).await;
 }

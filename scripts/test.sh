@@ -10,6 +10,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Dependencies compile once per machine: the build cache lives outside the
 # clone (a fresh clone still builds everything it lacks into it).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/beacon/target}"
+# Cargo names a workspace crate's artifacts by its path relative to the
+# workspace, so checkouts in other folders share them, and it may judge them
+# fresh by the other checkout's sources. Only dependencies are worth sharing:
+# this checkout's own crates are always built from its own sources.
+members=()
+for crate in crates/*/Cargo.toml; do
+    members+=(-p "$(basename "$(dirname "$crate")")")
+done
+cargo clean --quiet "${members[@]}"
 
 BEACON_TEST_NATS_SERVER="$(scripts/install-nats-server.sh)"
 BEACON_TEST_OLD_NATS_SERVER="$(NATS_SERVER_VERSION=2.10.26 scripts/install-nats-server.sh --pinned)"

@@ -142,8 +142,10 @@ pub fn arrive_late(events: &mut [Event], seed: u64, late_fraction: f64, max_dela
 pub async fn send(
     js: &async_nats::jetstream::Context,
     e: &Event,
-) -> Result<async_nats::jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError>
-{
+) -> Result<
+    async_nats::jetstream::context::PublishAckFuture,
+    async_nats::jetstream::context::PublishError,
+> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", e.dedupe_id().as_str());
     let payload = serde_json::to_vec(e).expect("serialize");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::stream::Stream;
 use beacon_aggregate::owner::{self, Shared};
 use beacon_aggregate::store::{self, Current};
 use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM, check_server, connect, provision};
@@ -109,11 +110,25 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             ));
         }
         // Each owner ends with its partition merged at the live position.
-        while let Some(ended) = owners.join_next().await {
-            ended
-                .context("a replaying partition owner panicked")?
-                .context("a replaying partition owner failed; run the same `beacon replay` again to resume")?;
+        let bar = progress_bar(args.quiet);
+        let mut left = partitions;
+        while left > 0 {
+            tokio::select! {
+                ended = owners.join_next() => {
+                    let Some(ended) = ended else { break };
+                    ended
+                        .context("a replaying partition owner panicked")?
+                        .context("a replaying partition owner failed; run the same `beacon replay` again to resume")?;
+                    left -= 1;
+                }
+                _ = tokio::time::sleep(CHECK_EVERY) => {
+                    let (live, mine, _) = positions(&rollups, from.generation, generation, partitions).await?;
+                    bar.set_length(live);
+                    bar.set_position(mine);
+                }
+            }
         }
+        bar.finish_and_clear();
         drop(stop);
         return finish(
             &js, &rollups, from, generation, partitions, &id, &args, started,
@@ -124,17 +139,7 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         owners.spawn(owner::own(shared.clone(), generation, p, stopped.clone()));
     }
 
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {percent}% of the live positions  eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(args.quiet);
     // Caught up when every partition of the new generation has committed at
     // least as far as the live one had: from then on, the new generation
     // counts every event the old one does.
@@ -151,19 +156,8 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
-        let (mut live, mut mine) = (0u64, 0u64);
-        let mut behind = 0;
-        for p in 0..partitions {
-            let l = store::committed_seq(&rollups, from.generation, p)
-                .await?
-                .unwrap_or(0);
-            let m = store::committed_seq(&rollups, generation, p)
-                .await?
-                .unwrap_or(0);
-            live += l;
-            mine += m.min(l);
-            behind += usize::from(m < l);
-        }
+        let (live, mine, behind) =
+            positions(&rollups, from.generation, generation, partitions).await?;
         bar.set_length(live);
         bar.set_position(mine);
         if behind == 0 {
@@ -182,6 +176,46 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         &js, &rollups, from, generation, partitions, &id, &args, started,
     )
     .await
+}
+
+/// A bar of the events counted in the new generation against the live one's
+/// committed positions (hidden with `--quiet`).
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {percent}% of the live positions  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Summed over the partitions: the live generation's committed positions,
+/// how far the new one has reached of them, and how many partitions it trails.
+async fn positions(
+    rollups: &Stream,
+    live_generation: u64,
+    generation: u64,
+    partitions: u32,
+) -> anyhow::Result<(u64, u64, usize)> {
+    let (mut live, mut mine, mut behind) = (0u64, 0u64, 0usize);
+    for p in 0..partitions {
+        let l = store::committed_seq(rollups, live_generation, p)
+            .await?
+            .unwrap_or(0);
+        let m = store::committed_seq(rollups, generation, p)
+            .await?
+            .unwrap_or(0);
+        live += l;
+        mine += m.min(l);
+        behind += usize::from(m < l);
+    }
+    Ok((live, mine, behind))
 }
 
 /// Switch to the new generation, wait for the aggregators to take it over,

@@ -27,6 +27,18 @@ pub fn beacon(dir: &Path) -> Command {
 
 /// A config with one site, "shop", without a rate limit. Unacknowledged ingest
 /// messages come back after 1 s, so redeliveries happen within a test.
+/// Run `beacon ARGS` in `dir` to its end: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+pub async fn run(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = beacon(dir).args(args).output().await.expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("beacon.toml");
     std::fs::write(

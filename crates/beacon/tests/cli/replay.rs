@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use beacon_aggregate::store;
 
-use super::process::{beacon, sigterm, spawn_until, url_in};
+use super::process::{beacon, run, sigterm, spawn_until, url_in};
 
 const CONFIG: &str = r#"
 [[sites]]
@@ -30,16 +30,6 @@ read_keys = ["rk_test_shop_0000000"]
 rate_limit = 0
 "#;
 const PARTITIONS: u32 = 16;
-
-async fn run(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = beacon(dir).args(args).output().await.expect("runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// Three hours ago, to the second: a period no live traffic of the test touches.
 fn hours_ago(hours: i64) -> String {

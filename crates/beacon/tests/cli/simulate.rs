@@ -4,10 +4,9 @@
 //! difference; the README's tour verifies twice in a row; shuffled traffic
 //! verifies, sessions included.
 
-use std::path::Path;
 use std::time::Duration;
 
-use super::process::{beacon, sigterm, spawn_until, url_in};
+use super::process::{beacon, run, sigterm, spawn_until, url_in};
 
 const CONFIG: &str = r#"
 [[sites]]
@@ -28,16 +27,6 @@ write_keys = ["wk_test_api_00000000"]
 read_keys = ["rk_test_api_00000000"]
 rate_limit = 0
 "#;
-
-async fn run(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = beacon(dir).args(args).output().await.expect("runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[tokio::test]
 async fn the_same_seed_gives_the_same_events_and_truth() {

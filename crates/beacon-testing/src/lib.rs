@@ -122,3 +122,26 @@ impl TestServer {
             .expect("restart the test server");
     }
 }
+
+/// Every case of a corpus folder: one JSON file per case, named by its path,
+/// in file-name order. Panics (failing the test) on an unreadable case, and
+/// on a folder holding fewer than ten.
+pub fn corpus<T: serde::de::DeserializeOwned>(dir: &std::path::Path) -> Vec<(String, T)> {
+    let mut cases: Vec<(String, T)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("corpus folder {}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let case =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path.display().to_string(), case)
+        })
+        .collect();
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(
+        cases.len() >= 10,
+        "the corpus in {} is missing",
+        dir.display()
+    );
+    cases
+}

@@ -4,7 +4,6 @@
 //! trusted proxies.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use beacon_testing::TestServer;
 use flate2::{Compression, write::GzEncoder};
@@ -50,20 +49,7 @@ impl Case {
 }
 
 fn corpus() -> Vec<(String, Case)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut cases: Vec<(String, Case)> = std::fs::read_dir(&dir)
-        .expect("corpus folder")
-        .map(|entry| {
-            let path = entry.expect("entry").path();
-            let text = std::fs::read_to_string(&path).expect("readable");
-            let case =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (path.display().to_string(), case)
-        })
-        .collect();
-    cases.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(cases.len() >= 10, "the corpus is missing");
-    cases
+    beacon_testing::corpus(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"))
 }
 
 #[tokio::test]

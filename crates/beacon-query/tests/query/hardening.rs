@@ -3,8 +3,6 @@
 //! NATS, replayed from the corpus in `tests/corpus/`; one Bearer reader; and
 //! what `/api/v1/status` shows to a key that reads only some sites.
 
-use std::path::PathBuf;
-
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -21,20 +19,7 @@ struct Case {
 }
 
 fn corpus() -> Vec<(String, Case)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut cases: Vec<(String, Case)> = std::fs::read_dir(&dir)
-        .expect("corpus folder")
-        .map(|entry| {
-            let path = entry.expect("entry").path();
-            let text = std::fs::read_to_string(&path).expect("readable");
-            let case =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (path.display().to_string(), case)
-        })
-        .collect();
-    cases.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(cases.len() >= 10, "the corpus is missing");
-    cases
+    beacon_testing::corpus(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,22 +216,23 @@ async fn stop(mut child: tokio::process::Child) {
     assert!(exit.success());
 }
 
-#[tokio::test]
-async fn replay_beside_live_ingest_keeps_the_answers_and_ends_exact() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (child, url, rollups) = up(dir.path(), CONFIG).await;
-    simulate_past(dir.path(), &url, "20000").await;
-    let before = answers(dir.path(), &url, "past.json").await;
-    assert_eq!(generation(&rollups).await, 0);
-
-    // Live traffic, in real time, while the replay runs.
-    let mut live = beacon(dir.path());
+/// Send 20 s of live traffic to `sites` (truth in live.json) and, 3 s into
+/// it, run `beacon replay --quiet EXTRA`: simulate's output, and whether the
+/// replay succeeded with what it printed.
+async fn replay_beside_traffic(
+    dir: &Path,
+    url: &str,
+    sites: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (std::io::Result<std::process::Output>, (bool, String)) {
+    let mut live = beacon(dir);
     live.args([
         "simulate",
         "--site",
-        "web",
+        sites,
         "--url",
-        &url,
+        url,
         "--truth",
         "live.json",
         "--quiet",
@@ -242,14 +243,26 @@ async fn replay_beside_live_ingest_keeps_the_answers_and_ends_exact() {
         "--duration",
         "20s",
         "--seed",
-        "2",
+        seed,
     ]);
-    let live = live.output();
     let replay = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        run(dir.path(), &["replay", "--quiet"]).await
+        let args: Vec<&str> = ["replay", "--quiet"].iter().chain(extra).copied().collect();
+        run(dir, &args).await
     };
-    let (live, (ok, out)) = tokio::join!(live, replay);
+    tokio::join!(live.output(), replay)
+}
+
+#[tokio::test]
+async fn replay_beside_live_ingest_keeps_the_answers_and_ends_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, url, rollups) = up(dir.path(), CONFIG).await;
+    simulate_past(dir.path(), &url, "20000").await;
+    let before = answers(dir.path(), &url, "past.json").await;
+    assert_eq!(generation(&rollups).await, 0);
+
+    // Live traffic, in real time, while the replay runs.
+    let (live, (ok, out)) = replay_beside_traffic(dir.path(), &url, "web", "2", &[]).await;
     assert!(ok, "{out}");
     assert!(out.contains("switched: generation 1 counts now"), "{out}");
     let live = live.expect("simulate ran");
@@ -364,31 +377,8 @@ async fn a_replay_of_one_site_carries_the_other_over_exactly() {
     let shop_before = answers_of(dir.path(), &url, "past.json", 1, "shop", shop_key).await;
 
     // Live traffic on both sites while only `web` is replayed.
-    let mut live = beacon(dir.path());
-    live.args([
-        "simulate",
-        "--site",
-        "web,shop",
-        "--url",
-        &url,
-        "--truth",
-        "live.json",
-        "--quiet",
-        "--users",
-        "500",
-        "--rate",
-        "200",
-        "--duration",
-        "20s",
-        "--seed",
-        "4",
-    ]);
-    let live = live.output();
-    let replay = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        run(dir.path(), &["replay", "--quiet", "--site", "web"]).await
-    };
-    let (live, (ok, out)) = tokio::join!(live, replay);
+    let (live, (ok, out)) =
+        replay_beside_traffic(dir.path(), &url, "web,shop", "4", &["--site", "web"]).await;
     assert!(ok, "{out}");
     assert!(out.contains("switched: generation 1 counts now"), "{out}");
     assert!(out.contains("(sites web)"), "{out}");

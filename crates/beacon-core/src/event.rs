@@ -5,6 +5,15 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The reserved name of an engagement ping: how long a page was in view and how
+/// far it was scrolled. It is stored like any event but counted as engagement of
+/// its page, never as an event, page view or visit.
+pub const ENGAGEMENT: &str = "engagement";
+/// Property of an engagement ping: milliseconds the page was visible and focused since the last ping.
+pub const ENGAGED_MS_PROP: &str = "engaged_ms";
+/// Property of an engagement ping: deepest scroll position reached, 0–100 (% of the page).
+pub const SCROLL_DEPTH_PROP: &str = "scroll_depth";
+
 /// One validated, normalized and enriched event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -92,6 +101,11 @@ pub struct Context {
     /// The visit's channel (Direct, Organic Search, Paid Social, …) by documented rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Why this event is filtered traffic (`crawler`, `headless`, `monitor`, …);
+    /// absent for human traffic. Filtered events are stored but not counted,
+    /// unless the site keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<String>,
     /// Only present when the operator chose to keep client addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,

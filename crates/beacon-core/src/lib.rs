@@ -19,7 +19,7 @@ pub mod subject;
 pub mod validate;
 
 pub use body::{Batch, BodyError, Item, parse_body, without_write_key};
-pub use event::{Context, Event, Revenue};
+pub use event::{Context, ENGAGED_MS_PROP, ENGAGEMENT, Event, Revenue, SCROLL_DEPTH_PROP};
 pub use limits::Limits;
 pub use partition::partition_of;
 pub use reject::{Reason, Rejection};

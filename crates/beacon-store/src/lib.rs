@@ -5,6 +5,7 @@
 
 pub mod manifest;
 pub mod schema;
+pub mod segment;
 
 pub use manifest::{MANIFEST_BUCKET, Manifest, ManifestError, SEGMENT_BUCKET, SegmentMeta};
 pub use schema::{Rows, SEGMENT_FORMAT_VERSION, StoredEvent, segment_schema};

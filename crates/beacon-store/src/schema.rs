@@ -36,7 +36,7 @@ const UTC: &str = "UTC";
 
 /// The nullable text columns for the event's context, in schema order. One list
 /// so the schema and the row builder cannot drift apart.
-const CONTEXT_COLUMNS: [&str; 17] = [
+const CONTEXT_COLUMNS: [&str; 18] = [
     "path",
     "referrer_host",
     "referrer_source",
@@ -54,9 +54,10 @@ const CONTEXT_COLUMNS: [&str; 17] = [
     "os",
     "os_version",
     "device",
+    "bot",
 ];
 
-fn context_values(event: &Event) -> [Option<&str>; 17] {
+fn context_values(event: &Event) -> [Option<&str>; 18] {
     let c = &event.context;
     [
         c.path.as_deref(),
@@ -76,6 +77,7 @@ fn context_values(event: &Event) -> [Option<&str>; 17] {
         c.os.as_deref(),
         c.os_version.as_deref(),
         c.device.as_deref(),
+        c.bot.as_deref(),
     ]
 }
 

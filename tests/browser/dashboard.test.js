@@ -132,7 +132,12 @@ function lists(page) {
 }
 
 /** The value a card holds for an API figure. */
-const asCard = (metric, value) => (metric === 'revenue' ? JSON.stringify(value) : value === null ? '' : String(value));
+const asCard = (metric, value) => {
+  if (metric === 'revenue') return JSON.stringify(value);
+  // Filtered traffic is a count per reason; its card holds the total.
+  if (metric === 'filtered') return String(Object.values(value).reduce((a, b) => a + b, 0));
+  return value === null ? '' : String(value);
+};
 
 async function assertMatchesApi(page, query, filtered) {
   const site = '/api/v1/sites/shop';
@@ -218,6 +223,37 @@ test('a new event reaches the live feed and the counters without a reload', { ti
   assert.equal(await page.evaluate(() => window.sameDocument), true, 'the page was not reloaded');
   assert.match(await page.textContent('#freshness'), /s behind/);
   await shot(page, 'dashboard');
+  await close(page);
+});
+
+test('countries are named in the browser language, shaded on the world map, and filter on a click', { timeout: 60_000 }, async () => {
+  const page = await open();
+  let query = await signIn(page);
+  await page.selectOption('#range', '7d');
+  query = await ready(page, { other: query });
+  const list = '.list[data-dimension="country"]';
+  const germany = `${list} .row[data-value="DE"]`;
+  await page.waitForSelector(germany);
+  // en-GB, the browser's locale here.
+  assert.equal(await page.textContent(`${germany} .row-label`), 'Germany');
+  assert.equal(await page.textContent(`${list} .row[data-value="US"] .row-label`), 'United States');
+  // Every counted country is shaded, the top one darkest, and named with its count.
+  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250`);
+  await page.waitForSelector(`${list} .map path#de[data-count]`);
+  const shaded = await page.$$eval(`${list} .map path[data-count]`, (all) =>
+    Object.fromEntries(all.map((p) => [p.id.toUpperCase(), { count: Number(p.dataset.count), level: p.dataset.level, title: p.querySelector('title').textContent }])),
+  );
+  assert.deepEqual(Object.keys(shaded).sort(), answer.rows.map((r) => r.value).sort());
+  const top = answer.rows[0];
+  assert.equal(shaded[top.value].level, '5');
+  assert.equal(shaded[top.value].count, top.count);
+  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} events`);
+  await page.evaluate(() => document.querySelector('.list[data-dimension="country"]').scrollIntoView());
+  if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'countries.png'), fullPage: false });
+  // A click on a country filters by its code; the chip names it.
+  await page.click(`${list} .map path#de`);
+  await ready(page, { has: 'country=DE' });
+  assert.match(await page.textContent('.chip[data-filter="country"]'), /Country is Germany/);
   await close(page);
 });
 

@@ -75,6 +75,8 @@ pub enum Command {
     /// Rebuild the rollups from BEACON_EVENTS into a new generation beside live
     /// ingest, then switch query nodes and aggregators over to it.
     Replay(crate::replay::ReplayArgs),
+    /// Add sites and domains, list them, show and rotate keys (edits the config file).
+    Sites(crate::sites::SitesArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -136,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Replay(args) => crate::replay::run(load(&overrides(None))?.config, args).await,
+        Command::Sites(args) => crate::sites::run(&overrides(None), args),
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }

@@ -158,12 +158,14 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple()).into()],
         rate_limit: 10_000,
         rate_burst: 0,
-        domains: vec![],
+        domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
     };
     let text = format!(
-        "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\
+        "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\
          # Every setting and its default: docs/CONFIG.md.\n\n\
-         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n",
+         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n\
+         # \"*\": pages on any domain may send events, until `beacon sites add default --domain D` names yours.\n\
+         domains = [\"*\"]\n",
         site.id,
         site.write_keys[0].expose(),
         site.read_keys[0].expose()

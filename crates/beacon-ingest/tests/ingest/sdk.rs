@@ -1,4 +1,5 @@
-//! The official PostHog and Segment SDKs, unchanged, pointed at the collector:
+//! The official PostHog (classic and capture v1) and Segment SDKs, unchanged,
+//! pointed at the collector:
 //! page views, custom events with properties, identify and revenue arrive
 //! exactly once with the right names, users, times and properties, also when
 //! the SDK retries after a 503 (a lost response, or NATS away).
@@ -344,6 +345,16 @@ async fn posthog_sdk_events_arrive_once_when_a_response_is_lost() {
 #[tokio::test]
 async fn posthog_sdk_retries_after_503_while_nats_is_away() {
     nats_away("posthog", check_posthog).await;
+}
+
+#[tokio::test]
+async fn posthog_v1_sdk_events_arrive_once_when_a_response_is_lost() {
+    lost_response("posthog-v1", check_posthog).await;
+}
+
+#[tokio::test]
+async fn posthog_v1_sdk_retries_after_503_while_nats_is_away() {
+    nats_away("posthog-v1", check_posthog).await;
 }
 
 #[tokio::test]

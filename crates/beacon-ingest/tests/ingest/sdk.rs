@@ -67,6 +67,8 @@ struct ProxyState {
     http: reqwest::Client,
     /// Every status the collector answered, in order.
     statuses: Mutex<Vec<u16>>,
+    /// The path of every request.
+    paths: Mutex<Vec<String>>,
 }
 
 /// A small HTTP proxy in front of the collector that can lose a response.
@@ -82,6 +84,7 @@ impl Proxy {
             fault,
             http: reqwest::Client::new(),
             statuses: Mutex::new(Vec::new()),
+            paths: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -100,6 +103,14 @@ impl Proxy {
     fn statuses(&self) -> Vec<u16> {
         self.state.statuses.lock().expect("lock").clone()
     }
+
+    /// Fail unless the SDK used the endpoint its mode calls for.
+    fn assert_endpoint(&self, sdk: &str) {
+        let paths = self.state.paths.lock().expect("lock").clone();
+        let v1 = paths.iter().filter(|p| *p == "/i/v1/analytics/events").count();
+        let expected = if sdk == "posthog-v1" { paths.len() } else { 0 };
+        assert_eq!(v1, expected, "{sdk} posted to {paths:?}");
+    }
 }
 
 async fn forward(
@@ -111,6 +122,11 @@ async fn forward(
 ) -> Response {
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
+    state
+        .paths
+        .lock()
+        .expect("lock")
+        .push(uri.path().to_owned());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let answer = state
         .http
@@ -305,6 +321,7 @@ async fn lost_response(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
     run_sdk(&python, sdk, &proxy.url, base).await;
     let statuses = proxy.statuses();
     assert!(statuses.len() >= 2, "the SDK did not retry: {statuses:?}");
+    proxy.assert_endpoint(sdk);
     check(&events(&svc.js).await, base);
     svc.shutdown().await;
 }
@@ -333,6 +350,7 @@ async fn nats_away(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
         statuses.iter().all(|s| [200, 503].contains(s)),
         "{statuses:?}"
     );
+    proxy.assert_endpoint(sdk);
     check(&events(&svc.js).await, base);
     svc.shutdown().await;
 }

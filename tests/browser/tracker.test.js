@@ -71,7 +71,7 @@ after(async () => {
  * A fresh visitor (empty storage) on `path`, recording what the tracker sends
  * and the collector's answers. `optedOut` sets the opt-out flag before any page loads.
  */
-async function visit(path, { optedOut = false } = {}) {
+async function visit(path, { optedOut = false, referer = undefined } = {}) {
   const context = await browser.newContext({ userAgent: AGENT });
   context.setDefaultTimeout(WAIT);
   if (optedOut) await context.addInitScript(() => localStorage.setItem('beacon_ignore', 'true'));
@@ -88,7 +88,7 @@ async function visit(path, { optedOut = false } = {}) {
   page.on('response', (r) => {
     if (r.url().endsWith('/api/v1/track')) page.answers.push(r.status());
   });
-  await page.goto(`${site.origin}${path}`);
+  await page.goto(`${site.origin}${path}`, { referer });
   await page.waitForFunction(() => typeof window.beacon === 'function');
   return page;
 }
@@ -101,9 +101,16 @@ async function done(page) {
   await page.context().close();
 }
 
-/** Count of `value` in a breakdown of the last hour. */
+/** The last hour and the next, on whole hours: page views per path are read from hour buckets. */
+function hours() {
+  const hour = 3_600_000;
+  const now = Math.floor(Date.now() / hour) * hour;
+  return `from=${new Date(now - hour).toISOString()}&to=${new Date(now + hour).toISOString()}`;
+}
+
+/** Count of `value` in a breakdown of the last hours. */
 async function count(dimension, value, metric = 'events') {
-  const b = await beacon.api(`/api/v1/sites/shop/breakdown?dimension=${dimension}&metric=${metric}&from=-1h&limit=1000`);
+  const b = await beacon.api(`/api/v1/sites/shop/breakdown?dimension=${dimension}&metric=${metric}&${hours()}&limit=1000`);
   return b.rows.find((r) => r.value === value)?.count ?? 0;
 }
 
@@ -128,7 +135,7 @@ test('the collector serves the script, cached, gzipped, and at the Plausible pat
 });
 
 test('page views of a single-page app, with the referrer of the first', async () => {
-  const page = await visit('/spa');
+  const page = await visit('/spa', { referer: 'https://www.google.com/' });
   await page.evaluate(() => history.pushState({}, '', '/spa/pricing'));
   await page.evaluate(() => history.pushState({}, '', '/spa/checkout'));
   // Back to /spa/pricing: a page view too.
@@ -138,6 +145,14 @@ test('page views of a single-page app, with the referrer of the first', async ()
   await countedOnce('path', '/spa/pricing', 'pageviews', 2);
   await countedOnce('path', '/spa/checkout', 'pageviews');
   assert.ok(page.answers.every((s) => s === 200), `answers ${page.answers}`);
+  const views = page.sent.filter((e) => e.name === 'pageview');
+  assert.deepEqual(views.map((e) => [new URL(e.url).pathname, e.referrer]), [
+    ['/spa', 'https://www.google.com/'],
+    ['/spa/pricing', undefined],
+    ['/spa/checkout', undefined],
+    ['/spa/pricing', undefined],
+  ]);
+  assert.equal(new Set(page.sent.map((e) => e.id)).size, page.sent.length, 'every event has its own id');
   await done(page);
 });
 
@@ -250,9 +265,8 @@ test('done when: a page with only the script tag is counted on a fresh `beacon u
     const context = await browser.newContext({ userAgent: AGENT });
     const page = await context.newPage();
     await page.goto(`${site.origin}/first-visit`);
-    const breakdown = () => fresh.api('/api/v1/sites/default/breakdown?dimension=path&metric=pageviews&from=-1h', fresh.readKey);
     const rows = await until('the page view to be counted', async () => {
-      const b = await breakdown();
+      const b = await fresh.api(`/api/v1/sites/default/breakdown?dimension=path&metric=pageviews&${hours()}`, fresh.readKey);
       return b.rows.length ? b.rows : null;
     });
     assert.deepEqual(rows, [{ value: '/first-visit', count: 1 }]);

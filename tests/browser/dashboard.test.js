@@ -243,8 +243,10 @@ test('countries are named in the browser language, shaded on the world map, and 
   const shaded = await page.$$eval(`${list} .map path[data-count]`, (all) =>
     Object.fromEntries(all.map((p) => [p.id.toUpperCase(), { count: Number(p.dataset.count), level: p.dataset.level, title: p.querySelector('title').textContent }])),
   );
-  assert.deepEqual(Object.keys(shaded).sort(), answer.rows.map((r) => r.value).sort());
-  const top = answer.rows[0];
+  // Events without a country (`(none)`) have no place on the map.
+  const countries = answer.rows.filter((r) => /^[A-Z]{2}$/.test(r.value));
+  assert.deepEqual(Object.keys(shaded).sort(), countries.map((r) => r.value).sort());
+  const top = countries[0];
   assert.equal(shaded[top.value].level, '5');
   assert.equal(shaded[top.value].count, top.count);
   assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} events`);

@@ -39,7 +39,8 @@ export async function drawMap(box, rows, { name, unit, pick }) {
       if (code) pick(code.toUpperCase());
     });
   }
-  const counts = new Map(rows.map((r) => [String(r.value).toLowerCase(), r.count]));
+  // Only countries have a shape: `(none)` shades nothing and sets no scale.
+  const counts = new Map(rows.filter((r) => /^[A-Za-z]{2}$/.test(r.value)).map((r) => [r.value.toLowerCase(), r.count]));
   const top = Math.max(0, ...counts.values());
   for (const path of svg.querySelectorAll('path')) {
     const count = counts.get(path.id) || 0;

@@ -178,7 +178,7 @@ impl Collector {
         host: Option<&str>,
     ) -> Result<(String, Secret), Rejection> {
         match site {
-            SiteRef::Domain(domain) => self.site_of_domain(&[domain.clone()]).ok_or_else(|| {
+            SiteRef::Domain(domain) => self.site_of_domain(std::slice::from_ref(domain)).ok_or_else(|| {
                 Rejection::new(
                     Reason::UnknownSite,
                     format!(

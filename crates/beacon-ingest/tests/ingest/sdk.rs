@@ -107,7 +107,10 @@ impl Proxy {
     /// Fail unless the SDK used the endpoint its mode calls for.
     fn assert_endpoint(&self, sdk: &str) {
         let paths = self.state.paths.lock().expect("lock").clone();
-        let v1 = paths.iter().filter(|p| *p == "/i/v1/analytics/events").count();
+        let v1 = paths
+            .iter()
+            .filter(|p| *p == "/i/v1/analytics/events")
+            .count();
         let expected = if sdk == "posthog-v1" { paths.len() } else { 0 };
         assert_eq!(v1, expected, "{sdk} posted to {paths:?}");
     }

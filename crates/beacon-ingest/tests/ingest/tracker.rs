@@ -304,3 +304,35 @@ async fn posthog_capture_v1_answers_a_result_per_uuid() {
     );
     svc.shutdown().await;
 }
+
+/// The request docs/TRACKER.md shows is answered as it says.
+#[tokio::test]
+async fn the_documented_tracker_request_is_stored() {
+    let doc = include_str!("../../../../docs/TRACKER.md");
+    let start = doc.find("-d '").expect("the curl example") + 4;
+    let body = &doc[start..start + doc[start..].find('\'').expect("its end")];
+    let origin = doc[doc.find("-H 'Origin: ").expect("its origin") + 12..]
+        .split('\'')
+        .next()
+        .expect("origin")
+        .to_owned();
+    let nats = TestServer::start().await;
+    let svc = support::start(&nats, Setup::default()).await;
+    let (status, answer) = svc
+        .send(
+            Method::POST,
+            "/api/v1/track",
+            &[("origin", origin.as_str())],
+            body.to_owned(),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, json!(1)),
+        "{answer}"
+    );
+    let stored = events(&svc.js).await;
+    let view = only(&stored, "9f1c0e4b2a7d4e21b0c3d5e6f7a8b9c0");
+    assert_eq!(view["context"]["path"], "/pricing");
+    svc.shutdown().await;
+}

@@ -156,6 +156,19 @@ test('page views of a single-page app, with the referrer of the first', async ()
   await done(page);
 });
 
+test('with data-hash, a hash route is a page view of its own path', async () => {
+  site.setTag(`<script defer data-site="shop" data-hash src="${beacon.url}/js/beacon.js"></script>`);
+  try {
+    const page = await visit('/hash-app');
+    await page.evaluate(() => { location.hash = '#/settings'; });
+    await until('both page views to be sent', async () => page.sent.filter((e) => e.name === 'pageview').length === 2);
+    await countedOnce('path', '/hash-app#/settings', 'pageviews');
+    await done(page);
+  } finally {
+    site.setTag(`<script defer data-site="shop" data-404 src="${beacon.url}/js/beacon.js"></script>`);
+  }
+});
+
 test('an outbound link and a download are events with the url', async () => {
   const page = await visit('/links');
   await page.click('#download');

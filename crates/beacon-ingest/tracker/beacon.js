@@ -57,7 +57,9 @@
   const track = (name, o = {}, url = l.href) => {
     if (get('beacon_ignore') === 'true' || excluded.some((g) => g.test(path()))) return;
     const id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => (b | 256).toString(16).slice(1)).join('');
-    save([...load(), { id, name, ts: Date.now(), url, referrer: o.referrer || void 0, props: o.props, revenue: o.revenue }]);
+    // With data-hash the page's path includes its hash route, which a URL's path leaves out.
+    const h = hashes && new URL(url).hash, props = h ? { path: new URL(url).pathname + h, ...o.props } : o.props;
+    save([...load(), { id, name, ts: Date.now(), url, referrer: o.referrer || void 0, props, revenue: o.revenue }]);
     send();
   };
 

@@ -3,7 +3,6 @@
 //! so a retry dedupes), and the browser-facing protocol gaps: Plausible's
 //! engagement pings, a site that takes any domain, PostHog capture v1.
 
-use beacon_core::Site;
 use beacon_testing::TestServer;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -191,14 +190,12 @@ async fn browsers_may_read_retry_after_across_origins() {
 async fn plausible_engagement_is_the_reserved_ping_and_a_star_site_takes_any_domain() {
     let nats = TestServer::start().await;
     let mut setup = Setup::default();
-    setup.sites.push(Site {
-        id: "default".into(),
-        write_keys: vec!["wk_test_default_0000000".into()],
-        read_keys: vec![],
-        rate_limit: 0,
-        rate_burst: 0,
-        domains: vec![beacon_core::site::ANY_DOMAIN.into()],
-    });
+    // A copy of the shop's settings, so a field added to sites needs no change here.
+    let mut any = setup.sites[0].clone();
+    any.id = "default".into();
+    any.write_keys = vec!["wk_test_default_0000000".into()];
+    any.domains = vec![beacon_core::site::ANY_DOMAIN.into()];
+    setup.sites.push(any);
     let svc = support::start(&nats, setup).await;
     let send = |body: Value| {
         let svc = &svc;

@@ -1,0 +1,3 @@
+mod delivery;
+mod events;
+mod support;

@@ -1,0 +1,213 @@
+//! What the actions tests share: a real nats-server with the streams, the
+//! service running in the test, and a webhook receiver that records every
+//! request and fails on demand.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use beacon_actions::{ActionsSettings, RuleConfig};
+use beacon_core::{Secret, Site};
+use beacon_testing::TestServer;
+use tokio::sync::watch;
+
+pub const SECRET: &str = "whsec_test_0123456789";
+
+pub fn site() -> Site {
+    Site {
+        id: "shop".into(),
+        write_keys: vec![Secret::new("wk_test_shop_000000000")],
+        read_keys: vec![Secret::new("rk_test_shop_000000000")],
+        rate_limit: 0,
+        rate_burst: 0,
+        domains: vec![],
+    }
+}
+
+/// Quick retries and a short ack_wait, so a test sees several attempts.
+pub fn settings(rules: Vec<RuleConfig>) -> ActionsSettings {
+    ActionsSettings {
+        max_attempts: 5,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(400),
+        ack_wait: Duration::from_secs(2),
+        webhook_timeout: Duration::from_secs(2),
+        rules,
+        ..ActionsSettings::default()
+    }
+}
+
+/// A rule from TOML, as an operator writes it.
+pub fn rule(toml_text: &str) -> RuleConfig {
+    use figment::providers::{Format, Toml};
+    figment::Figment::from(Toml::string(toml_text))
+        .extract()
+        .expect("rule TOML")
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub attempt: String,
+    pub signature: Option<String>,
+    pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
+}
+
+/// A webhook receiver on a free port. It fails (500) while `failures` is
+/// positive, counting down, and always when it is negative.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    failures: Arc<AtomicI64>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let failures = Arc::new(AtomicI64::new(0));
+        let state = (got.clone(), failures.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (got, failures) = state.clone();
+                async move {
+                    let left = failures.load(Ordering::SeqCst);
+                    let fail = left != 0;
+                    if left > 0 {
+                        failures.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    let status = if fail {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    };
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    got.lock().expect("lock").push(Received {
+                        key: header("Beacon-Idempotency-Key").unwrap_or_default(),
+                        attempt: header("Beacon-Attempt").unwrap_or_default(),
+                        signature: header("Beacon-Signature"),
+                        body,
+                        status: status.as_u16(),
+                    });
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, got, failures }
+    }
+
+    /// Fail the next `n` requests; -1 fails every one until changed.
+    pub fn fail(&self, n: i64) {
+        self.failures.store(n, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// Wait (bounded) until `done` holds for what was received.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        for _ in 0..600 {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the receiver never saw {what}: {:?}", self.received());
+    }
+}
+
+/// A nats-server with Beacon's streams and `BEACON_ACTIONS`.
+pub async fn server() -> (
+    TestServer,
+    async_nats::Client,
+    async_nats::jetstream::Context,
+) {
+    let server = TestServer::start().await;
+    let (client, js) = server.provisioned(2).await;
+    beacon_actions::provision(&js, &beacon_nats::StreamSettings::default())
+        .await
+        .expect("provision actions");
+    (server, client, js)
+}
+
+/// One running copy of the service; stopped when dropped.
+pub struct Service {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), beacon_actions::ActionsError>>,
+}
+
+impl Service {
+    pub async fn start(server: &TestServer, settings: ActionsSettings) -> Service {
+        let client = server.client().await;
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            beacon_actions::run(client, settings, &[site()], shutdown).await
+        });
+        Service { stop, task }
+    }
+
+    /// Stop and return how the service ended.
+    pub async fn stop(self) -> Result<(), beacon_actions::ActionsError> {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("stops in time")
+            .expect("no panic")
+    }
+}
+
+/// Wait (bounded) until a consumer exists on a stream.
+pub async fn consumer_exists(js: &async_nats::jetstream::Context, stream: &str, name: &str) {
+    for _ in 0..300 {
+        if let Ok(s) = js.get_stream(stream).await
+            && s.consumer_info(name).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("consumer {name} never appeared on {stream}");
+}
+
+/// Wait (bounded) until the job counts satisfy `done`.
+pub async fn counts_until(
+    js: &async_nats::jetstream::Context,
+    what: &str,
+    done: impl Fn(&beacon_actions::JobCounts) -> bool,
+) -> beacon_actions::JobCounts {
+    let mut last = None;
+    for _ in 0..600 {
+        let counts = beacon_actions::counts(js)
+            .await
+            .expect("counts")
+            .expect("stream");
+        if done(&counts) {
+            return counts;
+        }
+        last = Some(counts);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job counts never showed {what}: {last:?}");
+}

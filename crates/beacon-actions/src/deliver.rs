@@ -219,7 +219,10 @@ impl Mailer {
 pub fn email_text(job: &Job) -> String {
     let mut text = format!("{}\n\n", job.headline());
     if job.kind == JobKind::Report
-        && let Some(metrics) = job.data.get("metrics").and_then(Value::as_object)
+        && let Some(metrics) = job
+            .data
+            .pointer("/summary/metrics")
+            .and_then(Value::as_object)
     {
         for (name, figure) in metrics {
             let show = |v: Option<&Value>| match v {

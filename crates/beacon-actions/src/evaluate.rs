@@ -201,7 +201,9 @@ async fn evaluate(
         Trigger::Report { .. } => {
             let params = json!({"from": rfc3339(start), "to": rfc3339(end)});
             let summary = query.ask("summary", &rule.site, params).await?;
-            Ok(Some((JobKind::Report, summary)))
+            let mut data = window;
+            data["summary"] = summary;
+            Ok(Some((JobKind::Report, data)))
         }
         Trigger::Event { .. } => Ok(None),
     }

@@ -19,7 +19,9 @@ pub enum JobKind {
     Threshold,
     /// A window's count spiked against its baseline; `data` has the figures.
     Spike,
-    /// A scheduled summary; `data` is the period's summary and the change.
+    /// A scheduled summary; `data` has the period (`from`, `to`) and the
+    /// query service's summary of it (`summary`: each figure, the previous
+    /// period's and the change).
     Report,
 }
 

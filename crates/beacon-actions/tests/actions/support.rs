@@ -1,16 +1,12 @@
 //! What the actions tests share: a real nats-server with the streams, the
-//! service running in the test, and a webhook receiver that records every
-//! request and fails on demand.
+//! service running in the test, and the settings and rules they use.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
 use beacon_actions::{ActionsSettings, RuleConfig};
 use beacon_core::{Secret, Site};
 use beacon_testing::TestServer;
+pub use beacon_testing::actions::Receiver;
 use tokio::sync::watch;
 
 pub const SECRET: &str = "whsec_test_0123456789";
@@ -45,97 +41,6 @@ pub fn rule(toml_text: &str) -> RuleConfig {
     figment::Figment::from(Toml::string(toml_text))
         .extract()
         .expect("rule TOML")
-}
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub key: String,
-    pub attempt: String,
-    pub signature: Option<String>,
-    pub body: Bytes,
-    /// The status the receiver answered.
-    pub status: u16,
-}
-
-/// A webhook receiver on a free port. It fails (500) while `failures` is
-/// positive, counting down, and always when it is negative.
-#[derive(Clone)]
-pub struct Receiver {
-    pub url: String,
-    pub got: Arc<Mutex<Vec<Received>>>,
-    failures: Arc<AtomicI64>,
-}
-
-impl Receiver {
-    pub async fn start() -> Receiver {
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let failures = Arc::new(AtomicI64::new(0));
-        let state = (got.clone(), failures.clone());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (got, failures) = state.clone();
-                async move {
-                    let left = failures.load(Ordering::SeqCst);
-                    let fail = left != 0;
-                    if left > 0 {
-                        failures.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    let status = if fail {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::OK
-                    };
-                    let header = |name: &str| {
-                        headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned)
-                    };
-                    got.lock().expect("lock").push(Received {
-                        key: header("Beacon-Idempotency-Key").unwrap_or_default(),
-                        attempt: header("Beacon-Attempt").unwrap_or_default(),
-                        signature: header("Beacon-Signature"),
-                        body,
-                        status: status.as_u16(),
-                    });
-                    status
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, got, failures }
-    }
-
-    /// Fail the next `n` requests; -1 fails every one until changed.
-    pub fn fail(&self, n: i64) {
-        self.failures.store(n, Ordering::SeqCst);
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.got.lock().expect("lock").clone()
-    }
-
-    /// Wait (bounded) until `done` holds for what was received.
-    pub async fn wait_until(
-        &self,
-        what: &str,
-        done: impl Fn(&[Received]) -> bool,
-    ) -> Vec<Received> {
-        for _ in 0..600 {
-            let got = self.received();
-            if done(&got) {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the receiver never saw {what}: {:?}", self.received());
-    }
 }
 
 /// A nats-server with Beacon's streams and `BEACON_ACTIONS`.

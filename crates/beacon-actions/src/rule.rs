@@ -210,15 +210,16 @@ impl Schedule {
 
 fn whole_minutes(d: Duration) -> Option<u64> {
     let secs = d.as_secs();
-    (d.subsec_nanos() == 0 && secs >= MINUTE && secs % MINUTE == 0).then_some(secs / MINUTE)
+    (d.subsec_nanos() == 0 && secs >= MINUTE && secs.is_multiple_of(MINUTE))
+        .then_some(secs / MINUTE)
 }
 
 /// The query interval that tiles `window` with the fewest points.
 pub fn interval_for(window: Duration) -> (&'static str, u64) {
     let secs = window.as_secs();
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         ("1d", 86_400)
-    } else if secs % 3_600 == 0 {
+    } else if secs.is_multiple_of(3_600) {
         ("1h", 3_600)
     } else {
         ("1m", MINUTE)
@@ -437,13 +438,11 @@ fn check(c: &RuleConfig, sites: &[Site], smtp: bool) -> Result<Rule, Vec<String>
             }
         },
     };
-    if windowed || c.kind == RuleKind::Report {
-        if site.is_some_and(|s| s.read_keys.is_empty()) {
-            problems.push(format!(
-                "site {:?} has no read_keys: metric rules and reports read its numbers with one",
-                c.site
-            ));
-        }
+    if (windowed || c.kind == RuleKind::Report) && site.is_some_and(|s| s.read_keys.is_empty()) {
+        problems.push(format!(
+            "site {:?} has no read_keys: metric rules and reports read its numbers with one",
+            c.site
+        ));
     }
 
     let mut targets = Vec::new();

@@ -232,7 +232,9 @@ mod tests {
     /// The first TOML block of a doc page.
     fn toml_example(doc: &str) -> String {
         let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(doc),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs")
+                .join(doc),
         )
         .expect("doc page");
         let start = text.find("```toml\n").expect("a TOML example") + "```toml\n".len();

@@ -5,6 +5,7 @@
 //! keeps failing to the dead letters. Run any number of copies: they share one
 //! consumer per input, and job ids keep firing to once per rule and window.
 
+pub mod api;
 pub mod deliver;
 pub mod evaluate;
 pub mod job;
@@ -13,12 +14,13 @@ pub mod queue;
 pub mod rule;
 pub mod settings;
 pub mod signature;
+pub mod store;
 pub mod worker;
 
 use std::sync::Arc;
 
 use beacon_core::Site;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 pub use self::deliver::{Deliverer, DeliveryError};
@@ -26,6 +28,7 @@ pub use self::job::{JOB_VERSION, Job, JobKind};
 pub use self::queue::{ACTIONS_STREAM, JobCounts, counts, provision, replay_dead};
 pub use self::rule::{RuleConfig, Rules};
 pub use self::settings::{ActionsSettings, SmtpSecurity, SmtpSettings};
+pub use self::store::RULES_BUCKET;
 
 /// Why the actions service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +56,85 @@ impl ActionsError {
 }
 
 /// Run the matcher, the evaluator and the workers until `shutdown` turns
-/// true. If one fails, the others are stopped and the error returned. The
-/// `BEACON_ACTIONS` stream must exist ([`provision`]).
+/// true, with the configured rules and those made through the API. When the
+/// API changes a rule, the three stop (the workers finish the jobs in hand)
+/// and start again with the new set. If one fails, the others are stopped and
+/// the error returned. The `BEACON_ACTIONS` stream must exist ([`provision`]);
+/// the rule bucket is created with `replicas` when missing.
 pub async fn run(
     client: async_nats::Client,
     settings: ActionsSettings,
     sites: &[Site],
+    replicas: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ActionsError> {
-    let rules = Arc::new(
-        Rules::new(&settings.rules, sites, settings.smtp.is_some())
-            .map_err(ActionsError::Config)?,
-    );
+    Rules::new(&settings.rules, sites, settings.smtp.is_some()).map_err(ActionsError::Config)?;
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = store::open(&js, replicas)
+        .await
+        .map_err(|e| ActionsError::nats("opening the rule store", e))?;
+    loop {
+        // Watch before reading, so no change slips in between.
+        let mut changes = bucket
+            .watch_all()
+            .await
+            .map_err(|e| ActionsError::nats("watching the rule store", e))?;
+        let stored = store::all(&bucket)
+            .await
+            .map_err(|e| ActionsError::nats("reading the rule store", e))?;
+        let rules = with_stored(&settings, sites, stored);
+        let (restart, restarted) = watch::channel(false);
+        let watcher = tokio::spawn(async move {
+            let _ = changes.next().await;
+            let _ = restart.send(true);
+        });
+        let result = run_rules(
+            client.clone(),
+            settings.clone(),
+            rules,
+            sites,
+            shutdown.clone(),
+            restarted,
+        )
+        .await;
+        watcher.abort();
+        result?;
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        tracing::info!("action rules changed; reloading them");
+    }
+}
+
+/// The configured rules plus every stored one that is still valid (a site
+/// may have gone from the config since it was made).
+fn with_stored(settings: &ActionsSettings, sites: &[Site], stored: Vec<RuleConfig>) -> Arc<Rules> {
+    let smtp = settings.smtp.is_some();
+    let mut all = settings.rules.clone();
+    for rule in stored {
+        if all.iter().any(|r| r.id == rule.id) {
+            tracing::warn!(rule = %rule.id, "a stored rule has the id of another; skipped");
+            continue;
+        }
+        match Rules::new(std::slice::from_ref(&rule), sites, smtp) {
+            Ok(_) => all.push(rule),
+            Err(problems) => {
+                tracing::warn!(rule = %rule.id, problems = %problems.join("; "), "a stored rule is no longer valid; skipped");
+            }
+        }
+    }
+    // Each rule was checked alone, and ids are distinct: the set is valid.
+    Arc::new(Rules::new(&all, sites, smtp).unwrap_or_default())
+}
+
+async fn run_rules(
+    client: async_nats::Client,
+    settings: ActionsSettings,
+    rules: Arc<Rules>,
+    sites: &[Site],
+    shutdown: watch::Receiver<bool>,
+    restarted: watch::Receiver<bool>,
+) -> Result<(), ActionsError> {
     let deliverer = Deliverer::new(
         rules.clone(),
         settings.webhook_timeout,
@@ -75,13 +145,18 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // A failed part ends the others through this second signal, so the
-    // workers still finish the jobs in their hands.
+    // A failed part ends the others through this signal, so the workers
+    // still finish the jobs in their hands.
     let (fail, failed) = watch::channel(false);
     let either = |failed: watch::Receiver<bool>| {
-        let shutdown = shutdown.clone();
+        let (shutdown, restarted) = (shutdown.clone(), restarted.clone());
         async move {
-            futures::future::select(stopped(shutdown).boxed(), stopped(failed).boxed()).await;
+            futures::future::select_all([
+                stopped(shutdown).boxed(),
+                stopped(failed).boxed(),
+                stopped(restarted).boxed(),
+            ])
+            .await;
         }
     };
     let guard = |result: Result<(), ActionsError>| {

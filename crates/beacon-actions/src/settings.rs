@@ -1,6 +1,7 @@
 //! The `[actions]` settings: how jobs are retried and delivered, how metric
 //! rules are timed, the SMTP server for reports, and the rules themselves.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beacon_core::{Secret, Site};
@@ -41,6 +42,9 @@ pub struct ActionsSettings {
     pub grace: Duration,
     pub smtp: Option<SmtpSettings>,
     pub rules: Vec<RuleConfig>,
+    /// Per site, the keys that may create, change and delete its rules
+    /// through the API (`[actions.rule_keys]`, `shop = ["ak_…"]`).
+    pub rule_keys: BTreeMap<String, Vec<Secret>>,
 }
 
 impl Default for ActionsSettings {
@@ -56,6 +60,7 @@ impl Default for ActionsSettings {
             grace: Duration::from_secs(300),
             smtp: None,
             rules: Vec::new(),
+            rule_keys: BTreeMap::new(),
         }
     }
 }
@@ -144,6 +149,32 @@ impl ActionsSettings {
             if smtp.username.is_some() != smtp.password.is_some() {
                 problems
                     .push("actions.smtp: set both username and password, or neither".to_owned());
+            }
+        }
+        for (site, keys) in &self.rule_keys {
+            if !sites.iter().any(|s| s.id == *site) {
+                problems.push(format!(
+                    "actions.rule_keys: site {site:?} is not configured in [[sites]]"
+                ));
+            }
+            for key in keys {
+                let key = key.expose();
+                if key.len() < 16 || !key.chars().all(|c| c.is_ascii_graphic()) {
+                    problems.push(format!(
+                        "actions.rule_keys.{site}: keys must be at least 16 printable ASCII characters without spaces"
+                    ));
+                }
+                let taken = sites.iter().any(|s| {
+                    s.write_keys
+                        .iter()
+                        .chain(&s.read_keys)
+                        .any(|k| k.expose() == key)
+                });
+                if taken {
+                    problems.push(format!(
+                        "actions.rule_keys.{site}: a rule key cannot also be a write or read key"
+                    ));
+                }
             }
         }
         if let Err(more) = Rules::new(&self.rules, sites, self.smtp.is_some()) {

@@ -121,6 +121,14 @@ pub async fn start(
         api = beacon_query::http::router(node.clone());
         tasks.spawn(async move { node.run().await.context("query node failed") });
     }
+    if roles.actions {
+        let js = async_nats::jetstream::new(client.clone());
+        let bucket = beacon_actions::store::open(&js, config.streams.replicas)
+            .await
+            .context("cannot open the action rules bucket")?;
+        let rules = beacon_actions::api::RulesApi::new(bucket, &config.actions, &config.sites);
+        api = api.merge(beacon_actions::api::router(rules));
+    }
     let mut collector_addr = None;
     if roles.collector {
         let listen = config.collector.listen;
@@ -172,9 +180,9 @@ pub async fn start(
     if roles.actions {
         let (client, settings, sites) =
             (client.clone(), config.actions.clone(), config.sites.clone());
-        let shutdown = shutdown.clone();
+        let (replicas, shutdown) = (config.streams.replicas, shutdown.clone());
         tasks.spawn(async move {
-            beacon_actions::run(client, settings, &sites, shutdown)
+            beacon_actions::run(client, settings, &sites, replicas, shutdown)
                 .await
                 .context("actions failed")
         });

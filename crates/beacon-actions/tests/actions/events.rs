@@ -9,7 +9,12 @@ use beacon_actions::signature::verify;
 
 use super::support::{Receiver, SECRET, Service, consumer_exists, rule, server, settings};
 
-async fn publish_event(js: &async_nats::jetstream::Context, id: &str, name: &str, plan: &str) {
+pub(super) async fn publish_event(
+    js: &async_nats::jetstream::Context,
+    id: &str,
+    name: &str,
+    plan: &str,
+) {
     let event = serde_json::json!({
         "id": id, "site": "shop", "name": name, "user_id": "u-1",
         "ts": chrono::Utc::now(), "received_at": chrono::Utc::now(), "partition": 1,

@@ -1,3 +1,4 @@
 mod delivery;
 mod events;
+mod rules_api;
 mod support;

@@ -57,6 +57,9 @@ pub async fn server() -> (
     (server, client, js)
 }
 
+/// The key that manages the test site's rules through the API.
+pub const RULE_KEY: &str = "ak_test_shop_000000000";
+
 /// One running copy of the service; stopped when dropped.
 pub struct Service {
     stop: watch::Sender<bool>,
@@ -68,7 +71,7 @@ impl Service {
         let client = server.client().await;
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(async move {
-            beacon_actions::run(client, settings, &[site()], shutdown).await
+            beacon_actions::run(client, settings, &[site()], 1, shutdown).await
         });
         Service { stop, task }
     }

@@ -32,6 +32,47 @@ pub struct ActionsArgs {
 
 const SECRET: &str = "whsec_bench_0123456789";
 
+/// Enqueue the job for event `id`; the returned future is JetStream's ack.
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    id: &str,
+) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
+    let job = Job {
+        v: JOB_VERSION,
+        key: format!("bench/{id}"),
+        rule: "bench".into(),
+        site: super::SITE.into(),
+        kind: JobKind::Event,
+        target: "webhook".into(),
+        created_at: chrono::Utc::now(),
+        data: json!({"id": id, "name": "purchase", "props": {"plan": "pro"}}),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", job.msg_id().as_str());
+    Ok(js
+        .publish_with_headers(
+            format!("{}.{}", beacon_actions::queue::JOBS_PREFIX, super::SITE),
+            headers,
+            serde_json::to_vec(&job)?.into(),
+        )
+        .await?)
+}
+
+/// Wait (at most five minutes) until the receiver has `count` distinct jobs.
+async fn wait_for(seen: &Mutex<HashMap<String, Instant>>, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let delivered = seen.lock().map(|s| s.len()).unwrap_or(0);
+        if delivered >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {delivered} of {count} jobs were delivered in 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A receiver that answers 200 at once and notes when each key arrived.
 async fn receiver() -> anyhow::Result<(String, Arc<Mutex<HashMap<String, Instant>>>)> {
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -98,61 +139,50 @@ pub async fn run(mut args: ActionsArgs, nats_urls: &[String]) -> anyhow::Result<
     let client = async_nats::connect(nats.urls.clone()).await?;
     let js = async_nats::jetstream::new(client);
 
-    // Enqueue in pipelined rounds, noting when each job was sent.
-    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(args.jobs);
+    // Throughput: a backlog of jobs enqueued in pipelined rounds, timed until
+    // the receiver has every one.
     let started = Instant::now();
-    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(512) {
+    let keys: Vec<usize> = (0..args.jobs).collect();
+    for chunk in keys.chunks(512) {
         let mut acks = Vec::with_capacity(chunk.len());
         for i in chunk {
-            let job = Job {
-                v: JOB_VERSION,
-                key: format!("bench/e-{i}"),
-                rule: "bench".into(),
-                site: super::SITE.into(),
-                kind: JobKind::Event,
-                target: "webhook".into(),
-                created_at: chrono::Utc::now(),
-                data: json!({"id": format!("e-{i}"), "name": "purchase", "props": {"plan": "pro"}}),
-            };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", job.msg_id().as_str());
-            sent.insert(job.key.clone(), Instant::now());
-            acks.push(
-                js.publish_with_headers(
-                    format!("{}.{}", beacon_actions::queue::JOBS_PREFIX, super::SITE),
-                    headers,
-                    serde_json::to_vec(&job)?.into(),
-                )
-                .await?,
-            );
+            acks.push(publish(&js, &format!("e-{i}")).await?);
         }
         for ack in acks {
             ack.await.context("a job was not stored")?;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let delivered = seen.lock().map(|s| s.len()).unwrap_or(0);
-        if delivered >= args.jobs {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {delivered} of {} jobs were delivered in 5 minutes",
-                args.jobs
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for(&seen, args.jobs).await?;
+    let last = seen
+        .lock()
+        .map(|s| s.values().max().copied())
+        .ok()
+        .flatten()
+        .unwrap_or(started);
+    let jobs_per_s = args.jobs as f64 / last.duration_since(started).as_secs_f64().max(1e-9);
+
+    // Latency: jobs one at a time at a steady rate well below the throughput,
+    // each timed from its enqueue to its arrival.
+    let latency_jobs = (args.jobs / 10).max(100);
+    let pace = Duration::from_secs_f64(2.0 / jobs_per_s.max(1.0)).max(Duration::from_millis(2));
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(latency_jobs);
+    let mut tick = tokio::time::interval(pace);
+    for i in 0..latency_jobs {
+        tick.tick().await;
+        let id = format!("l-{i}");
+        sent.insert(format!("bench/{id}"), Instant::now());
+        publish(&js, &id)
+            .await?
+            .await
+            .context("a job was not stored")?;
     }
+    wait_for(&seen, args.jobs + latency_jobs).await?;
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let last = seen.values().max().copied().unwrap_or(started);
-    let elapsed = last.duration_since(started).as_secs_f64();
-    let mut latencies: Vec<Duration> = seen
+    let mut latencies: Vec<Duration> = sent
         .iter()
-        .filter_map(|(key, at)| Some(at.duration_since(*sent.get(key)?)))
+        .filter_map(|(key, at)| Some(seen.get(key)?.duration_since(*at)))
         .collect();
     latencies.sort();
-    let jobs_per_s = args.jobs as f64 / elapsed.max(1e-9);
     let (p50, p99) = (quantile_ms(&latencies, 0.5), quantile_ms(&latencies, 0.99));
     let result = running.run_until(stop, async {}).await;
     nats.stop().await;
@@ -162,15 +192,17 @@ pub async fn run(mut args: ActionsArgs, nats_urls: &[String]) -> anyhow::Result<
             "{}",
             serde_json::to_string_pretty(&json!({
                 "jobs": args.jobs, "concurrency": args.concurrency,
-                "jobs_per_s": jobs_per_s.round(), "delivery_p50_ms": p50, "delivery_p99_ms": p99,
+                "jobs_per_s": jobs_per_s.round(), "latency_jobs": latency_jobs,
+                "delivery_p50_ms": p50, "delivery_p99_ms": p99,
             }))?
         );
     } else {
         println!(
-            "actions: {} jobs, concurrency {}: {:.0} jobs/s; delivery latency p50 {:.1} ms, p99 {:.1} ms",
+            "actions: {} jobs, concurrency {}: {:.0} jobs/s; delivery latency of {} paced jobs p50 {:.1} ms, p99 {:.1} ms",
             args.jobs,
             args.concurrency,
             jobs_per_s,
+            latency_jobs,
             p50.unwrap_or(f64::NAN),
             p99.unwrap_or(f64::NAN)
         );

@@ -191,7 +191,7 @@ impl Mailer {
             // The key lets a mail filter drop a redelivered copy.
             .message_id(Some(format!(
                 "<{}@beacon>",
-                job.msg_id().replace(['/', ' '], ".")
+                job.msg_id().replace(['/', ' ', ':'], ".")
             )))
             .header(ContentType::TEXT_PLAIN);
         for mailbox in to {

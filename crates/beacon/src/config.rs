@@ -134,6 +134,12 @@ impl Config {
         problems.extend(self.aggregator.problems());
         problems.extend(self.collector.problems());
         problems.extend(self.actions.problems(&self.sites));
+        if self.actions.grace >= self.streams.duplicate_window {
+            problems.push(
+                "actions.grace must be shorter than streams.duplicate_window, or two copies of the actions service may fire one window twice"
+                    .to_owned(),
+            );
+        }
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
                 "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),

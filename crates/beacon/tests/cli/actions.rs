@@ -63,6 +63,16 @@ async fn a_worker_killed_mid_delivery_loses_no_job() {
     first.start_kill().expect("SIGKILL");
     let _ = first.wait().await;
 
+    // The job was never acked: it is still on the queue, and status says so.
+    let status = beacon(dir.path())
+        .args(["status", "--json", "--nats-url", &nats.url()])
+        .output()
+        .await
+        .expect("status runs");
+    let report: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(report["actions"]["pending"], 1, "{report}");
+    assert_eq!(report["actions"]["dead"], 0, "{report}");
+
     let (mut second, _) = start().await;
     let got = receiver
         .wait_until("a completed delivery", |got| {

@@ -123,8 +123,13 @@ fn with_stored(settings: &ActionsSettings, sites: &[Site], stored: Vec<RuleConfi
             }
         }
     }
-    // Each rule was checked alone, and ids are distinct: the set is valid.
-    Arc::new(Rules::new(&all, sites, smtp).unwrap_or_default())
+    // Each rule was checked alone and ids are distinct, so the set is valid;
+    // should it not be, the configured rules (checked at start) still run.
+    let rules = Rules::new(&all, sites, smtp).or_else(|problems| {
+        tracing::error!(problems = %problems.join("; "), "the stored rules are left out");
+        Rules::new(&settings.rules, sites, smtp)
+    });
+    Arc::new(rules.unwrap_or_default())
 }
 
 async fn run_rules(

@@ -81,6 +81,17 @@ async fn a_worker_killed_mid_delivery_loses_no_job() {
         .await;
     assert!(got.len() >= 2, "delivered again after the kill: {got:?}");
     assert!(got.iter().all(|r| r.key == "hook/e-kill"), "{got:?}");
+    // Nothing went to the dead letters, and the command says so.
+    let replay = beacon(dir.path())
+        .args(["actions", "replay-dead", "--nats-url", &nats.url()])
+        .output()
+        .await
+        .expect("replay-dead runs");
+    assert!(replay.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        "re-queued 0 dead jobs"
+    );
     second.start_kill().expect("kill");
 }
 

@@ -1,6 +1,7 @@
 //! `beacon bench`: throughput measured on this machine, side by side with the
 //! raw JetStream ceiling for the same payloads in the same run.
 
+mod actions;
 mod aggregate;
 mod all;
 mod query;
@@ -30,6 +31,8 @@ pub enum Stage {
     Aggregate(aggregate::AggregateArgs),
     /// Query latency over a day of events, and how soon a new event is queryable.
     Query(query::QueryArgs),
+    /// Jobs/s through the actions workers and delivery latency to a local receiver.
+    Actions(actions::ActionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +68,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
+        Stage::Actions(args) => actions::run(args, nats_urls).await,
     }
 }
 

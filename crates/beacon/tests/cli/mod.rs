@@ -1,3 +1,4 @@
+mod actions;
 mod bench;
 mod chaos;
 mod cluster;

@@ -28,6 +28,10 @@ pub struct Site {
     /// endpoint (its `domain` field), e.g. `shop.example.com`.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Count bots (crawlers, headless browsers, monitors) as ordinary traffic
+    /// instead of filtering them out (off by default).
+    #[serde(default)]
+    pub keep_bots: bool,
 }
 
 fn default_rate_limit() -> u32 {
@@ -122,6 +126,7 @@ mod tests {
             rate_limit: 0,
             rate_burst: 0,
             domains: vec![],
+            keep_bots: false,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use beacon_aggregate::AggregatorSettings;
 use beacon_core::{Limits, Site, site_problems};
-use beacon_ingest::{CollectorSettings, NormalizerSettings};
+use beacon_ingest::{CollectorSettings, EnrichSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
 use beacon_query::QuerySettings;
 use figment::Figment;
@@ -26,6 +26,7 @@ pub struct Config {
     pub limits: Limits,
     pub publish: RetryPolicy,
     pub collector: CollectorSettings,
+    pub enrich: EnrichSettings,
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
@@ -41,6 +42,7 @@ impl Default for Config {
             limits: Limits::default(),
             publish: RetryPolicy::default(),
             collector: CollectorSettings::default(),
+            enrich: EnrichSettings::default(),
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
@@ -159,6 +161,7 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         rate_limit: 10_000,
         rate_burst: 0,
         domains: vec![],
+        keep_bots: false,
     };
     let text = format!(
         "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\

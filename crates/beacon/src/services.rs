@@ -100,7 +100,11 @@ pub async fn start(
     for line in &report.lines {
         tracing::info!("{line}");
     }
-    let pipeline = Pipeline::new(publisher, config.limits.clone());
+    let mut pipeline = Pipeline::new(publisher, config.limits.clone());
+    if roles.collector || roles.normalizer {
+        pipeline =
+            pipeline.with_enricher(beacon_ingest::enrich::load(&config.enrich, &config.sites));
+    }
     let mut tasks = JoinSet::new();
     let mut gates = Vec::new();
     let mut api = axum::Router::new();

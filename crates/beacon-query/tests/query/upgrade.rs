@@ -53,7 +53,8 @@ async fn store_golden_log(js: &async_nats::jetstream::Context, version: u32) {
 /// The metrics every summary and time series answered by default when the
 /// golden logs were written; later releases answer more by default, so the
 /// golden questions name these.
-const GOLDEN_METRICS: &str = "events,users,pageviews,sessions,bounce_rate,avg_session_duration,revenue";
+const GOLDEN_METRICS: &str =
+    "events,users,pageviews,sessions,bounce_rate,avg_session_duration,revenue";
 
 /// Ask `view` a question written `<site> <op>?<query>`.
 fn ask(view: &View, question: &str, now: i64) -> Value {

@@ -216,14 +216,18 @@ async fn up_without_a_geoip_database_says_so_and_accepts_events() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut up = beacon(dir.path());
-    up.args(["up", "--listen", "127.0.0.1:0"])
+    let mut child = beacon(dir.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
         .env("BEACON_ENRICH__GEOIP_DB", "/nonexistent/GeoLite2-City.mmdb")
-        .stderr(std::process::Stdio::piped());
-    let (mut child, line) = spawn_until(up, "collector  http://").await;
-    let url = url_in(&line);
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("beacon starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let said = tokio::time::timeout(Duration::from_secs(30), async {
+    // The message comes before the banner: read stderr to it, then stdout
+    // to the collector's address, and keep draining both.
+    let said = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = stderr.next_line().await {
             if line.contains("GeoIP is off") {
                 return Some(line);
@@ -237,6 +241,20 @@ async fn up_without_a_geoip_database_says_so_and_accepts_events() {
     .expect("a start-up message about GeoIP");
     assert!(said.contains("/nonexistent/GeoLite2-City.mmdb"), "{said}");
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let line = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if line.contains("collector  http://") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the banner");
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let url = url_in(&line);
 
     let config = std::fs::read_to_string(dir.path().join("beacon-data/beacon.toml"))
         .expect("starter config written");

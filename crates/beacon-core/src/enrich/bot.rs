@@ -52,18 +52,19 @@ const MONITOR_WORDS: &[&str] = &[
 /// `woothee_crawler` is the user-agent parser's own verdict, which catches
 /// a few crawlers the list does not name.
 pub fn reason(agent: &str, woothee_crawler: bool) -> Option<&'static str> {
-    let flagged = BOTS.is_bot(agent);
+    if !BOTS.is_bot(agent) {
+        return woothee_crawler.then_some(CRAWLER);
+    }
+    // Only flagged agents (a small share of traffic) are looked at again.
     let lower = agent.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
-    if flagged && has(HEADLESS_WORDS) {
-        Some(HEADLESS)
-    } else if flagged && has(MONITOR_WORDS) {
-        Some(MONITOR)
-    } else if flagged || woothee_crawler {
-        Some(CRAWLER)
+    Some(if has(HEADLESS_WORDS) {
+        HEADLESS
+    } else if has(MONITOR_WORDS) {
+        MONITOR
     } else {
-        None
-    }
+        CRAWLER
+    })
 }
 
 #[cfg(test)]

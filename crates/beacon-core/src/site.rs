@@ -30,6 +30,10 @@ pub struct Site {
     /// every domain no other site lists.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Count bots (crawlers, headless browsers, monitors) as ordinary traffic
+    /// instead of filtering them out (off by default).
+    #[serde(default)]
+    pub keep_bots: bool,
 }
 
 /// The `domains` entry of a site that takes browser events from pages on any
@@ -128,6 +132,7 @@ mod tests {
             rate_limit: 0,
             rate_burst: 0,
             domains: vec![],
+            keep_bots: false,
         }
     }
 

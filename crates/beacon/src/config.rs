@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use beacon_actions::ActionsSettings;
 use beacon_aggregate::AggregatorSettings;
 use beacon_core::{Limits, Site, site_problems};
-use beacon_ingest::{CollectorSettings, NormalizerSettings};
+use beacon_ingest::{CollectorSettings, EnrichSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
 use beacon_query::QuerySettings;
 use figment::Figment;
@@ -27,6 +27,7 @@ pub struct Config {
     pub limits: Limits,
     pub publish: RetryPolicy,
     pub collector: CollectorSettings,
+    pub enrich: EnrichSettings,
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
@@ -43,6 +44,7 @@ impl Default for Config {
             limits: Limits::default(),
             publish: RetryPolicy::default(),
             collector: CollectorSettings::default(),
+            enrich: EnrichSettings::default(),
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
@@ -169,6 +171,7 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         rate_limit: 10_000,
         rate_burst: 0,
         domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
+        keep_bots: false,
     };
     let text = format!(
         "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\

@@ -105,7 +105,11 @@ pub async fn start(
     }
     let line = beacon_actions::provision(publisher.jetstream(), &config.streams).await?;
     tracing::info!("{line}");
-    let pipeline = Pipeline::new(publisher, config.limits.clone());
+    let mut pipeline = Pipeline::new(publisher, config.limits.clone());
+    if roles.collector || roles.normalizer {
+        pipeline =
+            pipeline.with_enricher(beacon_ingest::enrich::load(&config.enrich, &config.sites));
+    }
     let mut tasks = JoinSet::new();
     let mut gates = Vec::new();
     let mut api = axum::Router::new();

@@ -207,6 +207,7 @@ pub fn translate(
         referrer: take(&mut props, "$referrer").filter(|r| r.as_str() != Some("$direct")),
         user_agent: take(&mut props, "$raw_user_agent"),
         ip: take(&mut props, "$ip"),
+        ..NativeContext::default()
     };
     for (from, to) in PROPS {
         rename(&mut props, from, to);

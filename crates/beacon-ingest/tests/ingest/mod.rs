@@ -1,5 +1,6 @@
 mod collector;
 mod compat;
+mod enrichment;
 mod hardening;
 mod normalizer;
 mod provisioning;

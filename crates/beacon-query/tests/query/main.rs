@@ -3,6 +3,7 @@
 //! bad parameter and key; loading before ready; the OpenAPI document.
 
 mod answers;
+mod enriched;
 mod errors;
 mod hardening;
 mod live;

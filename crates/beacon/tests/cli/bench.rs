@@ -51,6 +51,25 @@ async fn the_aggregation_benchmark_measures_every_figure() {
 }
 
 #[tokio::test]
+async fn the_ingest_benchmark_measures_the_collectors_cpu_with_and_without_enrichment() {
+    let report = quick_report("ingest").await;
+    let cpu = &report["collector_cpu_seconds_per_million_events"];
+    for figure in ["enrichment_off", "geoip_and_bots_on"] {
+        assert!(
+            cpu[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert!(cpu["increase"].as_f64().is_some(), "{report}");
+    assert!(
+        report["collector_events_per_sec"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn the_query_benchmark_measures_every_figure() {
     let report = quick_report("query").await;
     let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());

@@ -98,12 +98,6 @@ async function visit(path, { optedOut = false, referer = undefined } = {}) {
   return page;
 }
 
-/** Whether the query API offers `metric` (its OpenAPI document lists it). */
-async function offers(metric) {
-  const doc = await beacon.api('/api/v1/openapi.json');
-  return doc.components.schemas.Metric.enum.includes(metric);
-}
-
 /** The queue the tracker keeps in localStorage. */
 const queued = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('beacon_queue') || '[]'));
 
@@ -263,19 +257,14 @@ test('engagement: a ping with time on page and scroll depth when the page is lef
   assert.ok(sent.props.scroll_depth > 0 && sent.props.scroll_depth <= 100, `scroll_depth ${sent.props.scroll_depth}`);
   // The collector stored it (it answers 200 only once JetStream has it).
   await until('the engagement ping to be stored', async () => stored.has(sent.id));
-  // Where the query API reports engagement, the ping is in it.
-  if (await offers('avg_scroll_depth')) {
-    const s = await beacon.api(`/api/v1/sites/shop/summary?${hours()}&metrics=avg_engaged_time,avg_scroll_depth`);
-    assert.ok(s.metrics.avg_engaged_time.value > 0, JSON.stringify(s.metrics));
-    assert.ok(s.metrics.avg_scroll_depth.value > 0, JSON.stringify(s.metrics));
-  }
+  // The query API reports the ping as engagement of its page.
+  const s = await beacon.api(`/api/v1/sites/shop/summary?${hours()}&metrics=avg_engaged_time,avg_scroll_depth`);
+  assert.ok(s.metrics.avg_engaged_time.value > 0, JSON.stringify(s.metrics));
+  assert.ok(s.metrics.avg_scroll_depth.value > 0, JSON.stringify(s.metrics));
   await done(page);
 });
 
-test('an engagement ping is not counted as an event', async (t) => {
-  // The rollups learn engagement on the `enrich` branch; until it is merged
-  // the ping is counted under its name, and this test is marked to do.
-  if (!(await offers('avg_engaged_time'))) t.todo('the rollups do not treat engagement yet (branch enrich)');
+test('an engagement ping is not counted as an event', async () => {
   const page = await visit('/ping-only');
   await page.evaluate(() => history.pushState({}, '', '/ping-only/next'));
   const ping = await until('a ping to be sent', async () => page.sent.find((e) => e.name === 'engagement'));

@@ -75,6 +75,9 @@ pub enum Command {
     /// Rebuild the rollups from BEACON_EVENTS into a new generation beside live
     /// ingest, then switch query nodes and aggregators over to it.
     Replay(crate::replay::ReplayArgs),
+    /// Write one site's events of a time range (from the event store) as
+    /// Parquet, NDJSON or CSV.
+    Export(crate::export::ExportArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Replay(args) => crate::replay::run(load(&overrides(None))?.config, args).await,
+        Command::Export(args) => crate::export::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }

@@ -4,6 +4,7 @@
 mod aggregate;
 mod all;
 mod query;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,8 @@ pub enum Stage {
     Aggregate(aggregate::AggregateArgs),
     /// Query latency over a day of events, and how soon a new event is queryable.
     Query(query::QueryArgs),
+    /// The event store's SQL questions over days of segments, beside DuckDB.
+    Store(store::StoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +68,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
+        Stage::Store(args) => store::run(args, nats_urls).await,
     }
 }
 

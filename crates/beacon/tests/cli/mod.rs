@@ -6,4 +6,5 @@ mod local_server;
 mod process;
 mod replay;
 mod simulate;
+mod store;
 mod up;

@@ -228,7 +228,7 @@ impl QueryNode {
         to: &str,
         format: beacon_store::ExportFormat,
     ) -> Result<
-        impl futures::Stream<Item = Result<bytes::Bytes, beacon_store::SqlError>> + Send + 'static,
+        impl futures::Stream<Item = Result<bytes::Bytes, beacon_store::SqlError>> + Send + 'static + use<>,
         QueryError,
     > {
         self.keys.check(key, site)?;

@@ -97,6 +97,9 @@ impl Drop for Pinned {
     }
 }
 
+/// Prefix of a file being fetched: never a cached segment's name (those start `s-`).
+const PART_PREFIX: &str = "part-";
+
 /// The file name a segment is cached under: its object name with every byte
 /// outside `[A-Za-z0-9._-]` escaped, behind a prefix, so no name can reach
 /// outside the directory (`..`, `/`) and two names never share a file.
@@ -183,14 +186,14 @@ impl SegmentCache {
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
             let meta = entry.metadata()?;
-            match object_name(file) {
-                Some(name) if meta.is_file() => {
-                    let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((modified, name, meta.len()));
-                }
+            if file.starts_with(PART_PREFIX) {
                 // A fetch that a crash interrupted.
-                _ if file.ends_with(".part") => std::fs::remove_file(entry.path())?,
-                _ => {}
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            if let Some(name) = object_name(file).filter(|_| meta.is_file()) {
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                found.push((modified, name, meta.len()));
             }
         }
         found.sort();
@@ -293,7 +296,10 @@ impl SegmentCache {
     /// Copy `name` from the object store into the cache, pinned once.
     async fn fetch(&self, store: &ObjectStore, name: &str) -> Result<(), CacheError> {
         let path = self.inner.path(name);
-        let part = path.with_extension("part");
+        let part = self
+            .inner
+            .dir
+            .join(format!("{PART_PREFIX}{}", file_name(name)));
         let fetch_error = |reason: String| CacheError::Fetch {
             name: name.to_owned(),
             reason,
@@ -363,7 +369,7 @@ mod tests {
                 .expect("open");
             file.set_modified(time).expect("set time");
         }
-        std::fs::write(dir.path().join("s-p0~2fd.part"), b"half").expect("write");
+        std::fs::write(dir.path().join("part-s-p0~2fd"), b"half").expect("write");
         let settings = CacheSettings {
             dir: Some(dir.path().to_owned()),
             max_bytes: 250,
@@ -372,7 +378,7 @@ mod tests {
         // The oldest file went to fit 250 bytes; the interrupted fetch is gone.
         assert_eq!((cache.files(), cache.bytes()), (2, 200));
         assert!(!dir.path().join(file_name("p0/a")).exists());
-        assert!(!dir.path().join("s-p0~2fd.part").exists());
+        assert!(!dir.path().join("part-s-p0~2fd").exists());
         assert!(cache.take("p0/b") && cache.take("p0/c"));
         assert!(!cache.take("p0/a"));
     }

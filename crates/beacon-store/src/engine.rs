@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::context::Context;
-use async_nats::jetstream::object_store::ObjectStore;
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -283,7 +282,7 @@ impl Engine {
         from_ms: i64,
         to_ms: i64,
         format: ExportFormat,
-    ) -> Result<impl Stream<Item = Result<Bytes, SqlError>> + Send + 'static, SqlError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, SqlError>> + Send + 'static + use<>, SqlError> {
         self.ready()?;
         let (ctx, pins) = self.session(site)?;
         let ms = |v: i64| lit(ScalarValue::TimestampMillisecond(Some(v), Some("UTC".into())));

@@ -42,7 +42,7 @@ pub fn encode(
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             FORMAT_KEY.to_owned(),
             SEGMENT_FORMAT_VERSION.to_string(),

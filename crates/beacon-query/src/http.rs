@@ -219,8 +219,8 @@ async fn export(
 ) -> Response {
     use beacon_store::ExportFormat;
     let answer = async {
-        let q: ExportQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| {
+        let q: ExportQuery =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
                 QueryError::bad_request(format!(
                     "export takes from, to and format (parquet, ndjson or csv): {e}"
                 ))

@@ -208,7 +208,10 @@ impl QueryNode {
         self.keys.check(key, site)?;
         let engine = self.engine()?;
         let started = std::time::Instant::now();
-        let result = engine.sql(site, sql, format).await.map_err(QueryError::from);
+        let result = engine
+            .sql(site, sql, format)
+            .await
+            .map_err(QueryError::from);
         metrics::histogram!("beacon_query_seconds", "op" => "sql")
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -228,7 +231,10 @@ impl QueryNode {
         to: &str,
         format: beacon_store::ExportFormat,
     ) -> Result<
-        impl futures::Stream<Item = Result<bytes::Bytes, beacon_store::SqlError>> + Send + 'static + use<>,
+        impl futures::Stream<Item = Result<bytes::Bytes, beacon_store::SqlError>>
+        + Send
+        + 'static
+        + use<>,
         QueryError,
     > {
         self.keys.check(key, site)?;

@@ -118,7 +118,9 @@ fn classify(e: DataFusionError) -> SqlError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => SqlError::new(
             SqlErrorKind::MemoryLimit,
-            format!("the query needs more memory than its limit (query.sql.memory_bytes): {message}"),
+            format!(
+                "the query needs more memory than its limit (query.sql.memory_bytes): {message}"
+            ),
         ),
         DataFusionError::External(inner) if inner.downcast_ref::<Fault>().is_some() => {
             SqlError::new(SqlErrorKind::Unavailable, message)
@@ -126,6 +128,9 @@ fn classify(e: DataFusionError) -> SqlError {
         _ => SqlError::new(SqlErrorKind::Invalid, message),
     }
 }
+
+/// The cache files a query holds, released when it is dropped.
+type Pins = Arc<Mutex<Vec<Pinned>>>;
 
 /// A SQL answer, encoded.
 #[derive(Debug, Clone)]
@@ -184,11 +189,13 @@ impl Engine {
     }
 
     /// A session whose only table is `events`: `site`'s rows.
-    fn session(&self, site: &str) -> Result<(SessionContext, Arc<Mutex<Vec<Pinned>>>), SqlError> {
+    fn session(&self, site: &str) -> Result<(SessionContext, Pins), SqlError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             // No spilling: the memory limit is a limit, not a reason to fill the disk.
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(classify)?;
         let mut config = SessionConfig::new()
@@ -254,7 +261,10 @@ impl Engine {
                 batches.push(batch);
             }
             let body = encode_answer(format, &schema, &batches).map_err(|e| {
-                SqlError::new(SqlErrorKind::Invalid, format!("cannot encode the answer as {format:?}: {e}"))
+                SqlError::new(
+                    SqlErrorKind::Invalid,
+                    format!("cannot encode the answer as {format:?}: {e}"),
+                )
             })?;
             Ok(Answer {
                 format,
@@ -282,10 +292,16 @@ impl Engine {
         from_ms: i64,
         to_ms: i64,
         format: ExportFormat,
-    ) -> Result<impl Stream<Item = Result<Bytes, SqlError>> + Send + 'static + use<>, SqlError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, SqlError>> + Send + 'static + use<>, SqlError>
+    {
         self.ready()?;
         let (ctx, pins) = self.session(site)?;
-        let ms = |v: i64| lit(ScalarValue::TimestampMillisecond(Some(v), Some("UTC".into())));
+        let ms = |v: i64| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
         let frame = ctx
             .table("events")
             .await
@@ -299,7 +315,7 @@ impl Engine {
             encoder: Option<ExportEncoder>,
             schema: SchemaRef,
             // Held until the last byte: the files being read stay in the cache.
-            _pins: Arc<Mutex<Vec<Pinned>>>,
+            _pins: Pins,
             _ctx: SessionContext,
         }
         let state = Export {
@@ -343,7 +359,10 @@ fn read_only() -> SqlError {
 }
 
 fn encoding(e: datafusion::arrow::error::ArrowError) -> SqlError {
-    SqlError::new(SqlErrorKind::Invalid, format!("cannot encode the export: {e}"))
+    SqlError::new(
+        SqlErrorKind::Invalid,
+        format!("cannot encode the export: {e}"),
+    )
 }
 
 /// The table under `events`: one site's segments and tail, unfiltered by site
@@ -353,7 +372,7 @@ struct SiteRows {
     snapshot: Snapshot,
     cache: SegmentCache,
     js: Context,
-    pins: Arc<Mutex<Vec<Pinned>>>,
+    pins: Pins,
 }
 
 #[async_trait]
@@ -419,8 +438,8 @@ impl TableProvider for SiteRows {
                 .iter()
                 .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension("");
+            let options =
+                ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(segment_schema());
@@ -511,7 +530,10 @@ mod tests {
     use super::*;
 
     fn ts_ms(v: i64) -> Expr {
-        lit(ScalarValue::TimestampMillisecond(Some(v), Some("UTC".into())))
+        lit(ScalarValue::TimestampMillisecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
@@ -530,6 +552,9 @@ mod tests {
         // An OR says nothing certain; neither does a predicate on another column.
         let either = col("ts").lt(ts_ms(10)).or(col("ts").gt(ts_ms(20)));
         assert_eq!(time_bounds(&[either]), (i64::MIN, i64::MAX));
-        assert_eq!(time_bounds(&[col("received_at").gt(ts_ms(7))]), (i64::MIN, i64::MAX));
+        assert_eq!(
+            time_bounds(&[col("received_at").gt(ts_ms(7))]),
+            (i64::MIN, i64::MAX)
+        );
     }
 }

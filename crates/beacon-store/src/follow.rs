@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{Context, GetStreamErrorKind};
 use async_nats::jetstream::kv::{Operation, Store};
 use beacon_core::Event;
@@ -117,7 +117,9 @@ async fn bucket(js: &Context) -> Result<Option<Store>, Retry> {
         Ok(_) => {}
         Err(e) => {
             return match e.kind() {
-                GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     Ok(None)
                 }
                 _ => Err(Retry(e.to_string())),

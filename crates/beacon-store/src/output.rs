@@ -42,14 +42,14 @@ impl SqlFormat {
 
     /// The format an `Accept` header asks for, if it names one.
     pub fn from_media_type(accept: &str) -> Option<SqlFormat> {
-        accept.split(',').find_map(|part| {
-            match part.split(';').next().unwrap_or("").trim() {
+        accept
+            .split(',')
+            .find_map(|part| match part.split(';').next().unwrap_or("").trim() {
                 "application/json" => Some(SqlFormat::Json),
                 "application/vnd.apache.arrow.stream" => Some(SqlFormat::Arrow),
                 "text/csv" => Some(SqlFormat::Csv),
                 _ => None,
-            }
-        })
+            })
     }
 
     pub fn content_type(self) -> &'static str {
@@ -145,8 +145,8 @@ fn json_text(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
             continue;
         }
         // Each line is {"v": <value>}: keep the value.
-        let value: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
         out.append_value(value.get("v").map(ToString::to_string).unwrap_or_default());
     }
     Ok(Arc::new(out.finish()))
@@ -197,7 +197,8 @@ pub fn encode_answer(
         }
         SqlFormat::Arrow => {
             let mut out = Vec::new();
-            let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
+            let mut writer =
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
             for batch in batches {
                 writer.write(batch)?;
             }
@@ -244,7 +245,8 @@ impl ExportEncoder {
             ExportFormat::Parquet => {
                 let properties = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(
-                        ZstdLevel::try_new(3).map_err(|e| ArrowError::ParquetError(e.to_string()))?,
+                        ZstdLevel::try_new(3)
+                            .map_err(|e| ArrowError::ParquetError(e.to_string()))?,
                     ))
                     .build();
                 Some(
@@ -320,38 +322,40 @@ mod tests {
         let mut props = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
         props.keys().append_value("plan");
         props.values().append_value("pro");
-        props.append(true).unwrap();
-        props.append(false).unwrap();
+        props.append(true).expect("test data");
+        props.append(false).expect("test data");
         let amount = Decimal128Array::from(vec![Some(1999), None])
             .with_precision_and_scale(10, 2)
-            .unwrap();
+            .expect("test data");
         RecordBatch::try_from_iter(vec![
             ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
             ("amount", Arc::new(amount) as ArrayRef),
             ("props", Arc::new(props.finish()) as ArrayRef),
         ])
-        .unwrap()
+        .expect("test data")
     }
 
     #[test]
     fn json_keeps_decimals_exact_and_names_the_columns() {
         let b = batch();
-        let out = encode_answer(SqlFormat::Json, &b.schema(), &[b.clone()]).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let out = encode_answer(SqlFormat::Json, &b.schema(), std::slice::from_ref(&b))
+            .expect("test data");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("test data");
         assert_eq!(v["columns"][1]["name"], "amount");
         assert_eq!(v["rows"][0]["amount"], "19.99");
         assert_eq!(v["rows"][0]["props"]["plan"], "pro");
         assert!(v["rows"][1]["amount"].is_null());
-        let empty = encode_answer(SqlFormat::Json, &b.schema(), &[]).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        let empty = encode_answer(SqlFormat::Json, &b.schema(), &[]).expect("test data");
+        let v: serde_json::Value = serde_json::from_slice(&empty).expect("test data");
         assert_eq!(v["rows"], serde_json::json!([]));
     }
 
     #[test]
     fn csv_flattens_maps_to_json_text() {
         let b = batch();
-        let out = encode_answer(SqlFormat::Csv, &b.schema(), &[b.clone()]).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let out = encode_answer(SqlFormat::Csv, &b.schema(), std::slice::from_ref(&b))
+            .expect("test data");
+        let text = String::from_utf8(out).expect("test data");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "n,amount,props");
         assert_eq!(lines[1], r#"1,19.99,"{""plan"":""pro""}""#);
@@ -362,19 +366,20 @@ mod tests {
     fn a_streamed_parquet_export_reads_back_whole() {
         let b = batch();
         let schema = b.schema();
-        let mut encoder = ExportEncoder::new(ExportFormat::Parquet, &schema).unwrap();
+        let mut encoder = ExportEncoder::new(ExportFormat::Parquet, &schema).expect("test data");
         let mut file = Vec::new();
         for _ in 0..3 {
-            file.extend_from_slice(&encoder.batch(&b).unwrap());
+            file.extend_from_slice(&encoder.batch(&b).expect("test data"));
         }
-        file.extend_from_slice(&encoder.finish(&schema).unwrap());
-        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            Bytes::from(file),
-        )
-        .unwrap()
-        .build()
-        .unwrap();
-        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        file.extend_from_slice(&encoder.finish(&schema).expect("test data"));
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                Bytes::from(file),
+            )
+            .expect("test data")
+            .build()
+            .expect("test data");
+        let rows: usize = reader.map(|b| b.expect("test data").num_rows()).sum();
         assert_eq!(rows, 6);
     }
 }

@@ -229,9 +229,7 @@ impl StoreView {
                     .extend(manifest.prune(site, from_ms, to_ms).cloned());
             }
             partition.tail.flush();
-            snapshot
-                .tail
-                .extend(partition.tail.batches.iter().cloned());
+            snapshot.tail.extend(partition.tail.batches.iter().cloned());
         }
         snapshot
     }
@@ -248,7 +246,12 @@ impl StoreView {
                 segments: data.manifest.as_ref().map_or(0, |m| m.segments.len()),
                 segment_rows: data.manifest.as_ref().map_or(0, |m| m.rows()),
                 segment_bytes: data.manifest.as_ref().map_or(0, |m| m.bytes()),
-                tail_rows: data.tail.batches.iter().map(RecordBatch::num_rows).sum::<usize>()
+                tail_rows: data
+                    .tail
+                    .batches
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>()
                     + data.tail.pending.len(),
                 tail_seq: data.tail.last_seq,
             })
@@ -306,9 +309,7 @@ mod tests {
         view.set_manifest(old, 3);
         let snapshot = view.snapshot("shop", 0, i64::MAX);
         let got = seqs(&snapshot);
-        let want: Vec<u64> = (1..=10_000)
-            .filter(|s| s % 2 == 1 || *s > 5_000)
-            .collect();
+        let want: Vec<u64> = (1..=10_000).filter(|s| s % 2 == 1 || *s > 5_000).collect();
         assert_eq!(got, want);
         // Events at or below a partition's through_seq are not taken in.
         view.push(10_002, &event(1, 1));

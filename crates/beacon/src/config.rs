@@ -157,7 +157,8 @@ impl Config {
             problems.push("publish.deadline must be at least publish.attempt_timeout".to_owned());
         }
         if self.query.sql.max_rows == 0 || self.query.sql.memory_bytes == 0 {
-            problems.push("query.sql.max_rows and query.sql.memory_bytes must be positive".to_owned());
+            problems
+                .push("query.sql.max_rows and query.sql.memory_bytes must be positive".to_owned());
         }
         if self.query.sql.timeout.is_zero() {
             problems.push("query.sql.timeout must be positive".to_owned());

@@ -50,8 +50,9 @@ pub async fn run(mut config: Config, args: ExportArgs) -> anyhow::Result<()> {
     if !config.sites.iter().any(|s| s.id == args.site) {
         bail!("no site {:?} in the config", args.site);
     }
-    let span = beacon_query::engine::span(&args.from, &args.to, chrono::Utc::now().timestamp_millis())
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let span =
+        beacon_query::engine::span(&args.from, &args.to, chrono::Utc::now().timestamp_millis())
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     if config.nats.urls.is_empty() {
         let file = config.data_dir.join(NATS_URL_FILE);
         let url = std::fs::read_to_string(&file).with_context(|| {

@@ -16,11 +16,11 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store;
 use beacon_core::event::Event;
 use beacon_query::QuerySettings;
-use beacon_store::manifest::manifest_key;
-use beacon_store::{MANIFEST_BUCKET, Manifest, Rows, SEGMENT_BUCKET, StoredEvent};
 use beacon_store::datafusion::arrow::array::AsArray;
 use beacon_store::datafusion::arrow::ipc::reader::StreamReader;
 use beacon_store::datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use beacon_store::manifest::manifest_key;
+use beacon_store::{MANIFEST_BUCKET, Manifest, Rows, SEGMENT_BUCKET, StoredEvent};
 use beacon_testing::TestServer;
 use beacon_testing::truth::{Shape, generate, send};
 use rust_decimal::Decimal;
@@ -136,7 +136,14 @@ async fn commit_share(js: &jetstream::Context, stored: &[(u64, Event)], share: f
 }
 
 /// A server with streams, the store's buckets, and `n` events over three days.
-async fn data(n: usize) -> (TestServer, async_nats::Client, jetstream::Context, Vec<(u64, Event)>) {
+async fn data(
+    n: usize,
+) -> (
+    TestServer,
+    async_nats::Client,
+    jetstream::Context,
+    Vec<(u64, Event)>,
+) {
     let nats = TestServer::start().await;
     let (client, js) = nats.provisioned(PARTITIONS).await;
     store_buckets(&js).await;
@@ -288,7 +295,11 @@ async fn assert_truth(node: &Node, site: &str, want: &SiteTruth) {
     let got: BTreeMap<String, Decimal> = revenue
         .iter()
         .map(|r| {
-            let sum: Decimal = r["s"].as_str().expect("decimal as text").parse().expect("decimal");
+            let sum: Decimal = r["s"]
+                .as_str()
+                .expect("decimal as text")
+                .parse()
+                .expect("decimal");
             (r["c"].as_str().expect("currency").to_owned(), sum)
         })
         .collect();
@@ -318,7 +329,10 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
             .iter()
             .filter(|(_, e)| e.partition == p)
             .skip_while({
-                let through = status.iter().find(|s| s.partition == p).map_or(0, |s| s.through_seq);
+                let through = status
+                    .iter()
+                    .find(|s| s.partition == p)
+                    .map_or(0, |s| s.through_seq);
                 move |(seq, _)| *seq <= through
             })
             .cloned()
@@ -328,7 +342,10 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while node.node.store().expect("store").view().tail_rows() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the tail never emptied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail never emptied"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_truth(&node, "site-0", &want).await;
@@ -345,7 +362,10 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
     assert_eq!(answer["rows"][0]["n"], want.events);
     let csv = node
         .http
-        .post(format!("http://{}/api/v1/sites/site-0/sql?format=csv", node.addr))
+        .post(format!(
+            "http://{}/api/v1/sites/site-0/sql?format=csv",
+            node.addr
+        ))
         .bearer_auth(READ_ALL)
         .header("content-type", "text/plain")
         .body("SELECT count(*) AS n FROM events")
@@ -353,7 +373,10 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
         .await
         .expect("csv");
     assert_eq!(csv.status(), 200);
-    assert_eq!(csv.text().await.expect("text"), format!("n\n{}\n", want.events));
+    assert_eq!(
+        csv.text().await.expect("text"),
+        format!("n\n{}\n", want.events)
+    );
     let arrow = node
         .http
         .post(format!("http://{}/api/v1/sites/site-0/sql", node.addr))
@@ -380,9 +403,8 @@ async fn a_question_about_one_day_opens_only_that_days_segments() {
         .iter()
         .filter(|(_, e)| e.site == "site-0" && e.ts.timestamp_millis() >= day_start)
         .count() as i64;
-    let sql = format!(
-        "SELECT count(*) AS n FROM events WHERE ts >= to_timestamp_millis({day_start})"
-    );
+    let sql =
+        format!("SELECT count(*) AS n FROM events WHERE ts >= to_timestamp_millis({day_start})");
     node.until_count("site-0", &sql, want).await;
     // Segments are per partition over all three days here, so the day's
     // question may need them all; a range before any data opens none.
@@ -428,7 +450,9 @@ async fn one_sites_key_never_reaches_another_sites_rows() {
         let rows = node.rows("site-1", sql).await;
         assert_eq!(rows[0]["n"], 0, "{sql}");
     }
-    let sites = node.rows("site-1", "SELECT DISTINCT site FROM events").await;
+    let sites = node
+        .rows("site-1", "SELECT DISTINCT site FROM events")
+        .await;
     assert_eq!(sites, vec![json!({"site": "site-1"})]);
 
     // No other table, no file, no catalog, no URL table: refused as invalid.
@@ -444,10 +468,7 @@ async fn one_sites_key_never_reaches_another_sites_rows() {
         "SHOW TABLES",
     ] {
         let (status, body) = node.sql_as(READ_ALL, "site-1", sql).await;
-        assert!(
-            status == 400 || status == 403,
-            "{sql}: {status} {body}"
-        );
+        assert!(status == 400 || status == 403, "{sql}: {status} {body}");
         assert!(body["error"].is_string(), "{sql}: {body}");
     }
 }
@@ -481,12 +502,16 @@ async fn statements_that_write_or_define_are_refused_clearly() {
     let (status, body) = node.sql_as(READ_ALL, "site-0", "DROP TABLE events").await;
     assert_eq!((status, body["kind"].as_str()), (403, Some("read_only")));
     assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("read-only")),
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read-only")),
         "{body}"
     );
     assert!(!std::path::Path::new("/tmp/beacon-copy.csv").exists());
     // Nothing changed: the view still holds every row.
-    let rows = node.rows("site-0", "SELECT count(*) AS n FROM events").await;
+    let rows = node
+        .rows("site-0", "SELECT count(*) AS n FROM events")
+        .await;
     assert_eq!(rows[0]["n"], n);
 }
 
@@ -525,10 +550,16 @@ async fn runaway_queries_are_cut_at_each_limit_and_the_node_keeps_answering() {
         node.until_count("site-0", "SELECT count(*) AS n FROM events", n)
             .await;
         let (got, body) = node.sql_as(READ_ALL, "site-0", sql).await;
-        assert_eq!((got, body["kind"].as_str()), (status, Some(kind)), "{sql}: {body}");
+        assert_eq!(
+            (got, body["kind"].as_str()),
+            (status, Some(kind)),
+            "{sql}: {body}"
+        );
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
         // The node answers the next question, and its other routes too.
-        let rows = node.rows("site-0", "SELECT count(*) AS n FROM events").await;
+        let rows = node
+            .rows("site-0", "SELECT count(*) AS n FROM events")
+            .await;
         assert_eq!(rows[0]["n"], n);
         let (status, _) = node.get("/api/v1/sites", Some(READ_ALL)).await;
         assert_eq!(status, 200);
@@ -548,7 +579,12 @@ async fn exports_read_back_to_the_same_rows() {
         .iter()
         .map(|(_, e)| e)
         .filter(|e| e.site == "site-0" && (from..to).contains(&e.ts.timestamp_millis()))
-        .map(|e| (e.id.clone(), (e.name.clone(), e.revenue.as_ref().map(|r| r.amount))))
+        .map(|e| {
+            (
+                e.id.clone(),
+                (e.name.clone(), e.revenue.as_ref().map(|r| r.amount)),
+            )
+        })
         .collect();
     assert!(want.len() > 100);
     let rfc = |ms: i64| {
@@ -602,7 +638,13 @@ async fn exports_read_back_to_the_same_rows() {
     for batch in reader {
         let batch = batch.expect("batch");
         let column = batch.column_by_name("id").expect("id column");
-        ids.extend(column.as_string::<i32>().iter().flatten().map(str::to_owned));
+        ids.extend(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_owned),
+        );
     }
     assert_eq!(ids.len(), want.len(), "no row twice");
     assert_eq!(

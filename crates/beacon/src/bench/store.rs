@@ -87,11 +87,7 @@ const QUESTIONS: [(&str, &str, &str); 4] = [
          WHERE name = 'pageview' AND referrer_source = 'Google' GROUP BY path \
          ORDER BY visitors DESC LIMIT 10",
     ),
-    (
-        "three_step_funnel_in_a_day",
-        FUNNEL,
-        FUNNEL,
-    ),
+    ("three_step_funnel_in_a_day", FUNNEL, FUNNEL),
 ];
 
 const FUNNEL: &str = "WITH d AS (SELECT user_key, name, ts FROM events \
@@ -138,7 +134,7 @@ fn event(rng: &mut Rng, i: usize, day: usize, day_ms: i64, args: &StoreArgs) -> 
     let ts = day_ms + (i as i64 * 86_400_000) / args.events_per_day as i64;
     let time = Utc.timestamp_millis_opt(ts).single().unwrap_or_default();
     let mut props = serde_json::Map::new();
-    if user % 2 == 0 {
+    if user.is_multiple_of(2) {
         let plan = ["free", "pro", "team"][user % 3];
         props.insert("plan".into(), Value::String(plan.into()));
     }
@@ -158,7 +154,10 @@ fn event(rng: &mut Rng, i: usize, day: usize, day_ms: i64, args: &StoreArgs) -> 
         }),
         context: Context {
             path: Some(format!("/page/{}", rng.below(50))),
-            referrer_source: Some(rng.pick(&["Google", "Direct", "twitter.com", "newsletter"]).into()),
+            referrer_source: Some(
+                rng.pick(&["Google", "Direct", "twitter.com", "newsletter"])
+                    .into(),
+            ),
             browser: Some(rng.pick(&["Chrome", "Firefox", "Safari", "Edge"]).into()),
             os: Some(["Windows", "Mac OSX", "Linux", "Android", "iOS"][user % 5].into()),
             device: Some(["desktop", "mobile", "tablet"][user % 3].into()),
@@ -335,8 +334,8 @@ async fn time_duckdb(
     if !output.status.success() {
         bail!("the DuckDB script failed ({})", output.status);
     }
-    let result: Vec<Vec<f64>> = serde_json::from_slice(&output.stdout)
-        .context("the DuckDB script printed no timings")?;
+    let result: Vec<Vec<f64>> =
+        serde_json::from_slice(&output.stdout).context("the DuckDB script printed no timings")?;
     Ok(result
         .into_iter()
         .map(|ms| {
@@ -441,7 +440,9 @@ fn print(report: &Value) {
         report["segments"],
         report["bytes_per_event"].as_f64().unwrap_or(0.0),
         report["write_seconds"].as_f64().unwrap_or(0.0),
-        report["write_cpu_seconds_per_million"].as_f64().unwrap_or(0.0),
+        report["write_cpu_seconds_per_million"]
+            .as_f64()
+            .unwrap_or(0.0),
     );
     println!(
         "{:<34} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
@@ -456,7 +457,9 @@ fn print(report: &Value) {
             f(&q["beacon_p99_ms"]),
             f(&q["duckdb_p50_ms"]),
             f(&q["duckdb_p99_ms"]),
-            q["ratio_p50"].as_f64().map_or("-".to_owned(), |r| format!("{r:.2}")),
+            q["ratio_p50"]
+                .as_f64()
+                .map_or("-".to_owned(), |r| format!("{r:.2}")),
         );
     }
     println!(

@@ -57,7 +57,9 @@ async fn sql_and_export_work_on_a_fresh_up_and_a_separate_query_node() {
     let sent = http
         .post(format!("{url}/api/v1/events"))
         .bearer_auth(SHOP_KEY)
-        .json(&json!({"name": "signup", "user_id": "u-1", "id": "fresh-1", "props": {"plan": "pro"}}))
+        .json(
+            &json!({"name": "signup", "user_id": "u-1", "id": "fresh-1", "props": {"plan": "pro"}}),
+        )
         .send()
         .await
         .expect("sent");

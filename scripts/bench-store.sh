@@ -9,6 +9,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/beacon/target}"
 if [ ! -x .venv-bench/bin/python ]; then
     python3 -m venv .venv-bench
 fi
-.venv-bench/bin/python -m pip install --quiet --disable-pip-version-check duckdb==2.0.0
+.venv-bench/bin/python -m pip install --quiet --disable-pip-version-check duckdb==2.0.0 pytz==2025.2
 cargo build --locked --release -p beacon
 "$CARGO_TARGET_DIR/release/beacon" bench store --duckdb-python .venv-bench/bin/python "$@"

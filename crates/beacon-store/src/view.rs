@@ -9,14 +9,17 @@ use std::sync::{Arc, Mutex};
 
 use beacon_core::Event;
 use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::UInt64Type;
 use tokio::sync::watch;
 
 use crate::manifest::{Manifest, SegmentMeta};
-use crate::schema::{Rows, StoredEvent};
+use crate::schema::{Rows, StoredEvent, segment_schema};
 
 /// Rows gathered before they become a record batch of the tail.
 const BATCH_ROWS: usize = 4096;
+/// Batches a partition's tail holds before they are merged into one.
+const MAX_BATCHES: usize = 64;
 
 /// Tail rows of one partition, in stream order.
 #[derive(Debug, Default)]
@@ -38,6 +41,14 @@ impl Tail {
             // The builder only fails on a column of the wrong length, which
             // `Rows::push` cannot produce.
             Err(e) => tracing::error!(error = %e, "tail rows lost: cannot build a batch"),
+        }
+        // Each query flushes what is pending: at a slow event rate that makes
+        // many tiny batches, which scans read slowly. Merge them now and then.
+        if self.batches.len() > MAX_BATCHES {
+            match concat_batches(&segment_schema(), &self.batches) {
+                Ok(one) => self.batches = vec![one],
+                Err(e) => tracing::warn!(error = %e, "cannot merge tail batches"),
+            }
         }
     }
 
@@ -318,6 +329,14 @@ mod tests {
         view.set_manifest(m1, 8);
         view.push(10_004, &event(1, 1));
         assert_eq!(view.tail_rows(), 2_500);
+        // Queries between single events leave tiny batches; they are merged.
+        for seq in 20_001..20_200u64 {
+            view.push(seq, &event(2, seq as i64));
+            view.snapshot("shop", 0, i64::MAX);
+        }
+        let merged = view.snapshot("shop", 0, i64::MAX);
+        assert!(merged.tail.len() < 70, "{} batches", merged.tail.len());
+        assert_eq!(seqs(&merged).len(), 2_500 + 199);
         assert_eq!(view.tail_start(2), 5_001);
         assert_eq!(view.tail_start(3), 1);
     }

@@ -479,13 +479,15 @@ fn narrow(expr: &Expr, bounds: &mut (i64, i64)) {
                 },
                 _ => return,
             };
+            let (floor, ceil) = ms;
             match op {
-                Operator::Gt | Operator::GtEq => *from = (*from).max(ms),
-                // Exclusive upper bound; one past covers `<=` and sub-ms literals.
-                Operator::Lt | Operator::LtEq => *to = (*to).min(ms.saturating_add(1)),
+                Operator::Gt | Operator::GtEq => *from = (*from).max(floor),
+                // `ts < t`: every row is below t's ceiling in ms (t itself when whole).
+                Operator::Lt => *to = (*to).min(ceil),
+                Operator::LtEq => *to = (*to).min(floor.saturating_add(1)),
                 Operator::Eq => {
-                    *from = (*from).max(ms);
-                    *to = (*to).min(ms.saturating_add(1));
+                    *from = (*from).max(floor);
+                    *to = (*to).min(floor.saturating_add(1));
                 }
                 _ => {}
             }
@@ -496,11 +498,11 @@ fn narrow(expr: &Expr, bounds: &mut (i64, i64)) {
             low,
             high,
         }) if is_ts(expr) => {
-            if let Some(ms) = millis(low) {
-                *from = (*from).max(ms);
+            if let Some((floor, _)) = millis(low) {
+                *from = (*from).max(floor);
             }
-            if let Some(ms) = millis(high) {
-                *to = (*to).min(ms.saturating_add(1));
+            if let Some((floor, _)) = millis(high) {
+                *to = (*to).min(floor.saturating_add(1));
             }
         }
         _ => {}
@@ -511,16 +513,25 @@ fn is_ts(expr: &Expr) -> bool {
     matches!(expr, Expr::Column(c) if c.name == "ts")
 }
 
-/// A timestamp literal in Unix ms, rounded down.
-fn millis(expr: &Expr) -> Option<i64> {
+/// A timestamp literal in Unix ms, rounded down and up.
+fn millis(expr: &Expr) -> Option<(i64, i64)> {
     let Expr::Literal(value, _) = expr else {
         return None;
     };
+    let split = |v: i64, per_ms: i64| {
+        let floor = v.div_euclid(per_ms);
+        let ceil = if v.rem_euclid(per_ms) == 0 {
+            floor
+        } else {
+            floor.saturating_add(1)
+        };
+        (floor, ceil)
+    };
     match value {
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000),
-        ScalarValue::TimestampMillisecond(Some(v), _) => Some(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(v.div_euclid(1000)),
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1_000_000)),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000).map(|ms| (ms, ms)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some((*v, *v)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(split(*v, 1000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(split(*v, 1_000_000)),
         _ => None,
     }
 }
@@ -543,7 +554,14 @@ mod tests {
             ts_ms(5_000).gt(col("ts")),
             col("name").eq(lit("x")),
         ];
-        assert_eq!(time_bounds(&filters), (1_000, 5_001));
+        assert_eq!(time_bounds(&filters), (1_000, 5_000));
+        let at_most = col("ts").lt_eq(ts_ms(5_000));
+        assert_eq!(time_bounds(&[at_most]), (i64::MIN, 5_001));
+        let below = col("ts").lt(lit(ScalarValue::TimestampNanosecond(
+            Some(4_999_000_001),
+            None,
+        )));
+        assert_eq!(time_bounds(&[below]), (i64::MIN, 5_000));
         let between = col("ts").between(
             lit(ScalarValue::TimestampNanosecond(Some(2_000_000_000), None)),
             lit(ScalarValue::TimestampSecond(Some(3), None)),

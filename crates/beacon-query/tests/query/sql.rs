@@ -396,20 +396,49 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_about_one_day_opens_only_that_days_segments() {
     let (_nats, client, js, stored) = data(6_000).await;
-    commit_share(&js, &stored, 1.0).await;
+    // One segment per partition and day, as compaction by day leaves them.
+    let (manifests, segments) = store_buckets(&js).await;
+    let day_of = |e: &Event| e.ts.timestamp_millis().div_euclid(86_400_000);
+    let mut per_day: BTreeMap<(u32, i64), Vec<(u64, Event)>> = BTreeMap::new();
+    for (seq, e) in &stored {
+        per_day
+            .entry((e.partition, day_of(e)))
+            .or_default()
+            .push((*seq, e.clone()));
+    }
+    // The generator's time only moves forward, so each day is a run of sequences.
+    for ((p, _), rows) in &per_day {
+        let through = rows.last().map_or(0, |(s, _)| *s);
+        commit_segment(&manifests, &segments, *p, rows, through).await;
+    }
     let node = store_node(&client, QuerySettings::default()).await;
-    let day_start = end_ms() - 86_400_000;
+    // Wait (bounded) for the manifests, without a query that would open every segment.
+    let view = node.node.store().expect("store").view().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(view.is_loaded() && view.status().len() == PARTITIONS as usize) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "manifests never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let day = day_of(&stored[stored.len() / 2].1);
+    let (from, to) = (day * 86_400_000, (day + 1) * 86_400_000);
     let want = stored
         .iter()
-        .filter(|(_, e)| e.site == "site-0" && e.ts.timestamp_millis() >= day_start)
+        .filter(|(_, e)| e.site == "site-0" && (from..to).contains(&e.ts.timestamp_millis()))
         .count() as i64;
-    let sql =
-        format!("SELECT count(*) AS n FROM events WHERE ts >= to_timestamp_millis({day_start})");
-    node.until_count("site-0", &sql, want).await;
-    // Segments are per partition over all three days here, so the day's
-    // question may need them all; a range before any data opens none.
     let cache = node.node.store().expect("store").cache().clone();
-    let before = cache.files();
+    assert_eq!(cache.files(), 0);
+    let sql = format!(
+        "SELECT count(*) AS n FROM events WHERE ts >= to_timestamp_millis({from}) \
+         AND ts < to_timestamp_millis({to})"
+    );
+    node.until_count("site-0", &sql, want).await;
+    // Only that day's segments (one per partition holding it) were fetched.
+    let that_day = per_day.keys().filter(|(_, d)| *d == day).count();
+    assert_eq!(cache.files(), that_day, "{} segments in all", per_day.len());
+    // A range before any data opens none.
     let empty = node
         .rows(
             "site-0",
@@ -417,7 +446,7 @@ async fn a_question_about_one_day_opens_only_that_days_segments() {
         )
         .await;
     assert_eq!(empty[0]["n"], 0);
-    assert_eq!(cache.files(), before, "no segment was fetched for 2001");
+    assert_eq!(cache.files(), that_day, "no segment was fetched for 2001");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,6 +404,27 @@ impl Clock {
     }
 }
 
+/// `from` and `to` of an export, read as the other operations read them
+/// (in UTC; a date as `to` includes its day).
+pub fn span(from: &str, to: &str, now: i64) -> Result<Span, QueryError> {
+    let clock = Clock {
+        tz: chrono_tz::UTC,
+        now,
+    };
+    let span = Span {
+        from: clock.instant("from", from, false)?,
+        to: clock.instant("to", to, true)?,
+    };
+    if span.from >= span.to {
+        return Err(QueryError::bad_request(format!(
+            "from ({}) must be before to ({})",
+            clock.render(span.from),
+            clock.render(span.to)
+        )));
+    }
+    Ok(span)
+}
+
 /// The earliest instant a range may name: the Unix epoch.
 pub const EARLIEST: i64 = 0;
 /// The latest: 10000-01-01T00:00:00Z, the end of four-digit years.

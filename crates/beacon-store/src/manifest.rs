@@ -66,7 +66,9 @@ pub struct Manifest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest of partition {partition} has format {found}; this build reads up to {MANIFEST_FORMAT_VERSION}: upgrade beacon")]
+    #[error(
+        "manifest of partition {partition} has format {found}; this build reads up to {MANIFEST_FORMAT_VERSION}: upgrade beacon"
+    )]
     TooNew { partition: u32, found: u32 },
     #[error("manifest is not valid JSON: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -125,7 +127,10 @@ impl Manifest {
         ranges.sort_unstable();
         for pair in ranges.windows(2) {
             if pair[1].0 <= pair[0].1 {
-                return Err(bad(format!("segments {} and {} overlap", pair[0].2, pair[1].2)));
+                return Err(bad(format!(
+                    "segments {} and {} overlap",
+                    pair[0].2, pair[1].2
+                )));
             }
         }
         if let Some(seg) = self
@@ -189,7 +194,7 @@ mod tests {
         let mut m = Manifest::empty(0);
         m.through_seq = 20;
         m.segments = vec![seg("x", 1, 10), seg("y", 11, 20)];
-        let back = Manifest::decode(&m.encode()).unwrap();
+        let back = Manifest::decode(&m.encode()).expect("decodes");
         assert_eq!(back, m);
         assert_eq!(back.rows(), 20);
         assert_eq!(back.prune("a", 0, 1_500).count(), 2);

@@ -195,7 +195,10 @@ impl Rows {
             user_id: StringBuilder::new(),
             anonymous_id: StringBuilder::new(),
             session_id: UInt64Builder::new(),
-            context: CONTEXT_COLUMNS.iter().map(|_| StringBuilder::new()).collect(),
+            context: CONTEXT_COLUMNS
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
             revenue_amount: Decimal128Builder::new(),
             revenue_currency: StringBuilder::new(),
             props: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
@@ -225,7 +228,8 @@ impl Rows {
         self.name.append_value(&event.name);
         self.user_key.append_value(event.user_key());
         self.user_id.append_option(event.user_id.as_deref());
-        self.anonymous_id.append_option(event.anonymous_id.as_deref());
+        self.anonymous_id
+            .append_option(event.anonymous_id.as_deref());
         self.session_id.append_option(row.session_id);
         for (builder, value) in self.context.iter_mut().zip(context_values(event)) {
             builder.append_option(value);
@@ -309,7 +313,7 @@ mod tests {
 
     fn event(i: usize) -> Event {
         let mut props = serde_json::Map::new();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             props.insert("plan".into(), Value::String("pro".into()));
             props.insert("seats".into(), serde_json::json!(3));
         }
@@ -319,11 +323,13 @@ mod tests {
             name: "purchase".into(),
             user_id: Some(format!("u{i}")),
             anonymous_id: None,
-            ts: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
+            ts: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+                .unwrap(),
             received_at: Utc.timestamp_millis_opt(1_700_000_000_500).unwrap(),
             partition: 3,
             props,
-            revenue: (i % 3 == 0).then(|| Revenue {
+            revenue: i.is_multiple_of(3).then(|| Revenue {
                 amount: Decimal::new(1999, 2),
                 currency: "USD".into(),
             }),
@@ -354,25 +360,31 @@ mod tests {
         assert_eq!(batch.schema(), segment_schema());
         let seq = batch
             .column_by_name("seq")
-            .unwrap()
+            .expect("column")
             .as_primitive::<UInt64Type>();
         assert_eq!(seq.value(5), 105);
         let revenue = batch
             .column_by_name("revenue_amount")
-            .unwrap()
+            .expect("column")
             .as_primitive::<Decimal128Type>();
         assert_eq!(revenue.value(0), 19_990_000_000_000_000_000);
         assert!(revenue.is_null(1));
-        let props = batch.column_by_name("props").unwrap().as_map();
+        let props = batch.column_by_name("props").expect("column").as_map();
         assert!(props.is_valid(0) && props.is_null(1));
         assert_eq!(props.value(0).len(), 2);
-        let campaign = batch.column_by_name("utm_campaign").unwrap().as_string::<i32>();
+        let campaign = batch
+            .column_by_name("utm_campaign")
+            .expect("column")
+            .as_string::<i32>();
         assert_eq!(campaign.value(2), "spring");
     }
 
     #[test]
     fn revenue_units_are_exact_and_round_beyond_the_scale() {
-        assert_eq!(revenue_units(Decimal::new(-5, 1)), Some(-500_000_000_000_000_000));
+        assert_eq!(
+            revenue_units(Decimal::new(-5, 1)),
+            Some(-500_000_000_000_000_000)
+        );
         assert_eq!(
             revenue_units(Decimal::from(1_000_000_000_000i64)),
             Some(1_000_000_000_000 * 10i128.pow(18))

@@ -24,7 +24,9 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 pub enum SegmentError {
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
-    #[error("segment has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon")]
+    #[error(
+        "segment has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon"
+    )]
     TooNew { found: u32 },
     #[error("segment carries no format version")]
     Unversioned,
@@ -42,7 +44,7 @@ pub fn encode(
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             FORMAT_KEY.to_owned(),
             SEGMENT_FORMAT_VERSION.to_string(),
@@ -72,8 +74,14 @@ pub fn encode(
         let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
         meta.min_ts_ms = meta.min_ts_ms.min(min(ts).unwrap_or(i64::MAX));
         meta.max_ts_ms = meta.max_ts_ms.max(max(ts).unwrap_or(i64::MIN));
-        meta.sites
-            .extend(batch.column(4).as_string::<i32>().iter().flatten().map(str::to_owned));
+        meta.sites.extend(
+            batch
+                .column(4)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_owned),
+        );
         meta.sites.sort_unstable();
         meta.sites.dedup();
     }
@@ -105,7 +113,9 @@ pub fn format_of(file: Bytes) -> Result<u32, SegmentError> {
 pub fn decode(file: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
     format_of(file.clone())?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>().map_err(ParquetError::from)?)
+    Ok(reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ParquetError::from)?)
 }
 
 #[cfg(test)]
@@ -122,7 +132,9 @@ mod tests {
             name: "pageview".into(),
             user_id: None,
             anonymous_id: Some(format!("a{}", i % 7)),
-            ts: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1_000).unwrap(),
+            ts: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1_000)
+                .unwrap(),
             received_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
             partition: 1,
             props: serde_json::Map::new(),
@@ -147,18 +159,25 @@ mod tests {
                 session_id: None,
             });
         }
-        let batch = rows.finish().unwrap();
-        let (file, meta) = encode("p1/x.parquet", 1, 0, std::slice::from_ref(&batch)).unwrap();
+        let batch = rows.finish().expect("segment");
+        let (file, meta) =
+            encode("p1/x.parquet", 1, 0, std::slice::from_ref(&batch)).expect("segment");
         assert_eq!(meta.rows, 1000);
         assert_eq!((meta.first_seq, meta.last_seq), (10, 10 + 2 * 999));
         assert_eq!(meta.min_ts_ms, 1_700_000_000_000);
         assert_eq!(meta.max_ts_ms, 1_700_000_000_000 + 999_000);
         assert_eq!(meta.sites, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(meta.bytes, file.len() as u64);
-        assert_eq!(format_of(file.clone()).unwrap(), SEGMENT_FORMAT_VERSION);
-        let back = decode(file).unwrap();
+        assert_eq!(
+            format_of(file.clone()).expect("segment"),
+            SEGMENT_FORMAT_VERSION
+        );
+        let back = decode(file).expect("segment");
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
-        assert_eq!(back[0].slice(0, 1000.min(back[0].num_rows())), batch.slice(0, back[0].num_rows()));
+        assert_eq!(
+            back[0].slice(0, 1000.min(back[0].num_rows())),
+            batch.slice(0, back[0].num_rows())
+        );
         assert!(matches!(encode("e", 1, 0, &[]), Err(SegmentError::Empty)));
     }
 }

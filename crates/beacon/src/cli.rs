@@ -88,6 +88,9 @@ pub enum Command {
     Replay(crate::replay::ReplayArgs),
     /// Add sites and domains, list them, show and rotate keys (edits the config file).
     Sites(crate::sites::SitesArgs),
+    /// Write one site's events of a time range (from the event store) as
+    /// Parquet, NDJSON or CSV.
+    Export(crate::export::ExportArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -170,6 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Replay(args) => crate::replay::run(load(&overrides(None))?.config, args).await,
         Command::Sites(args) => crate::sites::run(&overrides(None), args),
+        Command::Export(args) => crate::export::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }

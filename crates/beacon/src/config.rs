@@ -127,7 +127,20 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, String> {
     Ok(Loaded { config, file })
 }
 
+/// Directory of the segment cache under the data directory, unless
+/// `query.segment_cache.dir` says otherwise.
+pub const SEGMENT_CACHE_DIR: &str = "segment-cache";
+
 impl Config {
+    /// The query settings with the segment cache's directory resolved.
+    pub fn query_settings(&self) -> beacon_query::QuerySettings {
+        let mut settings = self.query.clone();
+        if settings.segment_cache.dir.is_none() {
+            settings.segment_cache.dir = Some(self.data_dir.join(SEGMENT_CACHE_DIR));
+        }
+        settings
+    }
+
     /// Everything wrong with this configuration, all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.nats.problems();
@@ -154,6 +167,16 @@ impl Config {
         }
         if self.publish.deadline < self.publish.attempt_timeout {
             problems.push("publish.deadline must be at least publish.attempt_timeout".to_owned());
+        }
+        if self.query.sql.max_rows == 0 || self.query.sql.memory_bytes == 0 {
+            problems
+                .push("query.sql.max_rows and query.sql.memory_bytes must be positive".to_owned());
+        }
+        if self.query.sql.timeout.is_zero() {
+            problems.push("query.sql.timeout must be positive".to_owned());
+        }
+        if self.query.tail_max_rows == 0 {
+            problems.push("query.tail_max_rows must be positive".to_owned());
         }
         if self.normalizer.max_deliver < 1 {
             problems.push("normalizer.max_deliver must be at least 1".to_owned());
@@ -289,6 +312,32 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected}: {err}");
         }
+    }
+
+    #[test]
+    fn the_documented_example_config_reads_and_resolves_the_segment_cache() {
+        let doc = include_str!("../../../docs/CONFIG.md");
+        let example = doc
+            .split("## Example `beacon.toml`")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("an example in docs/CONFIG.md");
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(example))
+            .extract()
+            .expect("the example reads");
+        assert_eq!(config.query.sql.max_rows, 50_000);
+        assert_eq!(config.query.sql.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            config.query_settings().segment_cache.dir,
+            Some(PathBuf::from("/var/cache/beacon/segments"))
+        );
+        let defaults = Config::default().query_settings();
+        assert_eq!(
+            defaults.segment_cache.dir,
+            Some(PathBuf::from("beacon-data").join(SEGMENT_CACHE_DIR))
+        );
     }
 
     #[test]

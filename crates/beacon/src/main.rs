@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod config;
+mod export;
 mod replay;
 mod send;
 mod services;

@@ -119,7 +119,9 @@ pub async fn start(
             &config.sites,
             config.streams.partitions,
             shutdown.clone(),
-        );
+        )
+        .with_store(&config.query_settings())
+        .context("cannot open the segment cache (query.segment_cache.dir)")?;
         let ready = node.clone();
         gates.push(Gate::new("rollups", move || ready.is_ready()));
         api = beacon_query::http::router(node.clone());

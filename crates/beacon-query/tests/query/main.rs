@@ -9,5 +9,6 @@ mod hardening;
 mod live;
 mod params;
 mod resilience;
+mod sql;
 mod support;
 mod upgrade;

@@ -5,6 +5,7 @@ mod actions;
 mod aggregate;
 mod all;
 mod query;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +34,8 @@ pub enum Stage {
     Query(query::QueryArgs),
     /// Jobs/s through the actions workers and delivery latency to a local receiver.
     Actions(actions::ActionsArgs),
+    /// The event store's SQL questions over days of segments, beside DuckDB.
+    Store(store::StoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +72,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
         Stage::Actions(args) => actions::run(args, nats_urls).await,
+        Stage::Store(args) => store::run(args, nats_urls).await,
     }
 }
 

@@ -157,6 +157,33 @@ async fn the_whole_pipeline_benchmark_measures_every_figure() {
 }
 
 /// The JSON report of `beacon bench [<stage>] --quick --json`, which must succeed.
+#[tokio::test]
+async fn the_store_benchmark_times_every_question_and_sizes_the_segments() {
+    let report = quick_report("store").await;
+    assert_eq!(report["events"], 60_000, "{report}");
+    assert!(
+        report["bytes_per_event"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0 && b < 200.0),
+        "{report}"
+    );
+    let questions = report["questions"].as_array().expect("questions");
+    assert_eq!(questions.len(), 4, "{report}");
+    for q in questions {
+        for figure in ["beacon_cold_ms", "beacon_p50_ms", "beacon_p99_ms"] {
+            assert!(
+                q[figure].as_f64().is_some_and(|v| v > 0.0),
+                "{figure} was not measured: {q}"
+            );
+        }
+        // Each question has an answer: rows the data set must produce.
+        assert!(
+            q["answer"].as_array().is_some_and(|rows| !rows.is_empty()),
+            "{q}"
+        );
+    }
+}
+
 async fn quick_report(stage: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = beacon(dir.path())

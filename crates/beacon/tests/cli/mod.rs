@@ -8,4 +8,5 @@ mod process;
 mod replay;
 mod simulate;
 mod sites;
+mod store;
 mod up;

@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod all;
+mod client;
 mod query;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub enum Stage {
     Aggregate(aggregate::AggregateArgs),
     /// Query latency over a day of events, and how soon a new event is queryable.
     Query(query::QueryArgs),
+    /// The beacon-client crate's publish throughput vs. the raw JetStream ceiling.
+    Client(client::ClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +68,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
+        Stage::Client(args) => client::run(args, nats_urls).await,
     }
 }
 

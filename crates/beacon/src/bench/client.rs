@@ -1,0 +1,143 @@
+//! `beacon bench client`: the `beacon-client` crate's publish throughput over
+//! NATS, against raw JetStream publishes of the same events in the same run.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use beacon_client::{Event, Published, Publisher, RetryPolicy};
+use beacon_nats::publish::Outgoing;
+use bytes::Bytes;
+use clap::Args;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::json;
+
+use super::{BenchNats, SITE, pipelined_publish};
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Events to publish in each measurement.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// Publishes awaiting their ack at once, in both measurements.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+    /// A short run (20,000 events) that checks every figure can be measured.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(mut args: ClientArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+    if args.quick {
+        args.events = args.events.min(20_000);
+    }
+    if args.events == 0 || args.window == 0 {
+        bail!("--events and --window must be positive");
+    }
+    // It fills BEACON_INGEST, so only on its own scratch server.
+    let nats = BenchNats::own(nats_urls, "client").await?;
+    let (client, js) = nats.provisioned().await?;
+    let subject = format!("beacon.ingest.{SITE}");
+
+    // Two sets of the same events with their own ids: the second run must
+    // not be answered as duplicates of the first.
+    let raw_events = sample(args.events);
+    let client_events = sample(args.events);
+    let payload_bytes = raw_events
+        .iter()
+        .map(|e| serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0))
+        .sum::<usize>()
+        / args.events;
+    eprintln!("{} events of {payload_bytes} bytes on average", args.events);
+
+    let raw_messages: Vec<Outgoing> = raw_events
+        .iter()
+        .map(|e| {
+            let payload = Bytes::from(serde_json::to_vec(e).unwrap_or_default());
+            Outgoing::deduped(subject.clone(), &format!("{SITE}:{}", e.id), payload)
+        })
+        .collect();
+    let raw = pipelined_publish(&js, raw_messages, args.window).await?;
+    eprintln!("raw JetStream publish: {raw:.0} events/s");
+    js.get_stream(beacon_nats::INGEST_STREAM)
+        .await?
+        .purge()
+        .await?;
+
+    let publisher = Publisher::builder(client, SITE)
+        .retry(RetryPolicy::default())
+        .build()?;
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut stored = 0usize;
+    for event in &client_events {
+        in_flight.push(publisher.publish(event));
+        if in_flight.len() >= args.window
+            && let Some(done) = in_flight.next().await
+        {
+            stored += usize::from(matches!(done?, Published::Stored(_)));
+        }
+    }
+    while let Some(done) = in_flight.next().await {
+        stored += usize::from(matches!(done?, Published::Stored(_)));
+    }
+    let with_client = args.events as f64 / started.elapsed().as_secs_f64();
+    eprintln!("beacon-client publish: {with_client:.0} events/s");
+    nats.stop().await;
+    if stored != args.events {
+        bail!(
+            "only {stored} of {} publishes were acknowledged",
+            args.events
+        );
+    }
+
+    let ratio = with_client / raw;
+    let report = json!({
+        "events": args.events, "payload_bytes": payload_bytes, "window": args.window,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "raw_jetstream_events_per_sec": raw.round(),
+        "client_events_per_sec": with_client.round(),
+        "client_to_raw_ratio": (ratio * 1000.0).round() / 1000.0,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "\nbeacon bench client: {} events, {payload_bytes} B each, one per message, {} in flight",
+            args.events, args.window
+        );
+        println!("{:<46} {:>14}", "measurement", "events/s");
+        println!(
+            "{:<46} {:>14.0}",
+            "raw JetStream publish (pipelined, msg ids)", raw
+        );
+        println!(
+            "{:<46} {:>14.0}",
+            "beacon-client Publisher::publish", with_client
+        );
+        println!("{:<46} {:>13.1}%", "client / raw ceiling", ratio * 100.0);
+    }
+    Ok(())
+}
+
+/// Events as a backend service would publish them, each with its own id.
+fn sample(n: usize) -> Vec<Event> {
+    const PAGES: [&str; 4] = ["/", "/pricing", "/checkout", "/signup"];
+    (0..n)
+        .map(|i| {
+            let name = ["pageview", "pageview", "click", "purchase"][i % 4];
+            let event = Event::new(name)
+                .user(format!("user-{}", i % 10_007))
+                .prop("path", PAGES[i % PAGES.len()])
+                .prop("plan", "pro");
+            if name == "purchase" {
+                event.revenue("19.99", "USD")
+            } else {
+                event
+            }
+        })
+        .collect()
+}

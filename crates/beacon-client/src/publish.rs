@@ -198,7 +198,9 @@ impl Publisher {
         payload: Bytes,
         events: usize,
     ) -> Result<Published, PublishError> {
-        let max = self.client.server_info().max_payload;
+        // Checked here too, not only by async-nats, so that a message that
+        // can never be sent is refused rather than buffered.
+        let max = self.client.max_payload();
         if max > 0 && payload.len() + msg_id.len() + 64 > max {
             return Err(PublishError::new(
                 PublishErrorKind::TooLarge,

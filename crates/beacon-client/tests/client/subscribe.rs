@@ -245,3 +245,36 @@ async fn a_live_subscriber_sees_only_new_events_of_the_names_asked() {
     assert!(extra.is_err(), "only the new signup: {extra:?}");
     task.abort();
 }
+
+#[tokio::test]
+async fn names_added_to_a_durable_apply_from_its_place_on() {
+    let nats = TestServer::start().await;
+    let services = support::start(&nats).await;
+    let signup = Event::new("signup").user("u-1");
+    let early_purchase = Event::new("purchase").user("u-1");
+    stored_events(&nats, &services, &[signup.clone(), early_purchase.clone()]).await;
+
+    let client = nats.client().await;
+    let (task, mut rx) = spawn(
+        Subscriber::durable(client.clone(), SITE, "crm").events(["signup"]),
+        None,
+    );
+    assert_eq!(next(&mut rx).await.event.id, signup.id);
+    // Let the ack be confirmed before stopping.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+
+    // Started again with both names: the filter is updated, the place kept.
+    // The purchase stored before lies behind that place; a new one comes.
+    let (task, mut rx) = spawn(
+        Subscriber::durable(client, SITE, "crm").events(["signup", "purchase"]),
+        None,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late_purchase = Event::new("purchase").user("u-2");
+    stored_events(&nats, &services, std::slice::from_ref(&late_purchase)).await;
+    assert_eq!(next(&mut rx).await.event.id, late_purchase.id);
+    let extra = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(extra.is_err(), "nothing else: {extra:?}");
+    task.abort();
+}

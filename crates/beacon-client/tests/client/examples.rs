@@ -1,5 +1,7 @@
 //! The examples, built by `cargo test`, run as their own processes against a
-//! test server with Beacon's collector and normalizer.
+//! test server with Beacon's collector and normalizer. (`cargo test --test
+//! tests` alone does not rebuild them: after changing an example, run the
+//! crate's whole `cargo test -p beacon-client`.)
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -25,10 +25,16 @@ pub struct Site {
     #[serde(default)]
     pub rate_burst: u32,
     /// Host names whose events count for this site on the Plausible-compatible
-    /// endpoint (its `domain` field), e.g. `shop.example.com`.
+    /// endpoint (its `domain` field), e.g. `shop.example.com`, and whose pages
+    /// (and their subdomains') the tracker may send from. [`ANY_DOMAIN`] takes
+    /// every domain no other site lists.
     #[serde(default)]
     pub domains: Vec<String>,
 }
+
+/// The `domains` entry of a site that takes browser events from pages on any
+/// domain (what the first start's site has, until a real domain is added).
+pub const ANY_DOMAIN: &str = "*";
 
 fn default_rate_limit() -> u32 {
     10_000

@@ -211,7 +211,9 @@ pub async fn provision(
     Ok(report)
 }
 
-async fn ensure_stream(
+/// Create `wanted` if it is missing, else bring it in line (refusing what
+/// JetStream cannot change); returns the line `provision` reports.
+pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<String, ProvisionError> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use beacon_actions::ActionsSettings;
 use beacon_aggregate::AggregatorSettings;
 use beacon_core::{Limits, Site, site_problems};
 use beacon_ingest::{CollectorSettings, NormalizerSettings};
@@ -29,6 +30,7 @@ pub struct Config {
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
+    pub actions: ActionsSettings,
     pub sites: Vec<Site>,
 }
 
@@ -44,6 +46,7 @@ impl Default for Config {
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
+            actions: ActionsSettings::default(),
             sites: Vec::new(),
         }
     }
@@ -130,6 +133,13 @@ impl Config {
         problems.extend(site_problems(&self.sites));
         problems.extend(self.aggregator.problems());
         problems.extend(self.collector.problems());
+        problems.extend(self.actions.problems(&self.sites));
+        if self.actions.grace >= self.streams.duplicate_window {
+            problems.push(
+                "actions.grace must be shorter than streams.duplicate_window, or two copies of the actions service may fire one window twice"
+                    .to_owned(),
+            );
+        }
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
                 "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),
@@ -158,12 +168,14 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple()).into()],
         rate_limit: 10_000,
         rate_burst: 0,
-        domains: vec![],
+        domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
     };
     let text = format!(
-        "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\
+        "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\
          # Every setting and its default: docs/CONFIG.md.\n\n\
-         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n",
+         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n\
+         # \"*\": pages on any domain may send events, until `beacon sites add default --domain D` names yours.\n\
+         domains = [\"*\"]\n",
         site.id,
         site.write_keys[0].expose(),
         site.read_keys[0].expose()
@@ -223,6 +235,57 @@ mod tests {
         })
         .expect("config loads");
         assert_eq!(loaded.config.nats.urls, vec!["nats://flag:4222".to_owned()]);
+    }
+
+    /// The first TOML block of a doc page.
+    fn toml_example(doc: &str) -> String {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs")
+                .join(doc),
+        )
+        .expect("doc page");
+        let start = text.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let len = text[start..].find("```").expect("its end");
+        text[start..start + len].to_owned()
+    }
+
+    #[test]
+    fn the_documented_actions_rules_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        let site = "[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\nread_keys = [\"rk_8e1d0c4b7a2f9e35c6d1\"]\n";
+        std::fs::write(&path, format!("{site}{}", toml_example("ACTIONS.md"))).expect("write");
+        let loaded = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect("the example is valid");
+        assert_eq!(loaded.config.actions.rules.len(), 4);
+        assert!(loaded.config.actions.smtp.is_some());
+    }
+
+    #[test]
+    fn actions_rules_are_checked_with_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[[actions.rules]]\nid = \"r\"\nsite = \"nope\"\nkind = \"threshold\"\nwebhook = \"ftp://x\"\n",
+        )
+        .expect("write");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("refused");
+        for expected in [
+            "site \"nope\" is not configured",
+            "window is required",
+            "not an http:// or https:// URL",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod replay;
 mod send;
 mod services;
 mod simulate;
+mod sites;
 mod status;
 mod up;
 mod verify;

@@ -1,5 +1,5 @@
 //! Translators from other products' ingest formats (PostHog, Segment, Plausible)
-//! to Beacon's native event, so their SDKs feed the one canonical pipeline.
+//! and from Beacon's own tracker script to Beacon's native event, so their SDKs feed the one canonical pipeline.
 //!
 //! Each translator only reshapes. Values are moved across as raw JSON, so that
 //! [`crate::validate::normalize`] judges them exactly as it judges native input:
@@ -8,6 +8,7 @@
 pub mod plausible;
 pub mod posthog;
 pub mod segment;
+pub mod tracker;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -7,3 +7,4 @@ mod runtime;
 mod sdk;
 mod server;
 mod support;
+mod tracker;

@@ -1,6 +1,7 @@
 //! `beacon bench`: throughput measured on this machine, side by side with the
 //! raw JetStream ceiling for the same payloads in the same run.
 
+mod actions;
 mod aggregate;
 mod all;
 mod client;
@@ -33,6 +34,8 @@ pub enum Stage {
     Query(query::QueryArgs),
     /// The beacon-client crate's publish throughput vs. the raw JetStream ceiling.
     Client(client::ClientArgs),
+    /// Jobs/s through the actions workers and delivery latency to a local receiver.
+    Actions(actions::ActionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +72,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
         Stage::Client(args) => client::run(args, nats_urls).await,
+        Stage::Actions(args) => actions::run(args, nats_urls).await,
     }
 }
 

@@ -86,6 +86,20 @@ async fn the_query_benchmark_measures_every_figure() {
 }
 
 #[tokio::test]
+async fn the_actions_benchmark_measures_every_figure() {
+    let report = quick_report("actions").await;
+    let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
+    for figure in ["jobs_per_s", "delivery_p50_ms", "delivery_p99_ms"] {
+        assert!(
+            measured(&report[figure]),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert_eq!(report["jobs"], 1_000);
+    assert_eq!(report["latency_jobs"], 100);
+}
+
+#[tokio::test]
 async fn the_whole_pipeline_benchmark_measures_every_figure() {
     let report = quick_report("").await;
     let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());

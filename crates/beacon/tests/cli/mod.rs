@@ -1,3 +1,4 @@
+mod actions;
 mod bench;
 mod chaos;
 mod cluster;
@@ -6,4 +7,5 @@ mod local_server;
 mod process;
 mod replay;
 mod simulate;
+mod sites;
 mod up;

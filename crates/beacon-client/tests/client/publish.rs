@@ -32,7 +32,17 @@ async fn a_publish_retried_after_a_lost_ack_is_stored_once() {
     // A frozen server takes every attempt into its socket and answers none in
     // time: each attempt's ack is lost. Thawed, it stores the first attempt
     // and must recognise every later one as the same event.
+    let probe = nats.client().await;
     nats.pause();
+    // SIGSTOP takes effect asynchronously (and slowly on a loaded machine):
+    // wait until the server no longer answers a ping.
+    eventually("the server is frozen", || async {
+        let ask = probe.request("$JS.API.INFO", bytes::Bytes::new());
+        tokio::time::timeout(Duration::from_millis(300), ask)
+            .await
+            .is_err()
+    })
+    .await;
     let publish = tokio::spawn({
         let publisher = publisher.clone();
         let event = event.clone();

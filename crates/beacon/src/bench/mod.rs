@@ -4,6 +4,7 @@
 mod actions;
 mod aggregate;
 mod all;
+mod client;
 mod query;
 mod store;
 
@@ -32,6 +33,8 @@ pub enum Stage {
     Aggregate(aggregate::AggregateArgs),
     /// Query latency over a day of events, and how soon a new event is queryable.
     Query(query::QueryArgs),
+    /// The beacon-client crate's publish throughput vs. the raw JetStream ceiling.
+    Client(client::ClientArgs),
     /// Jobs/s through the actions workers and delivery latency to a local receiver.
     Actions(actions::ActionsArgs),
     /// The event store's SQL questions over days of segments, beside DuckDB.
@@ -71,6 +74,7 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
+        Stage::Client(args) => client::run(args, nats_urls).await,
         Stage::Actions(args) => actions::run(args, nats_urls).await,
         Stage::Store(args) => store::run(args, nats_urls).await,
     }

@@ -156,6 +156,24 @@ async fn the_whole_pipeline_benchmark_measures_every_figure() {
     assert!(report["freshness_markers"].as_u64() > Some(0), "{report}");
 }
 
+#[tokio::test]
+async fn the_client_benchmark_measures_both_rates() {
+    let report = quick_report("client").await;
+    for figure in [
+        "raw_jetstream_events_per_sec",
+        "client_events_per_sec",
+        "client_to_raw_ratio",
+    ] {
+        assert!(
+            report[figure]
+                .as_f64()
+                .is_some_and(|v| v > 0.0 && v.is_finite()),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert_eq!(report["events"], 20_000);
+}
+
 /// The JSON report of `beacon bench [<stage>] --quick --json`, which must succeed.
 #[tokio::test]
 async fn the_store_benchmark_times_every_question_and_sizes_the_segments() {

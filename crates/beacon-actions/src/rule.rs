@@ -508,6 +508,7 @@ mod tests {
             rate_limit: 0,
             rate_burst: 0,
             domains: vec![],
+            keep_bots: false,
         }
     }
 

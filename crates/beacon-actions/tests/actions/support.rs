@@ -19,6 +19,7 @@ pub fn site() -> Site {
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],
+        keep_bots: false,
     }
 }
 

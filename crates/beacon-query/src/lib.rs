@@ -8,13 +8,16 @@
 //! stream's tail in memory). Nodes hold no state of their own: run as many as
 //! needed.
 
+pub mod analysis;
 pub mod auth;
 pub mod dashboard;
+pub mod definitions;
 pub mod engine;
 pub mod error;
 pub mod follow;
 pub mod http;
 pub mod live;
+pub mod manage;
 pub mod service;
 pub mod status;
 
@@ -40,16 +43,23 @@ pub enum Op {
     Summary,
     Live,
     Status,
+    /// The goals report (HTTP `goals/report`).
+    Goals,
+    Funnel,
+    Retention,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 9] = [
         Op::Sites,
         Op::Timeseries,
         Op::Breakdown,
         Op::Summary,
         Op::Live,
         Op::Status,
+        Op::Goals,
+        Op::Funnel,
+        Op::Retention,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -60,6 +70,9 @@ impl Op {
             Op::Summary => "summary",
             Op::Live => "live",
             Op::Status => "status",
+            Op::Goals => "goals",
+            Op::Funnel => "funnel",
+            Op::Retention => "retention",
         }
     }
 
@@ -67,7 +80,13 @@ impl Op {
     pub const fn per_site(self) -> bool {
         matches!(
             self,
-            Op::Timeseries | Op::Breakdown | Op::Summary | Op::Live
+            Op::Timeseries
+                | Op::Breakdown
+                | Op::Summary
+                | Op::Live
+                | Op::Goals
+                | Op::Funnel
+                | Op::Retention
         )
     }
 
@@ -84,6 +103,8 @@ pub struct QueryNode {
     rollups: Rollups,
     live: Live,
     keys: Arc<auth::Keys>,
+    /// Goals and manage keys from the config file, per site.
+    definitions: Arc<definitions::Config>,
     partitions: u32,
     shutdown: watch::Receiver<bool>,
     /// The event store's engine; `None` only if no cache directory could be made.
@@ -109,6 +130,7 @@ impl QueryNode {
             rollups: Rollups::default(),
             live: Live::default(),
             keys: Arc::new(auth::Keys::new(sites)),
+            definitions: Arc::new(definitions::Config::new(sites)),
             partitions,
             shutdown,
             store,
@@ -297,6 +319,9 @@ impl QueryNode {
             return status::status(self, now, scope)
                 .await
                 .map(|v| v.to_string());
+        }
+        if matches!(op, Op::Goals | Op::Funnel | Op::Retention) {
+            return analysis::answer(self, op, site, params, now).await;
         }
         if op == Op::Live {
             if *params != Params::default() {

@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod definitions;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod follow;
 pub mod http;
 pub mod live;

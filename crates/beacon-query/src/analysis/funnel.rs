@@ -173,7 +173,9 @@ pub async fn answer(
         (None, Some(name)) => {
             let saved = crate::definitions::funnels(&node.js, site).await?;
             let funnel = saved.into_iter().find(|f| f.name == *name).ok_or_else(|| {
-                QueryError::not_found(format!("no saved funnel {name:?} on site {site:?}"))
+                QueryError::bad_request(format!(
+                    "funnel: no saved funnel {name:?} on site {site:?}"
+                ))
             })?;
             (funnel.steps, Some(funnel.window))
         }

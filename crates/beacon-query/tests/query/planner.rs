@@ -414,6 +414,22 @@ async fn comparisons_and_ranges_the_rollups_cannot_cover() {
     );
     assert_eq!(chrome["users"], json!(want.users));
     assert_eq!(chrome["events"], json!(want.events));
+    // A filtered series compared with the day before: its points and totals.
+    let series = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/timeseries?metrics=events&interval=1h&from={}&to={}&compare=previous_period&filters={}",
+            rfc3339(from),
+            rfc3339(to),
+            urlencode("browser==Chrome|Safari")
+        ))
+        .await;
+    let comparison = &series["comparison"];
+    assert_eq!(comparison["points"].as_array().map(Vec::len), Some(24));
+    assert_eq!(
+        comparison["totals"]["events"],
+        json!(before.events),
+        "{comparison}"
+    );
     // A range older than the kept minute buckets is answered, not refused.
     let old = node
         .ok("/api/v1/sites/site-0/summary?metrics=events&from=-30d")

@@ -708,9 +708,19 @@ async fn run_sql(
         .map_err(|e| {
             // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
             let mut e = QueryError::from(e);
-            if e.status == 400 {
-                tracing::error!(error = %e.message, sql, "the planner's SQL failed");
-                e.status = 500;
+            match e.status {
+                400 => {
+                    tracing::error!(error = %e.message, sql, "the planner's SQL failed");
+                    e.status = 500;
+                }
+                // Said in the question's terms, not the SQL's.
+                413 => {
+                    e.message = format!(
+                        "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
+                        e.message
+                    );
+                }
+                _ => {}
             }
             e
         })?;

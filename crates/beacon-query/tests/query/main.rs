@@ -9,6 +9,7 @@ mod errors;
 mod hardening;
 mod live;
 mod params;
+mod planner;
 mod resilience;
 mod sql;
 mod support;

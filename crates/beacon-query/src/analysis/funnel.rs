@@ -157,7 +157,7 @@ pub async fn answer(
     ctx: &SqlContext,
     now: i64,
 ) -> Result<String, QueryError> {
-    super::only(params, "funnel", &["steps", "window", "funnel"])?;
+    super::only(params, "funnel", &super::FUNNEL_PARAMS)?;
     let (texts, saved_window) = match (&params.steps, &params.funnel) {
         (Some(_), Some(_)) => {
             return Err(QueryError::bad_request(

@@ -130,6 +130,12 @@ pub fn decimal_text(text: &str) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
+/// Parameters of the analysis operations beside `from`, `to`, `filters` and
+/// the filter shorthands (every one of [`crate::engine::COMMON_PARAMS`] but `tz`:
+/// days and weeks are UTC).
+pub const FUNNEL_PARAMS: [&str; 3] = ["steps", "window", "funnel"];
+pub const RETENTION_PARAMS: [&str; 4] = ["period", "periods", "cohort_event", "return_event"];
+
 /// Refuse parameters the operation does not take.
 pub fn only(params: &Params, op: &str, allowed: &[&str]) -> Result<(), QueryError> {
     let given = [

@@ -590,6 +590,35 @@ async fn goals_report_conversions_users_rates_and_revenue_equal_the_truth() {
         goals_truth(&w.shop, &chosen, Some("FR"))
     );
 
+    // Compared with the same range, the figures repeat; with the period
+    // before (no events then), they are zero.
+    let (status, same) = w
+        .node
+        .query(
+            &path,
+            &[
+                ("from", &from),
+                ("to", &to),
+                ("compare", "custom"),
+                ("compare_from", &from),
+                ("compare_to", &to),
+            ],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(figures(&same["comparison"]), figures(&answer));
+    let (_, before) = w
+        .node
+        .query(
+            &path,
+            &[("from", &from), ("to", &to), ("compare", "previous_period")],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(before["comparison"]["users"], 0, "{before}");
+    assert_eq!(before["comparison"]["range"]["to"], json!(from));
+
     // The same over NATS.
     let nats = ask_nats(
         &w.client,

@@ -1019,12 +1019,15 @@ async fn goals_and_funnels_change_only_with_a_manage_key_and_config_goals_stay()
     assert_eq!(status, 200);
 }
 
+/// A path, its query parameters, and what the 400's message says.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_steps_windows_periods_and_names_are_clear_400s() {
     let w = world().await;
     let funnel = format!("/api/v1/sites/{SHOP}/funnel");
     let retention = format!("/api/v1/sites/{APP}/retention");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (&funnel, vec![], "steps is required"),
         (&funnel, vec![("steps", "event:a")], "2 to 8 steps"),
         (&funnel, vec![("steps", "event:a;click:b")], "unknown kind"),

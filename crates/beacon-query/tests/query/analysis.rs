@@ -629,6 +629,31 @@ async fn goals_report_conversions_users_rates_and_revenue_equal_the_truth() {
     .expect("NATS answer");
     assert_eq!(figures(&nats), figures(&answer));
 
+    // A goal filter works on the other operations too (from the store).
+    let (status, summary) = w
+        .node
+        .query(
+            &format!("/api/v1/sites/{SHOP}/summary"),
+            &[
+                ("from", &from),
+                ("to", &to),
+                ("filters", "goal==Pro purchase"),
+                ("metrics", "events,users"),
+            ],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    let pro = &goals_truth(&w.shop, &[config_goals()[2].clone()], None)["goals"][0];
+    assert_eq!(
+        summary["metrics"]["events"]["value"], pro["conversions"],
+        "{summary}"
+    );
+    assert_eq!(
+        summary["metrics"]["users"]["value"], pro["converting_users"],
+        "{summary}"
+    );
+
     // An unknown goal in a filter is a 400 naming it.
     let (status, body) = w
         .node

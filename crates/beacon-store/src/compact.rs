@@ -10,7 +10,9 @@
 //! level 1 (`fan_in` flushes), level 2 (`fan_in`² flushes) and so on.
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::error::ArrowError;
 
 use crate::manifest::{Manifest, SegmentMeta};
@@ -148,7 +150,10 @@ mod tests {
         ]);
         let merge = plan(&m, 3, 1_000).expect("c, d, e");
         let names: Vec<&str> = merge.inputs.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!((names, merge.level, merge.rows()), (vec!["c", "d", "e"], 1, 30));
+        assert_eq!(
+            (names, merge.level, merge.rows()),
+            (vec!["c", "d", "e"], 1, 30)
+        );
         // Too many rows together: the run slides and finds nothing.
         assert_eq!(plan(&m, 3, 25), None);
         assert_eq!(plan(&m, 4, 1_000), None);

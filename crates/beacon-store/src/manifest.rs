@@ -65,7 +65,9 @@ pub struct Manifest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest of partition {partition} has format {found}; this build reads up to {MANIFEST_FORMAT_VERSION}: upgrade beacon")]
+    #[error(
+        "manifest of partition {partition} has format {found}; this build reads up to {MANIFEST_FORMAT_VERSION}: upgrade beacon"
+    )]
     TooNew { partition: u32, found: u32 },
     #[error("manifest is not valid JSON: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -124,7 +126,10 @@ impl Manifest {
         ranges.sort_unstable();
         for pair in ranges.windows(2) {
             if pair[1].0 <= pair[0].1 {
-                return Err(bad(format!("segments {} and {} overlap", pair[0].2, pair[1].2)));
+                return Err(bad(format!(
+                    "segments {} and {} overlap",
+                    pair[0].2, pair[1].2
+                )));
             }
         }
         if let Some(seg) = self

@@ -195,7 +195,10 @@ impl Rows {
             user_id: StringBuilder::new(),
             anonymous_id: StringBuilder::new(),
             session_id: UInt64Builder::new(),
-            context: CONTEXT_COLUMNS.iter().map(|_| StringBuilder::new()).collect(),
+            context: CONTEXT_COLUMNS
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
             revenue_amount: Decimal128Builder::new(),
             revenue_currency: StringBuilder::new(),
             props: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
@@ -225,7 +228,8 @@ impl Rows {
         self.name.append_value(&event.name);
         self.user_key.append_value(event.user_key());
         self.user_id.append_option(event.user_id.as_deref());
-        self.anonymous_id.append_option(event.anonymous_id.as_deref());
+        self.anonymous_id
+            .append_option(event.anonymous_id.as_deref());
         self.session_id.append_option(row.session_id);
         for (builder, value) in self.context.iter_mut().zip(context_values(event)) {
             builder.append_option(value);
@@ -319,7 +323,9 @@ mod tests {
             name: "purchase".into(),
             user_id: Some(format!("u{i}")),
             anonymous_id: None,
-            ts: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
+            ts: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+                .unwrap(),
             received_at: Utc.timestamp_millis_opt(1_700_000_000_500).unwrap(),
             partition: 3,
             props,
@@ -366,13 +372,19 @@ mod tests {
         let props = batch.column_by_name("props").unwrap().as_map();
         assert!(props.is_valid(0) && props.is_null(1));
         assert_eq!(props.value(0).len(), 2);
-        let campaign = batch.column_by_name("utm_campaign").unwrap().as_string::<i32>();
+        let campaign = batch
+            .column_by_name("utm_campaign")
+            .unwrap()
+            .as_string::<i32>();
         assert_eq!(campaign.value(2), "spring");
     }
 
     #[test]
     fn revenue_units_are_exact_and_round_beyond_the_scale() {
-        assert_eq!(revenue_units(Decimal::new(-5, 1)), Some(-500_000_000_000_000_000));
+        assert_eq!(
+            revenue_units(Decimal::new(-5, 1)),
+            Some(-500_000_000_000_000_000)
+        );
         assert_eq!(
             revenue_units(Decimal::from(1_000_000_000_000i64)),
             Some(1_000_000_000_000 * 10i128.pow(18))

@@ -27,7 +27,9 @@ pub enum SegmentError {
     Parquet(#[from] ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
-    #[error("segment has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon")]
+    #[error(
+        "segment has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon"
+    )]
     TooNew { found: u32 },
     #[error("segment carries no format version")]
     Unversioned,
@@ -75,8 +77,14 @@ pub fn encode(
         let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
         meta.min_ts_ms = meta.min_ts_ms.min(min(ts).unwrap_or(i64::MAX));
         meta.max_ts_ms = meta.max_ts_ms.max(max(ts).unwrap_or(i64::MIN));
-        meta.sites
-            .extend(batch.column(4).as_string::<i32>().iter().flatten().map(str::to_owned));
+        meta.sites.extend(
+            batch
+                .column(4)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_owned),
+        );
         meta.sites.sort_unstable();
         meta.sites.dedup();
     }
@@ -108,7 +116,9 @@ pub fn format_of(file: Bytes) -> Result<u32, SegmentError> {
 pub fn decode(file: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
     format_of(file.clone())?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>().map_err(ParquetError::from)?)
+    Ok(reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ParquetError::from)?)
 }
 
 #[cfg(test)]
@@ -125,7 +135,9 @@ mod tests {
             name: "pageview".into(),
             user_id: None,
             anonymous_id: Some(format!("a{}", i % 7)),
-            ts: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1_000).unwrap(),
+            ts: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i as i64 * 1_000)
+                .unwrap(),
             received_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
             partition: 1,
             props: serde_json::Map::new(),
@@ -161,7 +173,10 @@ mod tests {
         assert_eq!(format_of(file.clone()).unwrap(), SEGMENT_FORMAT_VERSION);
         let back = decode(file).unwrap();
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
-        assert_eq!(back[0].slice(0, 1000.min(back[0].num_rows())), batch.slice(0, back[0].num_rows()));
+        assert_eq!(
+            back[0].slice(0, 1000.min(back[0].num_rows())),
+            batch.slice(0, back[0].num_rows())
+        );
         assert!(matches!(encode("e", 1, 0, &[]), Err(SegmentError::Empty)));
     }
 }

@@ -77,7 +77,10 @@ impl StoreSettings {
             .retention
             .is_some_and(|r| r < Duration::from_secs(3600))
         {
-            problems.push("store.retention must be at least 1h (or left out to keep every segment)".to_owned());
+            problems.push(
+                "store.retention must be at least 1h (or left out to keep every segment)"
+                    .to_owned(),
+            );
         }
         if self.orphan_grace < Duration::from_secs(60) {
             problems.push(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use beacon_aggregate::AggregatorSettings;
+use beacon_aggregate::{AggregatorSettings, StoreSettings};
 use beacon_core::{Limits, Site, site_problems};
 use beacon_ingest::{CollectorSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
@@ -29,6 +29,7 @@ pub struct Config {
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
+    pub store: StoreSettings,
     pub sites: Vec<Site>,
 }
 
@@ -44,6 +45,7 @@ impl Default for Config {
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
+            store: StoreSettings::default(),
             sites: Vec::new(),
         }
     }
@@ -129,6 +131,7 @@ impl Config {
         problems.extend(self.streams.problems());
         problems.extend(site_problems(&self.sites));
         problems.extend(self.aggregator.problems());
+        problems.extend(self.store.problems());
         problems.extend(self.collector.problems());
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
@@ -196,6 +199,40 @@ mod tests {
         assert!(err.contains("not a valid site id"), "{err}");
         assert!(err.contains("at least 16"), "{err}");
         assert!(err.contains("trusted_proxies: \"lb.local\""), "{err}");
+    }
+
+    #[test]
+    fn store_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[store]\nflush_rows = 50000\nflush_interval = \"10s\"\nretention = \"400days\"\n",
+        )
+        .expect("write config");
+        let loaded = load(&Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        })
+        .expect("config loads");
+        let store = &loaded.config.store;
+        assert!(store.enabled && store.compaction);
+        assert_eq!(store.flush_rows, 50_000);
+        assert_eq!(store.flush_interval, std::time::Duration::from_secs(10));
+        assert_eq!(
+            store.retention,
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+
+        std::fs::write(&path, "[store]\nflush_rows = 0\nretention = \"5m\"\n")
+            .expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        assert!(err.contains("store.flush_rows must be 1 to"), "{err}");
+        assert!(err.contains("store.retention must be at least 1h"), "{err}");
     }
 
     #[test]

@@ -59,7 +59,10 @@ async fn provisioning_is_idempotent_and_reports_changes() {
     assert_eq!(info.max_age, Duration::from_secs(7 * 86_400));
     assert_eq!(info.duplicate_window, Duration::from_secs(600));
     // The event store's buckets are usable as what they are.
-    let kv = js.get_key_value("BEACON_STORE").await.expect("manifest bucket");
+    let kv = js
+        .get_key_value("BEACON_STORE")
+        .await
+        .expect("manifest bucket");
     assert_eq!(kv.create("p0", "{}".into()).await.expect("create"), 1);
     js.get_object_store("BEACON_SEGMENTS")
         .await

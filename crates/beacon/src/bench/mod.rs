@@ -321,12 +321,14 @@ impl BenchNats {
 
     /// A config file for Beacon processes started against this server: the
     /// partitions and the bench site with its keys, without a rate limit.
-    fn process_config(&self) -> anyhow::Result<std::path::PathBuf> {
+    /// The config file of the bench's own processes; `store` turns the
+    /// event store's segments on or off (`--no-store` measures their cost).
+    fn process_config(&self, store: bool) -> anyhow::Result<std::path::PathBuf> {
         let path = self.scratch.path().join("beacon.toml");
         std::fs::write(
             &path,
             format!(
-                "[streams]\npartitions = {}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n",
+                "[streams]\npartitions = {}\n\n[store]\nenabled = {store}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n",
                 aggregate::PARTITIONS
             ),
         )?;

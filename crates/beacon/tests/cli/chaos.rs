@@ -1,7 +1,8 @@
 //! Aggregator processes killed, paused, joining and leaving while events
 //! stream in, and the nats-server restarted under them: at the end every
 //! number equals a ground truth computed by the test, exactly, also with
-//! events arriving out of event-time order.
+//! events arriving out of event-time order; and the event store's segments
+//! hold every event exactly once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 
 use super::process::{beacon, sigterm, spawn_until};
+use super::stored;
 
 const PARTITIONS: u32 = 8;
 
@@ -25,6 +27,7 @@ fn write_config(dir: &Path) -> PathBuf {
             "[streams]\npartitions = {PARTITIONS}\n\
              [aggregator]\ncommit_interval = \"100ms\"\nlease_ttl = \"3s\"\n\
              [aggregator.retention]\nminute = \"40days\"\n\
+             [store]\nflush_rows = 5000\nflush_interval = \"1s\"\ncompaction_fan_in = 3\n\
              [[sites]]\nid = \"site-0\"\nwrite_keys = [\"wk_test_site_000000000\"]\n"
         ),
     )
@@ -62,8 +65,9 @@ fn shape(seed: u64) -> Shape {
     }
 }
 
-/// Wait until no partition lags, then compare every cell with the truth.
-async fn assert_truth(nats: &TestServer, truth: &Truth) {
+/// Wait until no partition lags, then compare every cell with the truth, and
+/// every stored row with the events sent.
+async fn assert_truth(nats: &TestServer, truth: &Truth, events: &[beacon_core::Event]) {
     let js = async_nats::jetstream::new(nats.client().await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
@@ -87,6 +91,10 @@ async fn assert_truth(nats: &TestServer, truth: &Truth) {
         diffs.len(),
         &diffs[..diffs.len().min(10)]
     );
+    stored::wait_stored(&js, PARTITIONS, Duration::from_secs(180)).await;
+    let (summary, _) = stored::read(&js, PARTITIONS).await;
+    let diffs = summary.differences(&stored::Summary::of_events(events));
+    assert!(diffs.is_empty(), "segments: {diffs:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +139,7 @@ async fn aggregators_killed_paused_joining_and_leaving_count_each_event_once() {
             _ => {}
         }
     }
-    assert_truth(&nats, &truth).await;
+    assert_truth(&nats, &truth, &events).await;
     sigterm(&a);
     let stopped = a.wait().await.expect("exit");
     assert!(stopped.success(), "a clean stop exits 0: {stopped:?}");
@@ -166,7 +174,7 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
             _ => {}
         }
     }
-    assert_truth(&nats, &truth).await;
+    assert_truth(&nats, &truth, &events).await;
     for child in [a, b] {
         sigterm(&child);
         let _ = tokio::time::timeout(Duration::from_secs(30), async move {

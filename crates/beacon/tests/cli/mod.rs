@@ -6,4 +6,9 @@ mod local_server;
 mod process;
 mod replay;
 mod simulate;
+// The event store's ground truth, shared with the aggregator's tests (which
+// use some helpers this crate does not).
+#[allow(dead_code)]
+#[path = "../../../beacon-aggregate/tests/aggregate/stored.rs"]
+mod stored;
 mod up;

@@ -45,6 +45,9 @@ if [ ! -x /usr/bin/chromium ] || ! command -v npm >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
+# The GeoIP tests read the free country database the set-up installs.
+BEACON_TEST_GEOIP_DB="$(scripts/install-geoip.sh)"
+export BEACON_TEST_GEOIP_DB
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

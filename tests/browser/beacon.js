@@ -2,8 +2,8 @@
 // 127.0.0.1 with its own nats-server, a temporary data folder and a config
 // with known keys; helpers to send events and ask the API; a clean stop.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -18,13 +18,14 @@ export const KEYS = {
   wikiWrite: 'wk_browser_wiki_00000000',
 };
 
-/** "shop" gets the known events; "wiki" stays empty. */
+/** "shop" gets the known events (and the tracker's, from pages on localhost); "wiki" stays empty. */
 const CONFIG = `
 [[sites]]
 id = "shop"
 write_keys = ["${KEYS.shopWrite}"]
 read_keys = ["${KEYS.team}"]
 rate_limit = 0
+domains = ["localhost"]
 
 [[sites]]
 id = "wiki"
@@ -47,12 +48,16 @@ export async function until(what, check, ms = 30_000) {
 }
 
 export class Beacon {
-  /** Start `beacon up` and wait (bounded) until it answers queries. */
-  static async start() {
+  /**
+   * Start `beacon up` and wait (bounded) until it answers queries. With
+   * `fresh`, there is no config: Beacon's first start writes its own, and
+   * `readKey` holds the read key it made.
+   */
+  static async start({ fresh = false } = {}) {
     const bin = process.env.BEACON_BIN || path.join(ROOT, 'target/debug/beacon');
     const nats = process.env.BEACON_TEST_NATS_SERVER || path.join(ROOT, 'tools/nats-server-2.12.8/bin/nats-server');
     const dir = mkdtempSync(path.join(tmpdir(), 'beacon-browser-'));
-    writeFileSync(path.join(dir, 'beacon.toml'), CONFIG);
+    if (!fresh) writeFileSync(path.join(dir, 'beacon.toml'), CONFIG);
     const env = { ...process.env, BEACON_NATS__SERVER_BINARY: nats, BEACON_LOG: 'warn' };
     delete env.BEACON_NATS_URL;
     delete env.BEACON_CONFIG;
@@ -81,6 +86,7 @@ export class Beacon {
       throw e;
     });
     beacon.url = url;
+    if (fresh) beacon.readKey = /rk_[0-9a-z]+/.exec(readFileSync(path.join(dir, 'beacon-data/beacon.toml'), 'utf8'))[0];
     await until('beacon to be ready', async () => (await fetch(`${url}/readyz`)).ok, 60_000);
     return beacon;
   }
@@ -92,6 +98,14 @@ export class Beacon {
     this.exited = new Promise((resolve) => child.once('exit', resolve));
     this.onExit = () => this.kill('SIGKILL');
     process.once('exit', this.onExit);
+  }
+
+  /** Pause (SIGSTOP) or resume (SIGCONT) the nats-server this Beacon started. */
+  natsServer(signal) {
+    const children = execFileSync('ps', ['-o', 'pid=,comm=', '--ppid', String(this.child.pid)], { encoding: 'utf8' });
+    const line = children.split('\n').find((l) => l.includes('nats-server'));
+    if (!line) throw new Error(`no nats-server among beacon's children: ${children}`);
+    process.kill(Number(line.trim().split(/\s+/)[0]), signal);
   }
 
   kill(signal) {

@@ -15,7 +15,6 @@ import { Beacon, KEYS, expected, knownEvents, until } from './beacon.js';
 const CHROMIUM = process.env.BEACON_CHROMIUM || '/usr/bin/chromium';
 const SHOTS = process.env.BEACON_SCREENSHOTS || '';
 const WAIT = 15_000;
-const ALL_METRICS = 'users,pageviews,events,sessions,bounce_rate,avg_session_duration,revenue';
 const LISTS = ['path', 'entry_page', 'referrer_source', 'browser', 'os', 'device', 'country', 'name'];
 
 let beacon;
@@ -132,11 +131,17 @@ function lists(page) {
 }
 
 /** The value a card holds for an API figure. */
-const asCard = (metric, value) => (metric === 'revenue' ? JSON.stringify(value) : value === null ? '' : String(value));
+const asCard = (metric, value) => {
+  if (metric === 'revenue') return JSON.stringify(value);
+  // Filtered traffic is a count per reason; its card holds the total.
+  if (metric === 'filtered') return String(Object.values(value).reduce((a, b) => a + b, 0));
+  return value === null ? '' : String(value);
+};
 
 async function assertMatchesApi(page, query, filtered) {
   const site = '/api/v1/sites/shop';
-  const metrics = filtered ? 'events,pageviews' : ALL_METRICS;
+  // Every card the page shows (more where the API offers engagement and bot figures).
+  const metrics = filtered ? 'events,pageviews' : await page.$$eval('.card', (all) => all.map((c) => c.dataset.metric).join(','));
   const summary = await beacon.api(`${site}/summary?${query}&metrics=${metrics}`);
   const shown = await cards(page);
   for (const [metric, card] of Object.entries(shown)) {
@@ -150,7 +155,10 @@ async function assertMatchesApi(page, query, filtered) {
     assert.equal(card.value, asCard(metric, figure.value), `card ${metric}`);
   }
   const rows = await lists(page);
-  for (const dimension of LISTS) {
+  // Every list the page shows: channels, campaigns, regions and cities too where the API has them.
+  const shownLists = Object.keys(rows);
+  for (const dimension of LISTS) assert.ok(shownLists.includes(dimension), `the ${dimension} list is shown`);
+  for (const dimension of shownLists) {
     if (rows[dimension] === null) {
       assert.ok(filtered, `${dimension} is available without a filter`);
       continue;
@@ -218,6 +226,39 @@ test('a new event reaches the live feed and the counters without a reload', { ti
   assert.equal(await page.evaluate(() => window.sameDocument), true, 'the page was not reloaded');
   assert.match(await page.textContent('#freshness'), /s behind/);
   await shot(page, 'dashboard');
+  await close(page);
+});
+
+test('countries are named in the browser language, shaded on the world map, and filter on a click', { timeout: 60_000 }, async () => {
+  const page = await open();
+  let query = await signIn(page);
+  await page.selectOption('#range', '7d');
+  query = await ready(page, { other: query });
+  const list = '.list[data-dimension="country"]';
+  const germany = `${list} .row[data-value="DE"]`;
+  await page.waitForSelector(germany);
+  // en-GB, the browser's locale here.
+  assert.equal(await page.textContent(`${germany} .row-label`), 'Germany');
+  assert.equal(await page.textContent(`${list} .row[data-value="US"] .row-label`), 'United States');
+  // Every counted country is shaded, the top one darkest, and named with its count.
+  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250`);
+  await page.waitForSelector(`${list} .map path#de[data-count]`);
+  const shaded = await page.$$eval(`${list} .map path[data-count]`, (all) =>
+    Object.fromEntries(all.map((p) => [p.id.toUpperCase(), { count: Number(p.dataset.count), level: p.dataset.level, title: p.querySelector('title').textContent }])),
+  );
+  // Events without a country (`(none)`) have no place on the map.
+  const countries = answer.rows.filter((r) => /^[A-Z]{2}$/.test(r.value));
+  assert.deepEqual(Object.keys(shaded).sort(), countries.map((r) => r.value).sort());
+  const top = countries[0];
+  assert.equal(shaded[top.value].level, '5');
+  assert.equal(shaded[top.value].count, top.count);
+  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} events`);
+  await page.evaluate(() => document.querySelector('.list[data-dimension="country"]').scrollIntoView());
+  if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'countries.png'), fullPage: false });
+  // A click on a country filters by its code; the chip names it.
+  await page.click(`${list} .map path#de`);
+  await ready(page, { has: 'country=DE' });
+  assert.match(await page.textContent('.chip[data-filter="country"]'), /Country is Germany/);
   await close(page);
 });
 

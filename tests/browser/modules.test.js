@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import { SseParser } from '../../crates/beacon-query/dashboard/api.js';
 import { niceMax } from '../../crates/beacon-query/dashboard/chart.js';
 import * as format from '../../crates/beacon-query/dashboard/format.js';
+import { level } from '../../crates/beacon-query/dashboard/map.js';
 import { addDays, dateIn, offsetMinutes, period } from '../../crates/beacon-query/dashboard/range.js';
 
 // 2026-11-25 14:20:30 UTC, 15:20:30 in Berlin.
@@ -77,4 +78,18 @@ test('changes read as good or bad, and scales end on round numbers', () => {
   assert.equal(niceMax(7), 10);
   assert.equal(niceMax(180), 200);
   assert.equal(niceMax(0.42), 0.5);
+});
+
+test('countries read as names, filtered traffic as its total, and the map shades by share', () => {
+  // Node's Intl speaks the process locale; the code is kept for what it cannot name.
+  assert.equal(new Intl.DisplayNames(['en'], { type: 'region' }).of('DE'), 'Germany');
+  assert.notEqual(format.country('DE'), 'DE');
+  assert.equal(format.country('(none)'), '(none)');
+  assert.equal(format.country(''), '');
+  assert.equal(format.total({ crawler: 42, monitor: 3 }), 45);
+  assert.equal(format.total(null), 0);
+  assert.equal(format.depth(62.5), '62.5%');
+  assert.equal(format.depth(null), '–');
+  assert.deepEqual([0, 1, 4, 25, 100].map((n) => level(n, 100)), [0, 1, 1, 3, 5]);
+  assert.equal(level(5, 0), 0);
 });

@@ -19,10 +19,11 @@ pub mod subject;
 pub mod validate;
 
 pub use body::{Batch, BodyError, Item, parse_body, without_write_key};
+pub use enrich::Enricher;
 pub use event::{Context, ENGAGED_MS_PROP, ENGAGEMENT, Event, Revenue, SCROLL_DEPTH_PROP};
 pub use limits::Limits;
 pub use partition::partition_of;
 pub use reject::{Reason, Rejection};
 pub use secret::Secret;
 pub use site::{Site, site_problems};
-pub use validate::{IdSource, Origin, normalize};
+pub use validate::{IdSource, Origin, normalize, normalize_with};

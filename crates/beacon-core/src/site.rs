@@ -25,10 +25,20 @@ pub struct Site {
     #[serde(default)]
     pub rate_burst: u32,
     /// Host names whose events count for this site on the Plausible-compatible
-    /// endpoint (its `domain` field), e.g. `shop.example.com`.
+    /// endpoint (its `domain` field), e.g. `shop.example.com`, and whose pages
+    /// (and their subdomains') the tracker may send from. [`ANY_DOMAIN`] takes
+    /// every domain no other site lists.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Count bots (crawlers, headless browsers, monitors) as ordinary traffic
+    /// instead of filtering them out (off by default).
+    #[serde(default)]
+    pub keep_bots: bool,
 }
+
+/// The `domains` entry of a site that takes browser events from pages on any
+/// domain (what the first start's site has, until a real domain is added).
+pub const ANY_DOMAIN: &str = "*";
 
 fn default_rate_limit() -> u32 {
     10_000
@@ -122,6 +132,7 @@ mod tests {
             rate_limit: 0,
             rate_burst: 0,
             domains: vec![],
+            keep_bots: false,
         }
     }
 

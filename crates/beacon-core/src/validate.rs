@@ -10,7 +10,7 @@ use iso_currency::Currency;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use crate::enrich::{Clues, enrich};
+use crate::enrich::{Campaign, Clues, Enricher};
 use crate::event::{Event, Revenue};
 use crate::limits::Limits;
 use crate::partition::partition_of;
@@ -29,7 +29,18 @@ pub const EVENT_FIELDS: &[&str] = &[
     "context",
 ];
 /// Fields of an event's optional `context`.
-pub const CONTEXT_FIELDS: &[&str] = &["user_agent", "url", "referrer", "ip", "country"];
+pub const CONTEXT_FIELDS: &[&str] = &[
+    "user_agent",
+    "url",
+    "referrer",
+    "ip",
+    "country",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+];
 
 /// Where an event comes from: facts about the request or message, not the event.
 #[derive(Debug, Clone)]
@@ -60,12 +71,25 @@ pub enum IdSource<'a> {
     Derived(&'a str),
 }
 
-/// Validate and normalize the `index`-th event of a batch.
+/// Validate and normalize the `index`-th event of a batch, enriched without
+/// a GeoIP database (see [`normalize_with`]).
 pub fn normalize(
     value: Value,
     index: usize,
     origin: &Origin<'_>,
     limits: &Limits,
+) -> Result<Event, Rejection> {
+    static PLAIN: std::sync::LazyLock<Enricher> = std::sync::LazyLock::new(Enricher::default);
+    normalize_with(value, index, origin, limits, &PLAIN)
+}
+
+/// Validate and normalize the `index`-th event of a batch, enriched by `enricher`.
+pub fn normalize_with(
+    value: Value,
+    index: usize,
+    origin: &Origin<'_>,
+    limits: &Limits,
+    enricher: &Enricher,
 ) -> Result<Event, Rejection> {
     let Value::Object(mut obj) = value else {
         return Err(Rejection::new(
@@ -185,6 +209,20 @@ pub fn normalize(
             "context.country must be a two-letter ISO 3166 code",
         ));
     }
+    let sent = |field: &str| -> Result<Option<String>, Rejection> {
+        Ok(context_str(field)?
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned))
+    };
+    let campaign = Campaign {
+        source: sent("utm_source")?,
+        medium: sent("utm_medium")?,
+        name: sent("utm_campaign")?,
+        term: sent("utm_term")?,
+        content: sent("utm_content")?,
+        paid_click: false,
+    };
     let clues = Clues {
         user_agent: context_str("user_agent")?.or(origin.user_agent),
         url: context_str("url")?,
@@ -192,8 +230,9 @@ pub fn normalize(
         referrer: context_str("referrer")?,
         country,
         ip: context_str("ip")?.or(origin.ip),
+        campaign,
     };
-    let context = enrich(&clues, limits.keep_ip);
+    let context = enricher.enrich(origin.site, &clues, limits.keep_ip);
 
     let partition = partition_of(
         origin.site,

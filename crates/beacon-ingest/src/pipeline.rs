@@ -1,10 +1,11 @@
 //! The one ingest pipeline: parsed items → canonical events in `BEACON_EVENTS`
 //! (deduplicated by site + event id), refused items → `BEACON_REJECTS`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use beacon_core::subject::event_subject;
-use beacon_core::{Batch, Limits, Origin, Rejection, normalize};
+use beacon_core::{Batch, Enricher, Limits, Origin, Rejection, normalize_with};
 use beacon_nats::publish::Outgoing;
 use beacon_nats::{PublishFailed, Publisher, RejectRecord, Stored};
 use bytes::Bytes;
@@ -32,11 +33,24 @@ pub enum ItemResult {
 pub struct Pipeline {
     publisher: Publisher,
     limits: Limits,
+    enricher: Arc<Enricher>,
 }
 
 impl Pipeline {
+    /// A pipeline that enriches without a GeoIP database and filters every
+    /// site's bots; see [`Pipeline::with_enricher`].
     pub fn new(publisher: Publisher, limits: Limits) -> Self {
-        Pipeline { publisher, limits }
+        Pipeline {
+            publisher,
+            limits,
+            enricher: Arc::default(),
+        }
+    }
+
+    /// Enrich with `enricher` (its GeoIP database and the sites that keep bots).
+    pub fn with_enricher(mut self, enricher: Enricher) -> Self {
+        self.enricher = Arc::new(enricher);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -59,10 +73,9 @@ impl Pipeline {
         // For each item: Ok(id) when its message is an event, Err(rejection) when a reject.
         let mut planned: Vec<Result<String, Rejection>> = Vec::with_capacity(batch.items.len());
         for (index, item) in batch.items.iter().enumerate() {
-            let event = item
-                .value
-                .clone()
-                .and_then(|value| normalize(value, index, origin, &self.limits));
+            let event = item.value.clone().and_then(|value| {
+                normalize_with(value, index, origin, &self.limits, &self.enricher)
+            });
             match event {
                 Ok(event) => {
                     let payload = serde_json::to_vec(&event)

@@ -320,7 +320,9 @@ async fn ensure_bucket(
     Err(api("creating", failed))
 }
 
-async fn ensure_stream(
+/// Create `wanted` if it is missing, else bring it in line (refusing what
+/// JetStream cannot change); returns the line `provision` reports.
+pub async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<String, ProvisionError> {

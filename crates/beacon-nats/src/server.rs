@@ -119,7 +119,7 @@ pub fn find_server_binary(configured: Option<&Path>) -> Result<PathBuf, ServerEr
 }
 
 /// `tools/` folders at and above the working directory and the running executable.
-fn tools_dirs() -> Vec<PathBuf> {
+pub fn tools_dirs() -> Vec<PathBuf> {
     let mut starts = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);

@@ -9,6 +9,7 @@
 import { ApiError, getJson, readStream } from './api.js';
 import { drawChart } from './chart.js';
 import * as format from './format.js';
+import { drawMap } from './map.js';
 import { RANGES, addDays, dateIn, knownZone, period } from './range.js';
 
 const KEY_STORE = 'beacon.readKey';
@@ -24,7 +25,8 @@ const REFRESH_EVERY_MS = 60_000;
 const FEED_SHOWN = 25;
 const FEED_KEPT = 50;
 
-const CARDS = [
+/** Every card the dashboard knows; those the API does not offer (openapi.json) are left out. */
+const ALL_CARDS = [
   { metric: 'users', label: 'Unique users', show: format.count, integer: true },
   { metric: 'pageviews', label: 'Page views', show: format.count, integer: true },
   { metric: 'events', label: 'Events', show: format.count, integer: true },
@@ -32,31 +34,80 @@ const CARDS = [
   { metric: 'bounce_rate', label: 'Bounce rate', show: format.percent, isRate: true, lowerIsBetter: true },
   { metric: 'avg_session_duration', label: 'Avg. session', show: format.duration },
   { metric: 'revenue', label: 'Revenue' },
+  // Engagement pings: visible time per page view, and how far pages were scrolled.
+  { metric: 'avg_engaged_time', label: 'Time on page', show: format.duration },
+  { metric: 'avg_scroll_depth', label: 'Scroll depth', show: format.depth },
+  // Bots, counted by reason and in no other figure: a count per reason.
+  { metric: 'filtered', label: 'Filtered traffic', show: format.count, integer: true, byReason: true, lowerIsBetter: true },
 ];
+let CARDS = ALL_CARDS;
 
-/** The top lists; `filter` is the parameter a click on a row sets. */
-const LISTS = [
+/** Every top list the dashboard knows; `filter` is the parameter a click on a row sets. */
+const ALL_LISTS = [
   { title: 'Pages', dimension: 'path', filter: 'path', unit: 'events' },
   { title: 'Entry pages', dimension: 'entry_page', filter: 'path', unit: 'sessions' },
+  { title: 'Channels', dimension: 'channel', filter: 'channel', unit: 'events' },
   { title: 'Referrer sources', dimension: 'referrer_source', filter: 'referrer_source', unit: 'events' },
+  { title: 'Campaigns', dimension: 'utm_campaign', filter: 'utm_campaign', unit: 'events' },
+  { title: 'Campaign sources', dimension: 'utm_source', filter: 'utm_source', unit: 'events' },
+  { title: 'Campaign media', dimension: 'utm_medium', filter: 'utm_medium', unit: 'events' },
   { title: 'Browsers', dimension: 'browser', filter: 'browser', unit: 'events' },
   { title: 'Operating systems', dimension: 'os', filter: 'os', unit: 'events' },
   { title: 'Devices', dimension: 'device', filter: 'device', unit: 'events' },
-  { title: 'Countries', dimension: 'country', filter: 'country', unit: 'events' },
+  { title: 'Countries', dimension: 'country', filter: 'country', unit: 'events', map: true, label: format.country },
+  { title: 'Regions', dimension: 'region', filter: 'region', unit: 'events' },
+  { title: 'Cities', dimension: 'city', filter: 'city', unit: 'events' },
   { title: 'Events', dimension: 'name', filter: 'name', unit: 'events' },
 ];
+let LISTS = ALL_LISTS;
+/** Rows asked for a list with a map: enough to shade every country that has any. */
+const MAP_ROWS = 250;
 
 /** Filter parameters, as a chip names them. */
-const FILTERS = {
+const ALL_FILTERS = {
   name: 'Event',
   path: 'Page',
+  channel: 'Channel',
   referrer_source: 'Source',
+  utm_campaign: 'Campaign',
+  utm_source: 'Campaign source',
+  utm_medium: 'Campaign medium',
+  utm_term: 'Campaign term',
+  utm_content: 'Campaign content',
   browser: 'Browser',
   os: 'OS',
   device: 'Device',
   country: 'Country',
+  region: 'Region',
+  city: 'City',
 };
-const DIMENSION_FILTERS = Object.keys(FILTERS).filter((f) => f !== 'name');
+let FILTERS = ALL_FILTERS;
+let DIMENSION_FILTERS = Object.keys(FILTERS).filter((f) => f !== 'name');
+
+/**
+ * Keep the cards, lists and filters the API offers, as its OpenAPI document
+ * lists its metrics and dimensions: a newer dashboard asks an older API
+ * nothing it would refuse. Without the document, the original seven cards
+ * and nine dimensions.
+ */
+async function learnApi(key) {
+  let metrics = ['events', 'users', 'pageviews', 'sessions', 'bounce_rate', 'avg_session_duration', 'revenue'];
+  let dimensions = ['name', 'path', 'referrer_source', 'browser', 'os', 'device', 'country', 'entry_page', 'exit_page'];
+  try {
+    const doc = await getJson('/api/v1/openapi.json', key);
+    metrics = doc.components.schemas.Metric.enum;
+    dimensions = doc.components.schemas.Dimension.enum;
+  } catch {
+    // The built-in lists.
+  }
+  CARDS = ALL_CARDS.filter((c) => metrics.includes(c.metric));
+  LISTS = ALL_LISTS.filter((l) => dimensions.includes(l.dimension));
+  FILTERS = Object.fromEntries(Object.entries(ALL_FILTERS).filter(([f]) => dimensions.includes(f)));
+  DIMENSION_FILTERS = Object.keys(FILTERS).filter((f) => f !== 'name');
+}
+
+/** A card's figure as one number (the total of a count per reason). */
+const figureValue = (card, value) => (card.byReason ? format.total(value) : value);
 
 const $ = (id) => document.getElementById(id);
 
@@ -218,7 +269,7 @@ async function refresh(navigated = false) {
     const [summary, series, ...ranked] = await Promise.all([
       ask('summary', { metrics }),
       ask('timeseries', { interval: q.interval, metrics }),
-      ...lists.map((l) => ask('breakdown', { dimension: l.dimension, limit: 10 })),
+      ...lists.map((l) => ask('breakdown', { dimension: l.dimension, limit: l.map && !filtered ? MAP_ROWS : 10 })),
     ]);
     if (gen !== state.gen) return;
     state.answer = { q, filtered, summary, series, ranked: new Map(lists.map((l, i) => [l.dimension, ranked[i]])) };
@@ -335,6 +386,7 @@ function chartMetric() {
 
 function buildCards() {
   const box = $('cards');
+  box.replaceChildren();
   for (const card of CARDS) {
     const button = el(
       'button',
@@ -392,6 +444,17 @@ function renderCards() {
         previous: currency ? Number(figure.previous?.[currency] ?? 0) : 0,
         value: currency ? figure.value[currency] : 0,
       });
+    } else if (card.byReason) {
+      const value = format.total(figure.value);
+      const previous = figure.previous ? format.total(figure.previous) : null;
+      button.dataset.value = String(value);
+      valueEl.textContent = card.show(value);
+      const reasons = Object.entries(figure.value || {}).map(([r, n]) => `${r} ${format.count(n)}`);
+      button.title = reasons.length
+        ? `Excluded from every other figure: ${reasons.join(', ')}`
+        : 'No bot traffic was filtered in this period.';
+      const relative = previous ? (value - previous) / previous : null;
+      change = format.change(relative, { lowerIsBetter: true, previousKnown, previous, value });
     } else {
       button.dataset.value = figure.value === null ? '' : String(figure.value);
       valueEl.textContent = card.show(figure.value);
@@ -415,7 +478,7 @@ function renderChart() {
   const metric = chartMetric();
   const card = CARDS.find((c) => c.metric === metric);
   const per = { '1m': 'minute', '1h': 'hour', '1d': 'day' }[a.series.interval];
-  let value = (p) => p[metric];
+  let value = (p) => figureValue(card, p[metric]);
   let show = card.show;
   if (metric === 'revenue') {
     const currency = format.mainCurrency(a.summary.metrics.revenue?.value);
@@ -434,13 +497,15 @@ function renderChart() {
 
 function buildLists() {
   const box = $('lists');
+  box.replaceChildren();
   for (const list of LISTS) {
     const id = `list-${list.dimension}`;
     box.append(
       el(
         'section',
-        { class: 'panel list', 'data-dimension': list.dimension, 'aria-labelledby': id },
+        { class: `panel list${list.map ? ' with-map' : ''}`, 'data-dimension': list.dimension, 'aria-labelledby': id },
         el('h2', { id }, list.title, ' ', el('span', { class: 'muted unit' }, list.unit)),
+        list.map ? el('div', { class: 'map' }) : null,
         el('div', { class: 'rows' }),
       ),
     );
@@ -461,6 +526,8 @@ function renderLists() {
     panel.dataset.drawn = drawn;
     if (!answer) {
       panel.dataset.available = 'false';
+      const map = panel.querySelector('.map');
+      if (map) map.hidden = true;
       rows.replaceChildren(
         el('p', { class: 'muted unavailable' }, list.dimension === 'entry_page'
           ? 'Not available with a filter: sessions are not kept per filter value.'
@@ -469,13 +536,22 @@ function renderLists() {
       continue;
     }
     panel.dataset.available = 'true';
+    const label = list.label || ((v) => v);
+    const map = panel.querySelector('.map');
+    if (map) {
+      map.hidden = false;
+      drawMap(map, answer.rows, { name: label, unit: list.unit, pick: (code) => addFilter(list.filter, code) });
+    }
     if (!answer.rows.length) {
       rows.replaceChildren(el('p', { class: 'muted' }, 'Nothing in this period.'));
       continue;
     }
     const top = answer.rows[0].count || 1;
     const active = state.view.filters[list.filter];
-    const items = answer.rows.map((row) => {
+    // A list with a map asks for every country; it shows the top ten, the rest as Other.
+    const shown = answer.rows.slice(0, 10);
+    const other = answer.other + answer.rows.slice(10).reduce((sum, r) => sum + r.count, 0);
+    const items = shown.map((row) => {
       const fill = el('span', { class: 'fill' });
       fill.style.width = `${Math.max(1, (row.count / top) * 100).toFixed(1)}%`;
       const button = el(
@@ -489,15 +565,15 @@ function renderLists() {
           title: `Filter the dashboard by ${FILTERS[list.filter].toLowerCase()} ${row.value}`,
         },
         fill,
-        el('span', { class: 'row-label' }, row.value),
+        el('span', { class: 'row-label' }, label(row.value)),
         el('span', { class: 'row-count' }, format.count(row.count)),
       );
       button.addEventListener('click', () => addFilter(list.filter, row.value));
       return el('li', {}, button);
     });
-    if (answer.other > 0) {
+    if (other > 0) {
       items.push(
-        el('li', { class: 'other' }, el('span', { class: 'row-label' }, 'Other'), el('span', { class: 'row-count' }, format.count(answer.other))),
+        el('li', { class: 'other' }, el('span', { class: 'row-label' }, 'Other'), el('span', { class: 'row-count' }, format.count(other))),
       );
     }
     rows.replaceChildren(el('ol', {}, ...items));
@@ -513,7 +589,7 @@ function renderChips() {
   const chips = Object.entries(state.view.filters).map(([param, value]) => {
     const remove = el('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove filter ${FILTERS[param]} is ${value}` }, '×');
     remove.addEventListener('click', () => removeFilter(param));
-    return el('span', { class: 'chip', 'data-filter': param }, `${FILTERS[param]} is `, el('strong', {}, value), remove);
+    return el('span', { class: 'chip', 'data-filter': param }, `${FILTERS[param]} is `, el('strong', {}, param === 'country' ? format.country(value) : value), remove);
   });
   $('chips').replaceChildren(...chips);
   if (state.focusChip !== undefined) {
@@ -694,6 +770,9 @@ async function signIn(key, remembered) {
   try {
     const answer = await getJson('/api/v1/sites', key);
     if (!answer.sites.length) throw new ApiError(403, 'this key reads no site');
+    await learnApi(key);
+    buildCards();
+    buildLists();
     state.key = key;
     state.sites = answer.sites;
     sessionStorage.setItem(KEY_STORE, key);
@@ -811,8 +890,6 @@ function wireControls() {
   }, REFRESH_EVERY_MS);
 }
 
-buildCards();
-buildLists();
 wireControls();
 const saved = sessionStorage.getItem(KEY_STORE);
 if (saved) signIn(saved, true);

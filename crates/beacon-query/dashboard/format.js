@@ -101,3 +101,32 @@ export function span(from, to, tz) {
 export function clock(iso, tz = undefined) {
   return new Date(iso).toLocaleTimeString(undefined, { timeZone: tz, hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
+
+/** A scroll depth, already in % of the page (0–100). */
+export function depth(value) {
+  if (value === null || value === undefined) return '–';
+  return `${Number(value).toFixed(1)}%`;
+}
+
+/** The total of a count per reason (filtered traffic), or 0. */
+export function total(byReason) {
+  return Object.values(byReason || {}).reduce((sum, n) => sum + Number(n || 0), 0);
+}
+
+const regions = (() => {
+  try {
+    return new Intl.DisplayNames(undefined, { type: 'region' });
+  } catch {
+    return null;
+  }
+})();
+
+/** A country's name in the browser's language from its ISO code (DE → Germany); the code itself when unknown. */
+export function country(code) {
+  if (!/^[A-Za-z]{2}$/.test(code || '')) return code;
+  try {
+    return regions?.of(code.toUpperCase()) || code;
+  } catch {
+    return code;
+  }
+}

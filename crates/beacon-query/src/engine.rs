@@ -29,7 +29,7 @@ pub const MAX_LIMIT: u32 = 1000;
 
 /// Parameters every operation on a site's numbers takes: the range, the time
 /// zone and the filters.
-pub const COMMON_PARAMS: [&str; 10] = [
+pub const COMMON_PARAMS: [&str; 18] = [
     "from",
     "to",
     "tz",
@@ -40,6 +40,14 @@ pub const COMMON_PARAMS: [&str; 10] = [
     "os",
     "device",
     "country",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "region",
+    "city",
 ];
 /// Parameters only some operations take, by operation.
 pub const TIMESERIES_PARAMS: [&str; 2] = ["interval", "metrics"];
@@ -66,6 +74,14 @@ pub struct Params {
     pub os: Option<String>,
     pub device: Option<String>,
     pub country: Option<String>,
+    pub channel: Option<String>,
+    pub utm_source: Option<String>,
+    pub utm_medium: Option<String>,
+    pub utm_campaign: Option<String>,
+    pub utm_term: Option<String>,
+    pub utm_content: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
 }
 
 impl Params {
@@ -106,10 +122,13 @@ pub enum Metric {
     BounceRate,
     AvgSessionDuration,
     Revenue,
+    AvgEngagedTime,
+    AvgScrollDepth,
+    Filtered,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Events,
         Metric::Users,
         Metric::Pageviews,
@@ -117,6 +136,9 @@ impl Metric {
         Metric::BounceRate,
         Metric::AvgSessionDuration,
         Metric::Revenue,
+        Metric::AvgEngagedTime,
+        Metric::AvgScrollDepth,
+        Metric::Filtered,
     ];
     /// What the rollups keep per dimension value: answerable under filters.
     pub const FILTERABLE: [Metric; 2] = [Metric::Events, Metric::Pageviews];
@@ -130,6 +152,9 @@ impl Metric {
             Metric::BounceRate => "bounce_rate",
             Metric::AvgSessionDuration => "avg_session_duration",
             Metric::Revenue => "revenue",
+            Metric::AvgEngagedTime => "avg_engaged_time",
+            Metric::AvgScrollDepth => "avg_scroll_depth",
+            Metric::Filtered => "filtered",
         }
     }
 
@@ -170,6 +195,14 @@ impl Filters {
             (Dimension::Os, &p.os),
             (Dimension::Device, &p.device),
             (Dimension::Country, &p.country),
+            (Dimension::Channel, &p.channel),
+            (Dimension::UtmSource, &p.utm_source),
+            (Dimension::UtmMedium, &p.utm_medium),
+            (Dimension::UtmCampaign, &p.utm_campaign),
+            (Dimension::UtmTerm, &p.utm_term),
+            (Dimension::UtmContent, &p.utm_content),
+            (Dimension::Region, &p.region),
+            (Dimension::City, &p.city),
         ]
         .into_iter()
         .filter_map(|(d, v)| v.as_ref().map(|v| (d, v)))
@@ -371,6 +404,27 @@ impl Clock {
     }
 }
 
+/// `from` and `to` of an export, read as the other operations read them
+/// (in UTC; a date as `to` includes its day).
+pub fn span(from: &str, to: &str, now: i64) -> Result<Span, QueryError> {
+    let clock = Clock {
+        tz: chrono_tz::UTC,
+        now,
+    };
+    let span = Span {
+        from: clock.instant("from", from, false)?,
+        to: clock.instant("to", to, true)?,
+    };
+    if span.from >= span.to {
+        return Err(QueryError::bad_request(format!(
+            "from ({}) must be before to ({})",
+            clock.render(span.from),
+            clock.render(span.to)
+        )));
+    }
+    Ok(span)
+}
+
 /// The earliest instant a range may name: the Unix epoch.
 pub const EARLIEST: i64 = 0;
 /// The latest: 10000-01-01T00:00:00Z, the end of four-digit years.
@@ -570,6 +624,10 @@ struct Sums<'a> {
     bounces: i64,
     duration_ms: i64,
     revenue: BTreeMap<&'a str, Decimal>,
+    engaged_ms: i64,
+    scroll_sum: i64,
+    scrolled: i64,
+    filtered: BTreeMap<&'a str, i64>,
     cells: Vec<&'a Merged>,
 }
 
@@ -611,6 +669,13 @@ impl<'a> Sums<'a> {
             for (currency, amount) in &c.revenue {
                 let sum = sums.revenue.entry(currency.as_str()).or_default();
                 *sum = sum.saturating_add(*amount);
+            }
+            let e = &c.engagement;
+            sums.engaged_ms += e.engaged_ms.total();
+            sums.scroll_sum += e.scroll_sum.total();
+            sums.scrolled += e.scrolled.total();
+            for (reason, n) in c.filtered.iter() {
+                *sums.filtered.entry(reason).or_default() += n;
             }
             sums.cells.push(cell);
         }
@@ -667,6 +732,26 @@ impl<'a> Sums<'a> {
                             .collect(),
                     ));
                 }
+                Metric::AvgEngagedTime => {
+                    v.avg_engaged_time = Some((self.pageviews > 0).then(|| {
+                        round(self.engaged_ms as f64 / 1000.0 / self.pageviews as f64, 3)
+                    }));
+                }
+                Metric::AvgScrollDepth => {
+                    v.avg_scroll_depth = Some(
+                        (self.scrolled > 0)
+                            .then(|| round(self.scroll_sum as f64 / self.scrolled as f64, 1)),
+                    );
+                }
+                Metric::Filtered => {
+                    v.filtered = Some(
+                        self.filtered
+                            .iter()
+                            .filter(|(_, n)| **n != 0)
+                            .map(|(r, n)| (*r, *n))
+                            .collect(),
+                    );
+                }
             }
         }
         v
@@ -693,6 +778,15 @@ struct Values<'a> {
     avg_session_duration: Option<Option<f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revenue: Option<Revenue<'a>>,
+    /// Seconds of engaged time per page view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avg_engaged_time: Option<Option<f64>>,
+    /// Mean scroll depth (0–100) of the engagement pings that carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avg_scroll_depth: Option<Option<f64>>,
+    /// Filtered traffic (bots) by reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filtered: Option<BTreeMap<&'a str, i64>>,
 }
 
 /// Revenue per currency, written as exact decimal strings without building them first.
@@ -847,14 +941,17 @@ pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<String, 
 fn change(m: Metric, now: &Value, before: &Value) -> Value {
     let rel = |a: f64, b: f64| (b != 0.0).then(|| round((a - b) / b, 4));
     match (m, now, before) {
-        (Metric::Revenue, Value::Object(a), Value::Object(b)) => Value::Object(
+        // Per currency, or per reason of filtered traffic.
+        (Metric::Revenue | Metric::Filtered, Value::Object(a), Value::Object(b)) => Value::Object(
             a.iter()
                 .chain(b.iter())
                 .map(|(currency, _)| {
                     let amount = |o: &Map<String, Value>| {
                         o.get(currency)
-                            .and_then(Value::as_str)
-                            .and_then(|s| s.parse::<f64>().ok())
+                            .and_then(|v| {
+                                v.as_f64()
+                                    .or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()))
+                            })
                             .unwrap_or(0.0)
                     };
                     (currency.clone(), rel(amount(a), amount(b)).into())
@@ -910,7 +1007,10 @@ impl By {
 pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
     p.only("breakdown", &BREAKDOWN_PARAMS)?;
     let by = By::parse(p.dimension.as_deref().ok_or_else(|| {
-        QueryError::bad_request("dimension is required (name, path, referrer_source, browser, os, device, country, entry_page, exit_page)")
+        QueryError::bad_request(format!(
+            "dimension is required (name, {}, entry_page, exit_page)",
+            DIMENSIONS.map(|d| d.name()).join(", ")
+        ))
     })?)?;
     let default_metric = match by {
         By::EntryPage | By::ExitPage => Metric::Sessions,

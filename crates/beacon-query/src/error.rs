@@ -11,6 +11,9 @@ use serde_json::json;
 pub struct QueryError {
     pub status: u16,
     pub message: String,
+    /// For SQL answers, what kind of failure (`row_limit`, `read_only`, …):
+    /// sent beside the status so clients need not read the message.
+    pub kind: Option<&'static str>,
 }
 
 impl QueryError {
@@ -18,6 +21,7 @@ impl QueryError {
         QueryError {
             status,
             message: message.into(),
+            kind: None,
         }
     }
 
@@ -47,14 +51,35 @@ impl QueryError {
     }
 }
 
+/// The status and kind of each way a SQL query fails. Limits are the
+/// query's to change (4xx); only `unavailable` is worth retrying as is.
+impl From<beacon_store::SqlError> for QueryError {
+    fn from(e: beacon_store::SqlError) -> Self {
+        use beacon_store::SqlErrorKind as Kind;
+        let (status, kind) = match e.kind {
+            Kind::Invalid => (400, "invalid"),
+            Kind::ReadOnly => (403, "read_only"),
+            Kind::TimeLimit => (408, "time_limit"),
+            Kind::RowLimit => (413, "row_limit"),
+            Kind::MemoryLimit => (422, "memory_limit"),
+            Kind::Unavailable => (503, "unavailable"),
+        };
+        QueryError {
+            status,
+            message: e.message,
+            kind: Some(kind),
+        }
+    }
+}
+
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (
-            status,
-            Json(json!({"error": self.message, "status": self.status})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.message, "status": self.status});
+        if let Some(kind) = self.kind {
+            body["kind"] = kind.into();
+        }
+        let mut response = (status, Json(body)).into_response();
         if self.status == 401 {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1/`: every operation as a GET with its
 //! parameters in the query string and the read key as a bearer token, the
-//! live stream as Server-Sent Events, and the OpenAPI document describing them.
+//! live stream as Server-Sent Events, SQL (POST) and exports (streamed) over
+//! the event store, and the OpenAPI document describing them.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -11,7 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::Stream;
 use serde_json::json;
 
@@ -22,7 +23,7 @@ use crate::{Op, Params, QueryNode};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The routes, as written in the OpenAPI document.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 10] = [
     "/api/v1/openapi.json",
     "/api/v1/sites",
     "/api/v1/status",
@@ -31,6 +32,8 @@ pub const ROUTES: [&str; 8] = [
     "/api/v1/sites/{site}/summary",
     "/api/v1/sites/{site}/live",
     "/api/v1/sites/{site}/live/stream",
+    "/api/v1/sites/{site}/sql",
+    "/api/v1/sites/{site}/export",
 ];
 
 /// The query API's routes and the dashboard's, to serve alone or beside the
@@ -41,6 +44,8 @@ pub fn router(node: QueryNode) -> Router {
         .route(ROUTES[1], get(sites))
         .route(ROUTES[2], get(status))
         .route(ROUTES[7], get(live_stream))
+        .route(ROUTES[8], post(sql))
+        .route(ROUTES[9], get(export))
         .route("/api/v1/sites/{site}/{op}", get(site_op))
         .with_state(node)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
@@ -111,6 +116,142 @@ async fn respond(
     };
     match answer.await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The body of `POST /api/v1/sites/{site}/sql` when it is JSON.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `?format=` of the SQL and export routes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+fn sql_format(
+    named: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<beacon_store::SqlFormat, QueryError> {
+    use beacon_store::SqlFormat;
+    match named {
+        Some(name) => SqlFormat::parse(name).ok_or_else(|| {
+            QueryError::bad_request(format!(
+                "format: {name:?} is not one of {}",
+                SqlFormat::NAMES
+            ))
+        }),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(SqlFormat::from_media_type)
+            .unwrap_or(SqlFormat::Json)),
+    }
+}
+
+/// `POST /api/v1/sites/{site}/sql`: the body is `{"sql": "...", "format": "json"}`,
+/// or the SQL itself as text (`Content-Type: text/plain` or `application/sql`).
+/// The format comes from the body, `?format=`, or the `Accept` header.
+async fn sql(
+    State(node): State<QueryNode>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: bytes::Bytes,
+) -> Response {
+    let answer = async {
+        let query: FormatQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| QueryError::bad_request(format!("bad query string: {e}")))?;
+        let is_text = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/plain") || t.starts_with("application/sql"));
+        let (text, named) = if is_text {
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| QueryError::bad_request("the SQL is not UTF-8"))?;
+            (text.to_owned(), query.format)
+        } else {
+            let body: SqlBody = serde_json::from_slice(&body).map_err(|e| {
+                QueryError::bad_request(format!(
+                    "the body must be JSON {{\"sql\": \"SELECT ...\"}} or SQL text with Content-Type: text/plain: {e}"
+                ))
+            })?;
+            (body.sql, body.format.or(query.format))
+        };
+        let format = sql_format(named.as_deref(), &headers)?;
+        node.sql(bearer(&headers), &site, &text, format).await
+    };
+    match answer.await {
+        Ok(answer) => (
+            [(header::CONTENT_TYPE, answer.format.content_type())],
+            answer.body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `?from=&to=&format=` of the export.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    from: String,
+    to: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /api/v1/sites/{site}/export?from=&to=&format=parquet|ndjson|csv`: every
+/// event of the range, streamed as it is read. A failure after the first
+/// bytes ends the response early (a client sees a truncated body).
+async fn export(
+    State(node): State<QueryNode>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    use beacon_store::ExportFormat;
+    let answer = async {
+        let q: ExportQuery =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
+                QueryError::bad_request(format!(
+                    "export takes from, to and format (parquet, ndjson or csv): {e}"
+                ))
+            })?;
+        let name = q.format.as_deref().unwrap_or("ndjson");
+        let format = ExportFormat::parse(name).ok_or_else(|| {
+            QueryError::bad_request(format!(
+                "format: {name:?} is not one of {}",
+                ExportFormat::NAMES
+            ))
+        })?;
+        let stream = node
+            .export(bearer(&headers), &site, &q.from, &q.to, format)
+            .await?;
+        Ok::<_, QueryError>((format, stream))
+    };
+    match answer.await {
+        Ok((format, stream)) => {
+            let disposition = format!(
+                "attachment; filename=\"{site}-events.{}\"",
+                format.extension()
+            );
+            (
+                [
+                    (header::CONTENT_TYPE, format.content_type().to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -3,8 +3,10 @@
 //! live picture of the newest events from the stream ([`live`]). It answers
 //! the same operations over HTTP ([`http`], with Server-Sent Events for live
 //! updates) and as a NATS micro service ([`service`]). It also serves the browser
-//! dashboard that reads them ([`dashboard`]). Nodes hold no state of their
-//! own: run as many as needed.
+//! dashboard that reads them ([`dashboard`]), and SQL and exports over the
+//! event store (`beacon_store`: the segments, cached on local disk, and the
+//! stream's tail in memory). Nodes hold no state of their own: run as many as
+//! needed.
 
 pub mod auth;
 pub mod dashboard;
@@ -84,6 +86,9 @@ pub struct QueryNode {
     keys: Arc<auth::Keys>,
     partitions: u32,
     shutdown: watch::Receiver<bool>,
+    /// The event store's engine; `None` only if no cache directory could be made.
+    store: Option<beacon_store::Engine>,
+    max_tail_rows: usize,
 }
 
 impl QueryNode {
@@ -93,15 +98,35 @@ impl QueryNode {
         partitions: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let js = async_nats::jetstream::new(client.clone());
+        let defaults = QuerySettings::default();
+        let store = engine(&js, &defaults)
+            .inspect_err(|e| tracing::error!(error = %e, "no segment cache: SQL is unavailable"))
+            .ok();
         QueryNode {
-            js: async_nats::jetstream::new(client.clone()),
+            js,
             client,
             rollups: Rollups::default(),
             live: Live::default(),
             keys: Arc::new(auth::Keys::new(sites)),
             partitions,
             shutdown,
+            store,
+            max_tail_rows: defaults.tail_max_rows,
         }
+    }
+
+    /// The same node with the event store set up as `settings` say (cache
+    /// directory and size, SQL limits, tail bound).
+    pub fn with_store(mut self, settings: &QuerySettings) -> std::io::Result<Self> {
+        self.store = Some(engine(&self.js, settings)?);
+        self.max_tail_rows = settings.tail_max_rows;
+        Ok(self)
+    }
+
+    /// The event store's engine, once it has a cache.
+    pub fn store(&self) -> Option<&beacon_store::Engine> {
+        self.store.as_ref()
     }
 
     pub fn rollups(&self) -> &Rollups {
@@ -149,7 +174,76 @@ impl QueryNode {
                 .await
                 .inspect_err(|_| self.rollups.fail())
         };
-        tokio::try_join!(follower, tail, nats).map(drop)
+        let store = async {
+            let Some(engine) = &self.store else {
+                return Ok(());
+            };
+            beacon_store::follow::follow(
+                self.js.clone(),
+                engine.view().clone(),
+                self.partitions,
+                self.max_tail_rows,
+                self.shutdown.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("the event store follower stopped: {e}"))
+        };
+        tokio::try_join!(follower, tail, nats, store).map(drop)
+    }
+
+    fn engine(&self) -> Result<&beacon_store::Engine, QueryError> {
+        self.store.as_ref().ok_or_else(|| {
+            QueryError::unavailable("this query node has no segment cache directory; see its log")
+        })
+    }
+
+    /// Answer `sql` over `site`'s events for the holder of `key`.
+    pub async fn sql(
+        &self,
+        key: Option<&str>,
+        site: &str,
+        sql: &str,
+        format: beacon_store::SqlFormat,
+    ) -> Result<beacon_store::Answer, QueryError> {
+        self.keys.check(key, site)?;
+        let engine = self.engine()?;
+        let started = std::time::Instant::now();
+        let result = engine
+            .sql(site, sql, format)
+            .await
+            .map_err(QueryError::from);
+        metrics::histogram!("beacon_query_seconds", "op" => "sql")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            metrics::counter!("beacon_query_errors_total", "op" => "sql", "status" => e.status.to_string())
+                .increment(1);
+        }
+        result
+    }
+
+    /// `site`'s events with event time in `[from, to)` (times as the other
+    /// operations read them), encoded in `format` as they are read.
+    pub async fn export(
+        &self,
+        key: Option<&str>,
+        site: &str,
+        from: &str,
+        to: &str,
+        format: beacon_store::ExportFormat,
+    ) -> Result<
+        impl futures::Stream<Item = Result<bytes::Bytes, beacon_store::SqlError>>
+        + Send
+        + 'static
+        + use<>,
+        QueryError,
+    > {
+        self.keys.check(key, site)?;
+        let span = engine::span(from, to, chrono::Utc::now().timestamp_millis())?;
+        metrics::counter!("beacon_query_exports_total").increment(1);
+        self.engine()?
+            .export(site, span.from, span.to, format)
+            .await
+            .map_err(QueryError::from)
     }
 
     /// Answer `op` for the holder of `key`: the answer's JSON text.
@@ -229,18 +323,39 @@ impl QueryNode {
     }
 }
 
+fn engine(js: &Context, settings: &QuerySettings) -> std::io::Result<beacon_store::Engine> {
+    let cache = beacon_store::SegmentCache::open(&settings.segment_cache)?;
+    Ok(beacon_store::Engine::new(
+        js.clone(),
+        beacon_store::StoreView::default(),
+        cache,
+        settings.sql.clone(),
+    ))
+}
+
 /// The `[query]` section of the config.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuerySettings {
     /// Where `beacon query` serves the API (`beacon up` serves it on the collector's address).
     pub listen: std::net::SocketAddr,
+    /// Segment files kept on local disk (`[query.segment_cache]`).
+    pub segment_cache: beacon_store::CacheSettings,
+    /// Limits of each SQL query (`[query.sql]`).
+    pub sql: beacon_store::SqlLimits,
+    /// Events held in memory above the committed segments; at the bound the
+    /// node stops reading the stream until the writers commit (SQL answers
+    /// then lag, and stay exact).
+    pub tail_max_rows: usize,
 }
 
 impl Default for QuerySettings {
     fn default() -> Self {
         QuerySettings {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+            segment_cache: beacon_store::CacheSettings::default(),
+            sql: beacon_store::SqlLimits::default(),
+            tail_max_rows: 2_000_000,
         }
     }
 }

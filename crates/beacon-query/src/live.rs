@@ -89,6 +89,17 @@ struct Glance<'a> {
     anonymous_id: Option<Cow<'a, str>>,
     received_at: chrono::DateTime<chrono::Utc>,
     partition: u32,
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    context: GlanceContext,
+}
+
+/// Whether a stored event is filtered traffic.
+#[derive(Debug, Default, Deserialize)]
+struct GlanceContext {
+    #[serde(default)]
+    bot: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +207,10 @@ impl Live {
             .or(event.anonymous_id.as_deref())
             .unwrap_or(&event.id);
         let user = beacon_rollup::cell::user_hash(user_key);
-        {
+        // Bots and engagement pings are not activity, as in the rollups:
+        // they only matter to how far behind the numbers are.
+        let activity = event.context.bot.is_none() && event.name != beacon_core::ENGAGEMENT;
+        if activity {
             let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
             let site = match sites.get_mut(event.site.as_ref()) {
                 Some(site) => site,

@@ -7,6 +7,10 @@
 //! with the HTTP query parameters in `params`. The answer is the HTTP answer's
 //! body; an error sets `Nats-Service-Error-Code` (the HTTP status) and
 //! `Nats-Service-Error` (the message).
+//!
+//! SQL is the endpoint `beacon.query.v1.sql`: `{"key", "site", "sql",
+//! "format"}`, answered like `POST /api/v1/sites/{site}/sql`, as long as the
+//! answer fits in one NATS message (the server's `max_payload`).
 
 use std::panic::AssertUnwindSafe;
 
@@ -32,12 +36,51 @@ pub struct Request {
     pub params: Params,
 }
 
+/// A request to the `sql` endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlRequest {
+    pub key: Option<String>,
+    pub site: String,
+    pub sql: String,
+    /// `json` (the default), `arrow` or `csv`.
+    pub format: Option<String>,
+}
+
+/// The name of the SQL endpoint under [`SUBJECT_PREFIX`].
+pub const SQL_ENDPOINT: &str = "sql";
+
+async fn answer_sql(node: &QueryNode, payload: &[u8]) -> Result<Bytes, QueryError> {
+    let r: SqlRequest = serde_json::from_slice(payload)
+        .map_err(|e| QueryError::bad_request(format!("bad request body: {e}")))?;
+    let name = r.format.as_deref().unwrap_or("json");
+    let format = beacon_store::SqlFormat::parse(name).ok_or_else(|| {
+        QueryError::bad_request(format!(
+            "format: {name:?} is not one of {}",
+            beacon_store::SqlFormat::NAMES
+        ))
+    })?;
+    let answer = node.sql(r.key.as_deref(), &r.site, &r.sql, format).await?;
+    let max = node.client.server_info().max_payload;
+    if answer.body.len() > max {
+        return Err(QueryError {
+            status: 413,
+            message: format!(
+                "the answer ({} bytes) is larger than one NATS message ({max} bytes): add a LIMIT or ask over HTTP",
+                answer.body.len()
+            ),
+            kind: Some("row_limit"),
+        });
+    }
+    Ok(answer.body)
+}
+
 /// Serve the operations until the node shuts down.
 pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
     let service = node
         .client
         .service_builder()
-        .description("Beacon analytics queries: timeseries, breakdown, summary, live, status")
+        .description("Beacon analytics queries: timeseries, breakdown, summary, live, status, sql")
         .queue_group(QUEUE_GROUP)
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
@@ -49,8 +92,13 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
             .endpoint(op.name())
             .await
             .map_err(|e| anyhow::anyhow!("cannot add endpoint {}: {e}", op.name()))?;
-        endpoints.push(endpoint.map(move |request| (op, request)).boxed());
+        endpoints.push(endpoint.map(move |request| (Some(op), request)).boxed());
     }
+    let sql = group
+        .endpoint(SQL_ENDPOINT)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot add endpoint {SQL_ENDPOINT}: {e}"))?;
+    endpoints.push(sql.map(|request| (None, request)).boxed());
     let mut requests = futures::stream::select_all(endpoints);
     let mut shutdown = node.shutdown.clone();
     loop {
@@ -64,26 +112,30 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
         let node = node.clone();
         tokio::spawn(async move {
             let payload = request.message.payload.clone();
+            let name = op.map_or(SQL_ENDPOINT, Op::name);
             let answer = AssertUnwindSafe(async {
+                let Some(op) = op else {
+                    return answer_sql(&node, &payload).await;
+                };
                 match serde_json::from_slice::<Request>(&payload) {
-                    Ok(r) => {
-                        node.answer(op, r.key.as_deref(), r.site.as_deref(), &r.params)
-                            .await
-                    }
+                    Ok(r) => node
+                        .answer(op, r.key.as_deref(), r.site.as_deref(), &r.params)
+                        .await
+                        .map(Bytes::from),
                     Err(e) => Err(QueryError::bad_request(format!("bad request body: {e}"))),
                 }
             })
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                tracing::error!(op = op.name(), "a NATS query panicked");
+                tracing::error!(op = name, "a NATS query panicked");
                 metrics::counter!("beacon_request_panics_total").increment(1);
                 Err(QueryError::internal(
                     "Beacon failed while answering this query (a bug)",
                 ))
             });
             let reply = match answer {
-                Ok(json) => Ok(Bytes::from(json)),
+                Ok(body) => Ok(body),
                 Err(e) => Err(service::error::Error {
                     status: e.message,
                     code: e.status as usize,

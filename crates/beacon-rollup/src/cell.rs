@@ -26,16 +26,35 @@ pub enum Dimension {
     Os,
     Device,
     Country,
+    Channel,
+    UtmSource,
+    UtmMedium,
+    UtmCampaign,
+    UtmTerm,
+    UtmContent,
+    Region,
+    City,
 }
 
+/// How many dimensions a cell counts events by.
+pub const DIMS: usize = 14;
+
 /// Every dimension, in the order of [`Counters::dims`].
-pub const DIMENSIONS: [Dimension; 6] = [
+pub const DIMENSIONS: [Dimension; DIMS] = [
     Dimension::Path,
     Dimension::ReferrerSource,
     Dimension::Browser,
     Dimension::Os,
     Dimension::Device,
     Dimension::Country,
+    Dimension::Channel,
+    Dimension::UtmSource,
+    Dimension::UtmMedium,
+    Dimension::UtmCampaign,
+    Dimension::UtmTerm,
+    Dimension::UtmContent,
+    Dimension::Region,
+    Dimension::City,
 ];
 
 /// The value events without one are counted under.
@@ -54,6 +73,14 @@ impl Dimension {
             Dimension::Os => "os",
             Dimension::Device => "device",
             Dimension::Country => "country",
+            Dimension::Channel => "channel",
+            Dimension::UtmSource => "utm_source",
+            Dimension::UtmMedium => "utm_medium",
+            Dimension::UtmCampaign => "utm_campaign",
+            Dimension::UtmTerm => "utm_term",
+            Dimension::UtmContent => "utm_content",
+            Dimension::Region => "region",
+            Dimension::City => "city",
         }
     }
 
@@ -71,6 +98,14 @@ impl Dimension {
             Dimension::Os => c.os.as_deref(),
             Dimension::Device => c.device.as_deref(),
             Dimension::Country => c.country.as_deref(),
+            Dimension::Channel => c.channel.as_deref(),
+            Dimension::UtmSource => c.utm_source.as_deref(),
+            Dimension::UtmMedium => c.utm_medium.as_deref(),
+            Dimension::UtmCampaign => c.utm_campaign.as_deref(),
+            Dimension::UtmTerm => c.utm_term.as_deref(),
+            Dimension::UtmContent => c.utm_content.as_deref(),
+            Dimension::Region => c.region.as_deref(),
+            Dimension::City => c.city.as_deref(),
         }
         .unwrap_or(NONE)
     }
@@ -108,6 +143,28 @@ tally_fields!(SessionCounters {
     exits
 });
 
+/// Engagement of pages: what engagement pings (events named
+/// `engagement`) said, per page path. Pings are never events, page views or
+/// user activity; they only add to their page's engagement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Engagement {
+    /// Pings per page.
+    pub pings: Bounded,
+    /// Milliseconds the page was visible and focused, per page.
+    pub engaged_ms: Bounded,
+    /// Sum of the pings' scroll depths (0–100), per page.
+    pub scroll_sum: Bounded,
+    /// Pings that carried a scroll depth, per page.
+    pub scrolled: Bounded,
+}
+
+tally_fields!(Engagement {
+    pings,
+    engaged_ms,
+    scroll_sum,
+    scrolled
+});
+
 /// The additive figures of a cell: a committed total or a delta to add to one.
 /// Every field is a [`Tally`], listed once below the struct.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,10 +175,13 @@ pub struct Counters {
     /// Revenue per ISO currency, exact.
     pub revenue: BTreeMap<String, Decimal>,
     /// Events by each [`Dimension`], in [`DIMENSIONS`] order.
-    pub dims: [Bounded; 6],
+    pub dims: [Bounded; DIMS],
     /// Events by name × each dimension. Kept in hour and day buckets only.
     pub by_name: ByName,
     pub sessions: SessionCounters,
+    pub engagement: Engagement,
+    /// Filtered traffic (bots) by reason: events counted here and nowhere else.
+    pub filtered: Bounded,
 }
 
 tally_fields!(Counters {
@@ -130,7 +190,9 @@ tally_fields!(Counters {
     revenue,
     dims,
     by_name,
-    sessions
+    sessions,
+    engagement,
+    filtered
 } after truncate Counters::bound_names);
 
 impl Counters {
@@ -155,11 +217,11 @@ impl Counters {
     }
 
     /// The per-dimension counts of events named `name`, if any.
-    pub fn name_dims(&self, name: &str) -> Option<&[Bounded; 6]> {
+    pub fn name_dims(&self, name: &str) -> Option<&[Bounded; DIMS]> {
         self.by_name.dims(name)
     }
 
-    pub fn name_dims_mut(&mut self, name: &str) -> &mut [Bounded; 6] {
+    pub fn name_dims_mut(&mut self, name: &str) -> &mut [Bounded; DIMS] {
         self.by_name.dims_mut(name)
     }
 }
@@ -169,21 +231,21 @@ impl Counters {
 /// own truncation bounds nothing (see `Counters::bound_names`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ByName(Vec<(String, [Bounded; 6])>);
+pub struct ByName(Vec<(String, [Bounded; DIMS])>);
 
 impl ByName {
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Bounded; 6])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Bounded; DIMS])> {
         self.0.iter().map(|(n, d)| (n.as_str(), d))
     }
 
-    pub fn dims(&self, name: &str) -> Option<&[Bounded; 6]> {
+    pub fn dims(&self, name: &str) -> Option<&[Bounded; DIMS]> {
         self.0
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
             .map(|i| &self.0[i].1)
     }
 
-    pub fn dims_mut(&mut self, name: &str) -> &mut [Bounded; 6] {
+    pub fn dims_mut(&mut self, name: &str) -> &mut [Bounded; DIMS] {
         let i = match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
             Ok(i) => i,
             Err(i) => {
@@ -195,8 +257,8 @@ impl ByName {
     }
 }
 
-impl From<Vec<(String, [Bounded; 6])>> for ByName {
-    fn from(mut names: Vec<(String, [Bounded; 6])>) -> Self {
+impl From<Vec<(String, [Bounded; DIMS])>> for ByName {
+    fn from(mut names: Vec<(String, [Bounded; DIMS])>) -> Self {
         names.sort_by(|a, b| a.0.cmp(&b.0));
         ByName(names)
     }

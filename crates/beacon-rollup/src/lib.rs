@@ -25,7 +25,8 @@ mod event_time_tests;
 pub use bounded::{Bounded, OTHER};
 pub use bucket::{Granularity, Retention};
 pub use cell::{
-    ByName, Cell, CellDelta, CellKey, Counters, DIMENSIONS, Dimension, SessionCounters,
+    ByName, Cell, CellDelta, CellKey, Counters, DIMENSIONS, DIMS, Dimension, Engagement,
+    SessionCounters,
 };
 pub use session::{MAX_SESSIONS_PER_USER, Reach, Session, UserSessions, Visit};
 pub use state::{Delta, Outcome, PAGEVIEW, PartitionState, RollupSettings, Working};

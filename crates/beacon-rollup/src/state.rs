@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{Granularity, Retention};
-use super::cell::{Cell, CellDelta, CellKey, DIMENSIONS, user_hash};
+use super::cell::{Cell, CellDelta, CellKey, DIMENSIONS, Dimension, Engagement, user_hash};
 use super::session::{Reach, UserSessions};
 use crate::tally::Tally;
-use beacon_core::event::Event;
+use beacon_core::event::{ENGAGED_MS_PROP, ENGAGEMENT, Event, SCROLL_DEPTH_PROP};
 
 /// The key a user's session is kept under: 64 bits of XXH3 over site and user
 /// key. A collision (about one in 10^10 for a million users) would merge two
@@ -255,6 +255,29 @@ fn roll_up(cells: &mut BTreeMap<CellKey, CellDelta>) {
     }
 }
 
+/// Add an engagement ping to its page: one ping, its engaged milliseconds
+/// and its scroll depth, each only when it is a sane integer (a ping with a
+/// negative or absurd figure still counts as a ping).
+fn count_engagement(e: &mut Engagement, event: &Event) {
+    let page = Dimension::Path.of(event);
+    let int = |prop: &str, max: i64| {
+        event
+            .props
+            .get(prop)
+            .and_then(serde_json::Value::as_i64)
+            .filter(|v| (0..=max).contains(v))
+    };
+    e.pings.add(page, 1);
+    // At most a day per ping: a tab left open is not a day of reading.
+    if let Some(ms) = int(ENGAGED_MS_PROP, 86_400_000) {
+        e.engaged_ms.add(page, ms);
+    }
+    if let Some(depth) = int(SCROLL_DEPTH_PROP, 100) {
+        e.scroll_sum.add(page, depth);
+        e.scrolled.add(page, 1);
+    }
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -343,6 +366,17 @@ impl Working {
             })
             .or_default();
         let c = &mut cell.counters;
+        // Filtered traffic counts only by its reason, and an engagement ping
+        // only into its page's engagement: neither is an event, a page view,
+        // a user's activity or part of a session.
+        if let Some(reason) = &event.context.bot {
+            c.filtered.add(reason, 1);
+            return Outcome::Counted;
+        }
+        if event.name == ENGAGEMENT {
+            count_engagement(&mut c.engagement, event);
+            return Outcome::Counted;
+        }
         c.events.add(&event.name, 1);
         if is_pageview {
             c.pageviews += 1;
@@ -762,5 +796,61 @@ mod tests {
         let bytes = postcard::to_stdvec(&state).expect("encode");
         let back: PartitionState = postcard::from_bytes(&bytes).expect("decode");
         assert_eq!(back, state);
+    }
+
+    /// Bots count only as filtered traffic by reason, and engagement pings
+    /// only into their page's engagement: no event, page view, user,
+    /// breakdown or session sees either.
+    #[test]
+    fn bots_and_engagement_pings_are_not_traffic() {
+        let t = NOW - 600_000;
+        let people = vec![
+            event("u1", "pageview", t, "/a"),
+            event("u1", "pageview", t + 1_000, "/b"),
+        ];
+        let mut all = people.clone();
+        for (i, reason) in ["crawler", "crawler", "headless", "monitor"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut bot = event(&format!("bot{i}"), "pageview", t + i as i64, "/a");
+            bot.context.bot = Some(reason.into());
+            all.push(bot);
+        }
+        for (ms, depth) in [(12_000, Some(40)), (3_000, Some(90)), (-5, None)] {
+            let mut ping = event("u1", ENGAGEMENT, t + 2_000, "/b");
+            ping.props.insert(ENGAGED_MS_PROP.into(), ms.into());
+            if let Some(depth) = depth {
+                ping.props.insert(SCROLL_DEPTH_PROP.into(), depth.into());
+            }
+            all.push(ping);
+        }
+        let counted = fold(&all, 3);
+        let plain = fold(&people, 3);
+        let day = |s: &PartitionState| {
+            s.cells
+                .iter()
+                .find(|(k, _)| k.granularity == Granularity::Day)
+                .map(|(_, c)| c.clone())
+                .expect("a day cell")
+        };
+        let (c, p) = (day(&counted).counters, day(&plain).counters);
+        assert_eq!(c.events, p.events);
+        assert_eq!(c.pageviews, 2);
+        assert_eq!(c.dims, p.dims);
+        assert_eq!(c.by_name, p.by_name);
+        assert_eq!(c.sessions, p.sessions, "pings extend no session");
+        assert_eq!(day(&counted).users.estimate().round(), 1.0, "one user");
+        let filtered: Vec<(&str, i64)> = c.filtered.iter().collect();
+        assert_eq!(filtered, [("crawler", 2), ("headless", 1), ("monitor", 1)]);
+        let e = &c.engagement;
+        assert_eq!(e.pings.get("/b"), 3);
+        assert_eq!(
+            e.engaged_ms.get("/b"),
+            15_000,
+            "a negative figure is left out"
+        );
+        assert_eq!((e.scroll_sum.get("/b"), e.scrolled.get("/b")), (130, 2));
+        assert_eq!(counted.applied, all.len() as u64, "every event was handled");
     }
 }

@@ -193,7 +193,7 @@ mod tests {
         let mut m = Manifest::empty(0);
         m.through_seq = 20;
         m.segments = vec![seg("x", 1, 10), seg("y", 11, 20)];
-        let back = Manifest::decode(&m.encode()).unwrap();
+        let back = Manifest::decode(&m.encode()).expect("decodes");
         assert_eq!(back, m);
         assert_eq!(back.rows(), 20);
         assert_eq!(back.prune("a", 0, 1_500).count(), 2);

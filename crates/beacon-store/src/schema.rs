@@ -313,7 +313,7 @@ mod tests {
 
     fn event(i: usize) -> Event {
         let mut props = serde_json::Map::new();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             props.insert("plan".into(), Value::String("pro".into()));
             props.insert("seats".into(), serde_json::json!(3));
         }
@@ -329,7 +329,7 @@ mod tests {
             received_at: Utc.timestamp_millis_opt(1_700_000_000_500).unwrap(),
             partition: 3,
             props,
-            revenue: (i % 3 == 0).then(|| Revenue {
+            revenue: i.is_multiple_of(3).then(|| Revenue {
                 amount: Decimal::new(1999, 2),
                 currency: "USD".into(),
             }),
@@ -360,21 +360,21 @@ mod tests {
         assert_eq!(batch.schema(), segment_schema());
         let seq = batch
             .column_by_name("seq")
-            .unwrap()
+            .expect("column")
             .as_primitive::<UInt64Type>();
         assert_eq!(seq.value(5), 105);
         let revenue = batch
             .column_by_name("revenue_amount")
-            .unwrap()
+            .expect("column")
             .as_primitive::<Decimal128Type>();
         assert_eq!(revenue.value(0), 19_990_000_000_000_000_000);
         assert!(revenue.is_null(1));
-        let props = batch.column_by_name("props").unwrap().as_map();
+        let props = batch.column_by_name("props").expect("column").as_map();
         assert!(props.is_valid(0) && props.is_null(1));
         assert_eq!(props.value(0).len(), 2);
         let campaign = batch
             .column_by_name("utm_campaign")
-            .unwrap()
+            .expect("column")
             .as_string::<i32>();
         assert_eq!(campaign.value(2), "spring");
     }

@@ -47,7 +47,7 @@ pub fn encode(
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             FORMAT_KEY.to_owned(),
             SEGMENT_FORMAT_VERSION.to_string(),
@@ -162,16 +162,20 @@ mod tests {
                 session_id: None,
             });
         }
-        let batch = rows.finish().unwrap();
-        let (file, meta) = encode("p1/x.parquet", 1, 0, std::slice::from_ref(&batch)).unwrap();
+        let batch = rows.finish().expect("segment");
+        let (file, meta) =
+            encode("p1/x.parquet", 1, 0, std::slice::from_ref(&batch)).expect("segment");
         assert_eq!(meta.rows, 1000);
         assert_eq!((meta.first_seq, meta.last_seq), (10, 10 + 2 * 999));
         assert_eq!(meta.min_ts_ms, 1_700_000_000_000);
         assert_eq!(meta.max_ts_ms, 1_700_000_000_000 + 999_000);
         assert_eq!(meta.sites, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(meta.bytes, file.len() as u64);
-        assert_eq!(format_of(file.clone()).unwrap(), SEGMENT_FORMAT_VERSION);
-        let back = decode(file).unwrap();
+        assert_eq!(
+            format_of(file.clone()).expect("segment"),
+            SEGMENT_FORMAT_VERSION
+        );
+        let back = decode(file).expect("segment");
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
         assert_eq!(
             back[0].slice(0, 1000.min(back[0].num_rows())),

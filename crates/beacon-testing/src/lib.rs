@@ -1,6 +1,7 @@
 //! Dev-only test harness: real `nats-server`s on free ports with temporary stores,
 //! killed and cleaned up when dropped. Never a mock of NATS, never a fixed port.
 
+pub mod actions;
 pub mod cluster;
 pub mod truth;
 

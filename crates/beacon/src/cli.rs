@@ -66,6 +66,17 @@ pub enum Command {
         #[arg(long, env = "BEACON_LISTEN")]
         listen: Option<SocketAddr>,
     },
+    /// Run the actions service: event and metric rules, scheduled reports, and
+    /// the workers that deliver webhooks and e-mail (or, with a subcommand,
+    /// manage its jobs).
+    #[command(args_conflicts_with_subcommands = true)]
+    Actions {
+        #[command(subcommand)]
+        command: Option<ActionsCommand>,
+        /// Serve /healthz, /readyz and /metrics here (default: no listener).
+        #[arg(long, env = "BEACON_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
     /// Send one event to a collector.
     Send(crate::send::SendArgs),
     /// Send realistic traffic (visits, funnels, purchases) and write its ground truth.
@@ -75,6 +86,11 @@ pub enum Command {
     /// Rebuild the rollups from BEACON_EVENTS into a new generation beside live
     /// ingest, then switch query nodes and aggregators over to it.
     Replay(crate::replay::ReplayArgs),
+    /// Add sites and domains, list them, show and rotate keys (edits the config file).
+    Sites(crate::sites::SitesArgs),
+    /// Write one site's events of a time range (from the event store) as
+    /// Parquet, NDJSON or CSV.
+    Export(crate::export::ExportArgs),
     /// Show the NATS server, Beacon's streams and consumers.
     Status {
         /// Print JSON instead of a table.
@@ -90,6 +106,12 @@ pub enum Command {
         #[command(flatten)]
         all: crate::bench::AllArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// Put every dead-letter job back on the queue (after fixing its receiver).
+    ReplayDead,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -132,10 +154,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listen = listen.unwrap_or(config.query.listen);
             serve(config, roles, Some(listen)).await
         }
+        Command::Actions {
+            command: None,
+            listen,
+        } => {
+            let roles = Roles {
+                actions: true,
+                ..Roles::NONE
+            };
+            serve(load(&overrides(None))?.config, roles, listen).await
+        }
+        Command::Actions {
+            command: Some(ActionsCommand::ReplayDead),
+            ..
+        } => crate::status::replay_dead(load(&overrides(None))?.config).await,
         Command::Send(args) => crate::send::run(load(&overrides(None))?.config, args).await,
         Command::Simulate(args) => crate::simulate::run(load(&overrides(None))?.config, args).await,
         Command::Verify(args) => crate::verify::run(load(&overrides(None))?.config, args).await,
         Command::Replay(args) => crate::replay::run(load(&overrides(None))?.config, args).await,
+        Command::Sites(args) => crate::sites::run(&overrides(None), args),
+        Command::Export(args) => crate::export::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
         Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
     }
@@ -165,6 +203,13 @@ async fn serve(
             "aggregator sharing {} partitions of {}",
             config.streams.partitions,
             beacon_nats::EVENTS_STREAM
+        );
+    }
+    if roles.actions {
+        println!(
+            "actions running {} rules, delivering jobs from {}",
+            config.actions.rules.len(),
+            beacon_actions::ACTIONS_STREAM
         );
     }
     if let Some(addr) = running.ops_addr {

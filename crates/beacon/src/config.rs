@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use beacon_actions::ActionsSettings;
 use beacon_aggregate::{AggregatorSettings, StoreSettings};
 use beacon_core::{Limits, Site, site_problems};
-use beacon_ingest::{CollectorSettings, NormalizerSettings};
+use beacon_ingest::{CollectorSettings, EnrichSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
 use beacon_query::QuerySettings;
 use figment::Figment;
@@ -26,10 +27,12 @@ pub struct Config {
     pub limits: Limits,
     pub publish: RetryPolicy,
     pub collector: CollectorSettings,
+    pub enrich: EnrichSettings,
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
     pub store: StoreSettings,
+    pub actions: ActionsSettings,
     pub sites: Vec<Site>,
 }
 
@@ -42,10 +45,12 @@ impl Default for Config {
             limits: Limits::default(),
             publish: RetryPolicy::default(),
             collector: CollectorSettings::default(),
+            enrich: EnrichSettings::default(),
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
             store: StoreSettings::default(),
+            actions: ActionsSettings::default(),
             sites: Vec::new(),
         }
     }
@@ -124,7 +129,20 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, String> {
     Ok(Loaded { config, file })
 }
 
+/// Directory of the segment cache under the data directory, unless
+/// `query.segment_cache.dir` says otherwise.
+pub const SEGMENT_CACHE_DIR: &str = "segment-cache";
+
 impl Config {
+    /// The query settings with the segment cache's directory resolved.
+    pub fn query_settings(&self) -> beacon_query::QuerySettings {
+        let mut settings = self.query.clone();
+        if settings.segment_cache.dir.is_none() {
+            settings.segment_cache.dir = Some(self.data_dir.join(SEGMENT_CACHE_DIR));
+        }
+        settings
+    }
+
     /// Everything wrong with this configuration, all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = self.nats.problems();
@@ -133,6 +151,13 @@ impl Config {
         problems.extend(self.aggregator.problems());
         problems.extend(self.store.problems());
         problems.extend(self.collector.problems());
+        problems.extend(self.actions.problems(&self.sites));
+        if self.actions.grace >= self.streams.duplicate_window {
+            problems.push(
+                "actions.grace must be shorter than streams.duplicate_window, or two copies of the actions service may fire one window twice"
+                    .to_owned(),
+            );
+        }
         if self.limits.max_batch_events == 0 || self.limits.max_event_bytes == 0 {
             problems.push(
                 "limits.max_batch_events and limits.max_event_bytes must be positive".to_owned(),
@@ -145,6 +170,16 @@ impl Config {
         }
         if self.publish.deadline < self.publish.attempt_timeout {
             problems.push("publish.deadline must be at least publish.attempt_timeout".to_owned());
+        }
+        if self.query.sql.max_rows == 0 || self.query.sql.memory_bytes == 0 {
+            problems
+                .push("query.sql.max_rows and query.sql.memory_bytes must be positive".to_owned());
+        }
+        if self.query.sql.timeout.is_zero() {
+            problems.push("query.sql.timeout must be positive".to_owned());
+        }
+        if self.query.tail_max_rows == 0 {
+            problems.push("query.tail_max_rows must be positive".to_owned());
         }
         if self.normalizer.max_deliver < 1 {
             problems.push("normalizer.max_deliver must be at least 1".to_owned());
@@ -161,12 +196,15 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         read_keys: vec![format!("rk_{}", uuid::Uuid::new_v4().simple()).into()],
         rate_limit: 10_000,
         rate_burst: 0,
-        domains: vec![],
+        domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
+        keep_bots: false,
     };
     let text = format!(
-        "# Created by `beacon up`. Edit freely: Beacon reads it at start-up.\n\
+        "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\
          # Every setting and its default: docs/CONFIG.md.\n\n\
-         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n",
+         [[sites]]\nid = \"{}\"\nwrite_keys = [\"{}\"]\nread_keys = [\"{}\"]\n\
+         # \"*\": pages on any domain may send events, until `beacon sites add default --domain D` names yours.\n\
+         domains = [\"*\"]\n",
         site.id,
         site.write_keys[0].expose(),
         site.read_keys[0].expose()
@@ -260,6 +298,83 @@ mod tests {
         })
         .expect("config loads");
         assert_eq!(loaded.config.nats.urls, vec!["nats://flag:4222".to_owned()]);
+    }
+
+    /// The first TOML block of a doc page.
+    fn toml_example(doc: &str) -> String {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs")
+                .join(doc),
+        )
+        .expect("doc page");
+        let start = text.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let len = text[start..].find("```").expect("its end");
+        text[start..start + len].to_owned()
+    }
+
+    #[test]
+    fn the_documented_actions_rules_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        let site = "[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\nread_keys = [\"rk_8e1d0c4b7a2f9e35c6d1\"]\n";
+        std::fs::write(&path, format!("{site}{}", toml_example("ACTIONS.md"))).expect("write");
+        let loaded = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect("the example is valid");
+        assert_eq!(loaded.config.actions.rules.len(), 4);
+        assert!(loaded.config.actions.smtp.is_some());
+    }
+
+    #[test]
+    fn actions_rules_are_checked_with_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[[actions.rules]]\nid = \"r\"\nsite = \"nope\"\nkind = \"threshold\"\nwebhook = \"ftp://x\"\n",
+        )
+        .expect("write");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("refused");
+        for expected in [
+            "site \"nope\" is not configured",
+            "window is required",
+            "not an http:// or https:// URL",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_documented_example_config_reads_and_resolves_the_segment_cache() {
+        let doc = include_str!("../../../docs/CONFIG.md");
+        let example = doc
+            .split("## Example `beacon.toml`")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("an example in docs/CONFIG.md");
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(example))
+            .extract()
+            .expect("the example reads");
+        assert_eq!(config.query.sql.max_rows, 50_000);
+        assert_eq!(config.query.sql.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            config.query_settings().segment_cache.dir,
+            Some(PathBuf::from("/var/cache/beacon/segments"))
+        );
+        let defaults = Config::default().query_settings();
+        assert_eq!(
+            defaults.segment_cache.dir,
+            Some(PathBuf::from("beacon-data").join(SEGMENT_CACHE_DIR))
+        );
     }
 
     #[test]

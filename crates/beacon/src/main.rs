@@ -4,10 +4,12 @@
 mod bench;
 mod cli;
 mod config;
+mod export;
 mod replay;
 mod send;
 mod services;
 mod simulate;
+mod sites;
 mod status;
 mod up;
 mod verify;

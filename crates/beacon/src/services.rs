@@ -23,6 +23,7 @@ pub struct Roles {
     pub normalizer: bool,
     pub aggregator: bool,
     pub query: bool,
+    pub actions: bool,
 }
 
 impl Roles {
@@ -31,12 +32,14 @@ impl Roles {
         normalizer: true,
         aggregator: true,
         query: true,
+        actions: true,
     };
     pub const NONE: Roles = Roles {
         collector: false,
         normalizer: false,
         aggregator: false,
         query: false,
+        actions: false,
     };
 }
 
@@ -100,7 +103,13 @@ pub async fn start(
     for line in &report.lines {
         tracing::info!("{line}");
     }
-    let pipeline = Pipeline::new(publisher, config.limits.clone());
+    let line = beacon_actions::provision(publisher.jetstream(), &config.streams).await?;
+    tracing::info!("{line}");
+    let mut pipeline = Pipeline::new(publisher, config.limits.clone());
+    if roles.collector || roles.normalizer {
+        pipeline =
+            pipeline.with_enricher(beacon_ingest::enrich::load(&config.enrich, &config.sites));
+    }
     let mut tasks = JoinSet::new();
     let mut gates = Vec::new();
     let mut api = axum::Router::new();
@@ -110,11 +119,21 @@ pub async fn start(
             &config.sites,
             config.streams.partitions,
             shutdown.clone(),
-        );
+        )
+        .with_store(&config.query_settings())
+        .context("cannot open the segment cache (query.segment_cache.dir)")?;
         let ready = node.clone();
         gates.push(Gate::new("rollups", move || ready.is_ready()));
         api = beacon_query::http::router(node.clone());
         tasks.spawn(async move { node.run().await.context("query node failed") });
+    }
+    if roles.actions {
+        let js = async_nats::jetstream::new(client.clone());
+        let bucket = beacon_actions::store::open(&js, config.streams.replicas)
+            .await
+            .context("cannot open the action rules bucket")?;
+        let rules = beacon_actions::api::RulesApi::new(bucket, &config.actions, &config.sites);
+        api = api.merge(beacon_actions::api::router(rules));
     }
     let mut collector_addr = None;
     if roles.collector {
@@ -162,6 +181,16 @@ pub async fn start(
             beacon_aggregate::run(client, settings, store, partitions, replicas, stop)
                 .await
                 .context("aggregator failed")
+        });
+    }
+    if roles.actions {
+        let (client, settings, sites) =
+            (client.clone(), config.actions.clone(), config.sites.clone());
+        let (replicas, shutdown) = (config.streams.replicas, shutdown.clone());
+        tasks.spawn(async move {
+            beacon_actions::run(client, settings, &sites, replicas, shutdown)
+                .await
+                .context("actions failed")
         });
     }
     let mut ops_addr = None;

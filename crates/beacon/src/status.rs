@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::up::NATS_URL_FILE;
 
-pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
+/// Connect as a tool: to the configured NATS, else to the local server a
+/// running `beacon up` recorded in the data directory.
+async fn tool_client(config: &mut Config, name: &str) -> anyhow::Result<async_nats::Client> {
     if config.nats.urls.is_empty() {
         let file = config.data_dir.join(NATS_URL_FILE);
         let url = std::fs::read_to_string(&file).with_context(|| {
@@ -20,7 +22,22 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         })?;
         config.nats.urls = vec![url.trim().to_owned()];
     }
-    let client = connect(&config.nats, "beacon-status").await?;
+    Ok(connect(&config.nats, name).await?)
+}
+
+/// `beacon actions replay-dead`: every dead letter back on the job queue.
+pub async fn replay_dead(mut config: Config) -> anyhow::Result<()> {
+    let client = tool_client(&mut config, "beacon-replay-dead").await?;
+    let js = async_nats::jetstream::new(client);
+    let moved = beacon_actions::replay_dead(&js)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot replay the dead letters: {e}"))?;
+    println!("re-queued {moved} dead jobs");
+    Ok(())
+}
+
+pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
+    let client = tool_client(&mut config, "beacon-status").await?;
     let info = client.server_info();
     let js = async_nats::jetstream::new(client.clone());
     let mut streams = Vec::new();
@@ -31,6 +48,7 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         REJECTS_STREAM,
         UNAUTH_REJECTS_STREAM,
         ROLLUPS_STREAM,
+        beacon_actions::ACTIONS_STREAM,
     ] {
         let Ok(mut stream) = js.get_stream(name).await else {
             streams.push(json!({"name": name, "exists": false}));
@@ -69,7 +87,11 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         Some(p) => beacon_aggregate::stored(&js, p).await?,
         None => Vec::new(),
     };
+    let jobs = beacon_actions::counts(&js)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot count action jobs: {e}"))?;
     let report = json!({
+        "actions": jobs,
         "server": {"version": info.version, "name": info.server_name, "url": beacon_nats::connect::printable_urls(&config.nats.urls), "jetstream": true},
         "streams": streams,
         "partitions": progress.iter().map(|p| {
@@ -132,6 +154,19 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         if let Some(n) = s["aggregator_readers"].as_u64().filter(|n| *n > 0) {
             println!("  {n} aggregator readers (one per owned partition)");
         }
+    }
+    if let Some(jobs) = &jobs {
+        println!(
+            "\nACTIONS jobs pending {}  retrying {}  dead {}{}",
+            jobs.pending,
+            jobs.retrying,
+            jobs.dead,
+            if jobs.dead > 0 {
+                "  (beacon actions replay-dead re-queues them)"
+            } else {
+                ""
+            }
+        );
     }
     if !progress.is_empty() {
         println!(

@@ -148,6 +148,21 @@ fn print_banner(
             "  curl -X POST http://{addr}/api/v1/events -H \"Authorization: Bearer $KEY\" \\\n    -d '{{\"name\": \"pageview\", \"user_id\": \"u-1\", \"props\": {{\"path\": \"/\"}}}}'"
         );
     }
+    if let Some(site) = config.sites.first() {
+        println!("\nCount a website's visits: paste into its pages");
+        println!("  {}", crate::sites::script_tag_at(addr, &site.id));
+        if site.domains.iter().any(|d| d == crate::sites::ANY_DOMAIN) {
+            println!(
+                "  Site {} takes events from pages on any domain until you name yours:\n  beacon sites add {} --domain example.com",
+                site.id, site.id
+            );
+        } else if site.domains.is_empty() {
+            println!(
+                "  Site {} lists no domains yet: beacon sites add {} --domain example.com",
+                site.id, site.id
+            );
+        }
+    }
     if let Some(site) = config.sites.first()
         && !site.read_keys.is_empty()
     {

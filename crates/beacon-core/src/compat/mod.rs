@@ -1,5 +1,5 @@
 //! Translators from other products' ingest formats (PostHog, Segment, Plausible)
-//! to Beacon's native event, so their SDKs feed the one canonical pipeline.
+//! and from Beacon's own tracker script to Beacon's native event, so their SDKs feed the one canonical pipeline.
 //!
 //! Each translator only reshapes. Values are moved across as raw JSON, so that
 //! [`crate::validate::normalize`] judges them exactly as it judges native input:
@@ -8,6 +8,7 @@
 pub mod plausible;
 pub mod posthog;
 pub mod segment;
+pub mod tracker;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -51,6 +52,18 @@ pub struct NativeContext {
     pub referrer: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<Value>,
+    /// Campaign fields an SDK sends apart from the page URL (Segment's
+    /// `context.campaign`); the URL's own `utm_*` are read at enrichment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_source: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_medium: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_campaign: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_term: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_content: Option<Value>,
 }
 
 impl NativeContext {
@@ -59,6 +72,11 @@ impl NativeContext {
             && self.url.is_none()
             && self.referrer.is_none()
             && self.ip.is_none()
+            && self.utm_source.is_none()
+            && self.utm_medium.is_none()
+            && self.utm_campaign.is_none()
+            && self.utm_term.is_none()
+            && self.utm_content.is_none()
     }
 }
 

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Native, NativeContext, object, take};
+use crate::event::{ENGAGED_MS_PROP, ENGAGEMENT, SCROLL_DEPTH_PROP};
 use crate::reject::{Reason, Rejection};
 
 /// The domains a request names (Plausible allows a comma-separated list) and its event.
@@ -66,6 +67,17 @@ pub fn translate(event: Value, visitor: String) -> Result<Native, Rejection> {
             ));
         }
     };
+    let mut props = props;
+    // Plausible's script reports time on page (`e`, ms) and scroll depth (`sd`,
+    // %) in an `engagement` event: Beacon's reserved engagement ping, whose
+    // figures live in its props, so it is counted as engagement of its page.
+    if name.as_ref().and_then(Value::as_str) == Some(ENGAGEMENT) {
+        for (short, prop) in [("e", ENGAGED_MS_PROP), ("sd", SCROLL_DEPTH_PROP)] {
+            if let Some(value) = take(&mut event, short) {
+                props.insert(prop.to_owned(), value);
+            }
+        }
+    }
     Ok(Native {
         name,
         anonymous_id: Some(Value::String(visitor)),
@@ -138,6 +150,25 @@ mod tests {
             translate(r.event, "v".into()).expect_err("bad").reason,
             Reason::InvalidProps
         );
+    }
+
+    #[test]
+    fn an_engagement_ping_carries_time_and_scroll_depth_as_props() {
+        let r = request(
+            json!({"n": "engagement", "u": "https://s.example/a", "d": "s.example",
+            "e": 12500, "sd": 80, "h": 0}),
+        )
+        .expect("ok");
+        let n = serde_json::to_value(translate(r.event, "v".into()).expect("ok")).expect("json");
+        assert_eq!(n["name"], ENGAGEMENT);
+        assert_eq!(
+            n["props"],
+            json!({(ENGAGED_MS_PROP): 12500, (SCROLL_DEPTH_PROP): 80})
+        );
+        // Only an engagement ping's `e` and `sd` mean that.
+        let r = request(json!({"n": "pageview", "d": "s.example", "e": 1, "sd": 2})).expect("ok");
+        let n = serde_json::to_value(translate(r.event, "v".into()).expect("ok")).expect("json");
+        assert_eq!(n.get("props"), None);
     }
 
     #[test]

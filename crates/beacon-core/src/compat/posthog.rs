@@ -1,6 +1,6 @@
-//! PostHog's capture API (`/e`, `/i/v0/e`, `/capture`, `/track`, `/batch`):
-//! unwrapping the encodings its SDKs use, finding the project token, and
-//! reshaping each event into a native one. Field mapping: docs/ingest/posthog.md.
+//! PostHog's capture API (`/e`, `/i/v0/e`, `/capture`, `/track`, `/batch`, and
+//! capture v1 at `/i/v1/analytics/events`): unwrapping the encodings its SDKs
+//! use, finding the project token, and reshaping each event into a native one. Field mapping: docs/ingest/posthog.md.
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -207,6 +207,7 @@ pub fn translate(
         referrer: take(&mut props, "$referrer").filter(|r| r.as_str() != Some("$direct")),
         user_agent: take(&mut props, "$raw_user_agent"),
         ip: take(&mut props, "$ip"),
+        ..NativeContext::default()
     };
     for (from, to) in PROPS {
         rename(&mut props, from, to);
@@ -222,6 +223,42 @@ pub fn translate(
         revenue,
         context,
     })
+}
+
+/// Reshape a capture v1 event into the classic shape [`translate`] reads. v1
+/// lifts `$session_id`/`$window_id` out of the properties, moves a few flags
+/// into `options`, and leaves `$lib` to the `PostHog-Sdk-Info` header
+/// (`posthog-python/7.91.1`): all put back where a classic body has them, so an
+/// SDK's events are stored the same whichever mode it sends in.
+pub fn from_v1(event: Value, sdk_info: Option<&str>) -> Value {
+    let Value::Object(mut obj) = event else {
+        return event;
+    };
+    obj.remove("options");
+    let mut props = match obj.remove("properties") {
+        Some(Value::Object(props)) => props,
+        Some(other) if !other.is_null() => {
+            // Not an object: left for `translate` to refuse as it would any body.
+            obj.insert("properties".to_owned(), other);
+            return Value::Object(obj);
+        }
+        _ => Map::new(),
+    };
+    for (field, prop) in [("session_id", "$session_id"), ("window_id", "$window_id")] {
+        if let Some(value) = take(&mut obj, field) {
+            props.entry(prop).or_insert(value);
+        }
+    }
+    if let Some((lib, version)) = sdk_info.and_then(|s| s.trim().split_once('/')) {
+        props
+            .entry("$lib")
+            .or_insert_with(|| Value::String(lib.to_owned()));
+        props
+            .entry("$lib_version")
+            .or_insert_with(|| Value::String(version.to_owned()));
+    }
+    obj.insert("properties".to_owned(), Value::Object(props));
+    Value::Object(obj)
 }
 
 /// Who the event is about. `$identify` links `$anon_distinct_id` to the new
@@ -265,6 +302,26 @@ mod tests {
         let raw = serde_json::to_vec(&event).expect("json");
         let n = translate(event, &raw, sent_at.as_ref(), received()).expect("translates");
         serde_json::to_value(n).expect("json")
+    }
+
+    #[test]
+    fn a_v1_event_is_stored_as_its_classic_twin() {
+        let v1 = json!({"event": "$pageview", "uuid": "u-1", "distinct_id": "d-1",
+            "timestamp": "2026-11-25T09:00:00Z", "session_id": "s-1",
+            "options": {"cookieless_mode": false}, "properties": {"$pathname": "/a"}});
+        let classic = json!({"event": "$pageview", "uuid": "u-1", "distinct_id": "d-1",
+            "timestamp": "2026-11-25T09:00:00Z",
+            "properties": {"$pathname": "/a", "$session_id": "s-1",
+                "$lib": "posthog-python", "$lib_version": "7.91.1"}});
+        assert_eq!(from_v1(v1, Some("posthog-python/7.91.1")), classic);
+        assert_eq!(
+            native(classic.clone(), None)["props"]["$lib"],
+            "posthog-python"
+        );
+        // Properties that are not an object stay for translate to refuse.
+        let bad = from_v1(json!({"event": "x", "properties": 3}), None);
+        assert_eq!(bad["properties"], 3);
+        assert_eq!(from_v1(json!(7), None), json!(7));
     }
 
     #[test]

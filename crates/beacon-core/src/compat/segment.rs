@@ -164,11 +164,20 @@ pub fn translate(
     if let Some(locale) = take(&mut context, "locale") {
         props.entry("locale").or_insert(locale);
     }
+    // analytics.js and the server SDKs put utm_* under context.campaign, with
+    // the campaign's name as `name`. One that is not an object is ignored:
+    // the event still counts, without a campaign.
+    let mut campaign = take_object(&mut context, "campaign").unwrap_or_default();
     let native_context = NativeContext {
         url: take(&mut page, "url").or_else(|| props.get("url").cloned()),
         referrer: take(&mut page, "referrer").or_else(|| props.get("referrer").cloned()),
         user_agent: take(&mut context, "userAgent"),
         ip: take(&mut context, "ip"),
+        utm_source: take(&mut campaign, "source"),
+        utm_medium: take(&mut campaign, "medium"),
+        utm_campaign: take(&mut campaign, "name"),
+        utm_term: take(&mut campaign, "term"),
+        utm_content: take(&mut campaign, "content"),
     };
     let ts = event_time(obj.get("timestamp"), sent_at, None, received_at)?;
     let revenue = take_revenue(&mut props);
@@ -218,6 +227,26 @@ mod tests {
                 "context": {"user_agent": "Mozilla/5.0", "url": "https://shop.example/done",
                     "referrer": "https://google.com/", "ip": "198.51.100.7"}})
         );
+    }
+
+    #[test]
+    fn the_campaign_becomes_utm_fields() {
+        let n = native(
+            json!({"event": "Signed Up", "userId": "u-1",
+                "context": {"campaign": {"source": "news", "medium": "email", "name": "spring",
+                    "term": "shoes", "content": "hero"}}}),
+            Call::Track,
+        );
+        assert_eq!(
+            n["context"],
+            json!({"utm_source": "news", "utm_medium": "email", "utm_campaign": "spring",
+                "utm_term": "shoes", "utm_content": "hero"})
+        );
+        let odd = native(
+            json!({"event": "x", "userId": "u", "context": {"campaign": "spring"}}),
+            Call::Track,
+        );
+        assert!(odd.get("context").is_none(), "{odd}");
     }
 
     #[test]

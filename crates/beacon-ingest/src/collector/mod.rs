@@ -1,5 +1,6 @@
 //! The HTTP collector: `POST /api/v1/events`, the PostHog-, Segment- and
-//! Plausible-compatible endpoints, plus `/healthz`, `/readyz`, `/metrics`.
+//! Plausible-compatible endpoints, the tracker script and its endpoint, plus
+//! `/healthz`, `/readyz`, `/metrics`.
 //!
 //! It answers 2xx only after JetStream has acknowledged every accepted event of
 //! the request; when it cannot get those acks in time it answers 503 with
@@ -13,6 +14,7 @@ mod guard;
 mod plausible;
 mod posthog;
 mod segment;
+mod tracker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -112,8 +114,12 @@ pub struct Collector {
     settings: CollectorSettings,
     partitions: u32,
     keys: HashMap<Secret, WriteKey>,
-    /// Plausible `domain` → the site's id and the write key its events count against.
+    /// Plausible `domain` → the site's id and the write key its events count
+    /// against; `*` names the site that takes any other domain.
     domains: HashMap<String, (String, Secret)>,
+    /// Site id → the write key its browser events count against, and the
+    /// domains whose pages may send them (`/api/v1/track`).
+    sites: HashMap<String, (Secret, Vec<String>)>,
     /// Daily salts for Plausible visitor ids, shared with every collector.
     salts: Salts,
     in_flight: Semaphore,
@@ -132,11 +138,13 @@ impl Collector {
     ) -> Self {
         let mut keys = HashMap::new();
         let mut domains = HashMap::new();
+        let mut site_keys = HashMap::new();
         for site in sites {
             if let Some(key) = site.write_keys.first() {
                 for domain in &site.domains {
                     domains.insert(domain.clone(), (site.id.clone(), key.clone()));
                 }
+                site_keys.insert(site.id.clone(), (key.clone(), site.domains.clone()));
             }
             for key in &site.write_keys {
                 let rate = NonZeroU32::new(site.rate_limit);
@@ -176,11 +184,22 @@ impl Collector {
             partitions,
             keys,
             domains,
+            sites: site_keys,
             salts,
             in_flight,
             trusted_proxies,
             gates: Vec::new(),
         }
+    }
+
+    /// The site (and its write key) that takes events for the first of these
+    /// domains it lists, else the site listing `*`, if any.
+    pub(crate) fn site_of_domain(&self, domains: &[String]) -> Option<(String, Secret)> {
+        domains
+            .iter()
+            .find_map(|d| self.domains.get(d))
+            .or_else(|| self.domains.get(beacon_core::site::ANY_DOMAIN))
+            .cloned()
     }
 
     /// Make `/readyz` wait for `gate` too.
@@ -209,11 +228,18 @@ impl Collector {
                 header::AUTHORIZATION,
                 header::CONTENT_ENCODING,
             ])
+            // The tracker reads it to wait as long as the collector asks.
+            .expose_headers([header::RETRY_AFTER])
             .max_age(Duration::from_secs(24 * 3600));
         let mut router = Router::new()
             .route("/api/v1/events", post(post_events).layer(cors.clone()))
             .route("/v1/{call}", post(segment::calls).layer(cors.clone()))
-            .route("/api/event", post(plausible::event).layer(cors.clone()));
+            .route("/api/event", post(plausible::event).layer(cors.clone()))
+            .route("/api/v1/track", post(tracker::track).layer(cors.clone()))
+            .route(
+                posthog::V1_PATH,
+                post(posthog::capture_v1).layer(cors.clone()),
+            );
         for path in posthog::PATHS {
             router = router.route(
                 path,
@@ -223,11 +249,14 @@ impl Collector {
             );
         }
         // Only the ingest routes so far: their panics record the input.
+        router = router.route_layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            guard::record_panics,
+        ));
+        for path in tracker::SCRIPT_PATHS {
+            router = router.route(path, get(tracker::script));
+        }
         router
-            .route_layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                guard::record_panics,
-            ))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { crate::metrics::render() }))

@@ -37,7 +37,7 @@ pub async fn event(
         Ok(request) => request,
         Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
     };
-    let Some((site, key)) = request.domains.iter().find_map(|d| c.domains.get(d)) else {
+    let Some((site, key)) = c.site_of_domain(&request.domains) else {
         let r = Rejection::new(
             Reason::UnknownSite,
             format!(
@@ -59,7 +59,7 @@ pub async fn event(
     let agent = user_agent(&headers);
     let visitor = plausible::visitor_id(
         &salt,
-        site,
+        &site,
         &c.client_ip(&headers, peer),
         agent.unwrap_or_default(),
     );

@@ -1,5 +1,6 @@
 mod collector;
 mod compat;
+mod enrichment;
 mod hardening;
 mod normalizer;
 mod provisioning;
@@ -7,3 +8,4 @@ mod runtime;
 mod sdk;
 mod server;
 mod support;
+mod tracker;

@@ -1,4 +1,5 @@
-//! The official PostHog and Segment SDKs, unchanged, pointed at the collector:
+//! The official PostHog (classic and capture v1) and Segment SDKs, unchanged,
+//! pointed at the collector:
 //! page views, custom events with properties, identify and revenue arrive
 //! exactly once with the right names, users, times and properties, also when
 //! the SDK retries after a 503 (a lost response, or NATS away).
@@ -66,6 +67,8 @@ struct ProxyState {
     http: reqwest::Client,
     /// Every status the collector answered, in order.
     statuses: Mutex<Vec<u16>>,
+    /// The path of every request.
+    paths: Mutex<Vec<String>>,
 }
 
 /// A small HTTP proxy in front of the collector that can lose a response.
@@ -81,6 +84,7 @@ impl Proxy {
             fault,
             http: reqwest::Client::new(),
             statuses: Mutex::new(Vec::new()),
+            paths: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,6 +103,17 @@ impl Proxy {
     fn statuses(&self) -> Vec<u16> {
         self.state.statuses.lock().expect("lock").clone()
     }
+
+    /// Fail unless the SDK used the endpoint its mode calls for.
+    fn assert_endpoint(&self, sdk: &str) {
+        let paths = self.state.paths.lock().expect("lock").clone();
+        let v1 = paths
+            .iter()
+            .filter(|p| *p == "/i/v1/analytics/events")
+            .count();
+        let expected = if sdk == "posthog-v1" { paths.len() } else { 0 };
+        assert_eq!(v1, expected, "{sdk} posted to {paths:?}");
+    }
 }
 
 async fn forward(
@@ -110,6 +125,11 @@ async fn forward(
 ) -> Response {
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
+    state
+        .paths
+        .lock()
+        .expect("lock")
+        .push(uri.path().to_owned());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let answer = state
         .http
@@ -304,6 +324,7 @@ async fn lost_response(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
     run_sdk(&python, sdk, &proxy.url, base).await;
     let statuses = proxy.statuses();
     assert!(statuses.len() >= 2, "the SDK did not retry: {statuses:?}");
+    proxy.assert_endpoint(sdk);
     check(&events(&svc.js).await, base);
     svc.shutdown().await;
 }
@@ -332,6 +353,7 @@ async fn nats_away(sdk: &str, check: fn(&[Value], DateTime<Utc>)) {
         statuses.iter().all(|s| [200, 503].contains(s)),
         "{statuses:?}"
     );
+    proxy.assert_endpoint(sdk);
     check(&events(&svc.js).await, base);
     svc.shutdown().await;
 }
@@ -344,6 +366,16 @@ async fn posthog_sdk_events_arrive_once_when_a_response_is_lost() {
 #[tokio::test]
 async fn posthog_sdk_retries_after_503_while_nats_is_away() {
     nats_away("posthog", check_posthog).await;
+}
+
+#[tokio::test]
+async fn posthog_v1_sdk_events_arrive_once_when_a_response_is_lost() {
+    lost_response("posthog-v1", check_posthog).await;
+}
+
+#[tokio::test]
+async fn posthog_v1_sdk_retries_after_503_while_nats_is_away() {
+    nats_away("posthog-v1", check_posthog).await;
 }
 
 #[tokio::test]

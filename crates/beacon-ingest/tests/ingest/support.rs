@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::StreamMessage};
-use beacon_core::{Limits, Site};
+use beacon_core::{Enricher, Limits, Site};
 use beacon_ingest::collector::Collector;
 use beacon_ingest::{
     CollectorSettings, NormalizerSettings, Pipeline, run_collector, run_normalizer,
@@ -28,6 +28,8 @@ pub struct Setup {
     pub sites: Vec<Site>,
     /// Routes served beside the collector's.
     pub extra: axum::Router,
+    /// No GeoIP database unless a test gives one.
+    pub enricher: Enricher,
 }
 
 impl Default for Setup {
@@ -49,6 +51,7 @@ impl Default for Setup {
                     rate_limit: 0,
                     rate_burst: 0,
                     domains: vec!["shop.example".into()],
+                    keep_bots: false,
                 },
                 Site {
                     id: "blog".into(),
@@ -57,9 +60,11 @@ impl Default for Setup {
                     rate_limit: 1,
                     rate_burst: 5,
                     domains: vec!["blog.example".into()],
+                    keep_bots: false,
                 },
             ],
             extra: axum::Router::new(),
+            enricher: Enricher::default(),
         }
     }
 }
@@ -82,7 +87,7 @@ pub async fn start(nats: &TestServer, setup: Setup) -> Services {
     provision(publisher.jetstream(), &setup.streams)
         .await
         .expect("provision");
-    let pipeline = Pipeline::new(publisher, setup.limits.clone());
+    let pipeline = Pipeline::new(publisher, setup.limits.clone()).with_enricher(setup.enricher);
     let listener = tokio::net::TcpListener::bind(setup.collector.listen)
         .await
         .expect("bind");

@@ -1,6 +1,8 @@
 """Send a fixed scenario with an official SDK, unchanged, to a Beacon collector.
 
-Usage: send.py posthog|segment HOST WRITE_KEY BASE_TIME
+Usage: send.py posthog|posthog-v1|segment HOST WRITE_KEY BASE_TIME
+
+posthog-v1 is the PostHog SDK in its opt-in capture v1 mode (/i/v1/analytics/events).
 
 The Rust test (tests/ingest/sdk.rs) owns the expectations: every event here has
 a fixed id and the time BASE_TIME + n seconds, so the test can check that each
@@ -23,12 +25,13 @@ def at(base, seconds):
     return base + timedelta(seconds=seconds)
 
 
-def posthog_scenario(host, key, base):
+def posthog_scenario(host, key, base, capture_mode="v0"):
     from posthog import Posthog
 
     ph = Posthog(
         key,
         host=host,
+        capture_mode=capture_mode,
         gzip=True,
         flush_at=100,
         flush_interval=0.05,
@@ -128,7 +131,12 @@ def main():
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     sdk, host, key, base = sys.argv[1:5]
     base = datetime.fromisoformat(base.replace("Z", "+00:00"))
-    {"posthog": posthog_scenario, "segment": segment_scenario}[sdk](host, key, base)
+    scenarios = {
+        "posthog": posthog_scenario,
+        "posthog-v1": lambda h, k, b: posthog_scenario(h, k, b, capture_mode="v1"),
+        "segment": segment_scenario,
+    }
+    scenarios[sdk](host, key, base)
     if errors:
         print("the SDK gave up:", *errors, sep="\n  ", file=sys.stderr)
         sys.exit(1)

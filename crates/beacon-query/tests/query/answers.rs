@@ -257,7 +257,8 @@ async fn http_nats_and_two_replicas_give_the_truth() {
         .expect("info");
     let info: Value = serde_json::from_slice(&info.payload).expect("info");
     let endpoints = info["endpoints"].as_array().expect("endpoints");
-    assert_eq!(endpoints.len(), 6, "{info}");
+    // The six operations and SQL.
+    assert_eq!(endpoints.len(), 7, "{info}");
     for e in endpoints {
         assert_eq!(e["queue_group"], "beacon-query", "{e}");
         assert!(

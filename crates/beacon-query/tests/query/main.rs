@@ -3,10 +3,12 @@
 //! bad parameter and key; loading before ready; the OpenAPI document.
 
 mod answers;
+mod enriched;
 mod errors;
 mod hardening;
 mod live;
 mod params;
 mod resilience;
+mod sql;
 mod support;
 mod upgrade;

@@ -35,6 +35,7 @@ pub fn sites() -> Vec<Site> {
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],
+        keep_bots: false,
     };
     vec![
         site("site-0", WRITE, vec![READ_ALL]),

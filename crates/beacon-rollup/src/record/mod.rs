@@ -8,6 +8,7 @@
 //! know is an error that says so, never a silent hole in the numbers.
 
 mod v1;
+mod v2;
 
 use serde::Serialize;
 
@@ -24,8 +25,10 @@ pub const OWNER_HEADER: &str = "Beacon-Owner";
 
 /// The format this release writes. Version 1 is the unversioned postcard
 /// encoding of the first release; 2 adds the header (the types were the same
-/// when it was introduced, and each later change of a stored type bumps it).
-pub const FORMAT_VERSION: u32 = 2;
+/// when it was introduced, and each later change of a stored type bumps it);
+/// 3 adds dimensions (channel, `utm_*`, region, city), page engagement and
+/// filtered traffic to every cell.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this release reads (converting it).
 pub const OLDEST_READABLE: u32 = 1;
 
@@ -153,6 +156,8 @@ impl Record {
             (Kind::Takeover, _) => Change::Takeover,
             (Kind::Delta, 1) => Change::Delta(v1::delta(&self.bytes).map_err(unreadable)?),
             (Kind::Snapshot, 1) => Change::Snapshot(v1::snapshot(&self.bytes).map_err(unreadable)?),
+            (Kind::Delta, 2) => Change::Delta(v2::delta(&self.bytes).map_err(unreadable)?),
+            (Kind::Snapshot, 2) => Change::Snapshot(v2::snapshot(&self.bytes).map_err(unreadable)?),
             (Kind::Delta, _) => {
                 Change::Delta(postcard::from_bytes(&self.bytes).map_err(unreadable)?)
             }

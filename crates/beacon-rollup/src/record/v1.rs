@@ -32,8 +32,8 @@ struct Counters {
     events: Bounded,
     pageviews: i64,
     revenue: BTreeMap<String, Decimal>,
-    dims: [Bounded; 6],
-    by_name: Vec<(String, [Bounded; 6])>,
+    dims: [Bounded; super::v2::OLD_DIMS],
+    by_name: Vec<(String, [Bounded; super::v2::OLD_DIMS])>,
     sessions: SessionCounters,
 }
 
@@ -176,13 +176,13 @@ fn sessions(users: HashMap<u64, UserSession>) -> HashMap<u64, session::UserSessi
 impl From<Counters> for cell::Counters {
     fn from(c: Counters) -> Self {
         let s = c.sessions;
-        cell::Counters {
-            events: c.events,
-            pageviews: c.pageviews,
-            revenue: c.revenue,
-            dims: c.dims,
-            by_name: c.by_name.into(),
-            sessions: cell::SessionCounters {
+        super::v2::counters(
+            c.events,
+            c.pageviews,
+            c.revenue,
+            c.dims,
+            c.by_name,
+            cell::SessionCounters {
                 started: s.started,
                 bounces: s.bounces,
                 duration_ms: s.duration_ms,
@@ -190,7 +190,7 @@ impl From<Counters> for cell::Counters {
                 entries: s.entries,
                 exits: s.exits,
             },
-        }
+        )
     }
 }
 

@@ -272,7 +272,7 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     }))
 }
 
-fn address_in(line: &str) -> anyhow::Result<std::net::SocketAddr> {
+pub(super) fn address_in(line: &str) -> anyhow::Result<std::net::SocketAddr> {
     line.split("http://")
         .nth(1)
         .and_then(|rest| rest.split(['/', ' ']).next())

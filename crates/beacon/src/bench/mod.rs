@@ -1,9 +1,12 @@
 //! `beacon bench`: throughput measured on this machine, side by side with the
 //! raw JetStream ceiling for the same payloads in the same run.
 
+mod actions;
 mod aggregate;
 mod all;
+mod client;
 mod query;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +33,12 @@ pub enum Stage {
     Aggregate(aggregate::AggregateArgs),
     /// Query latency over a day of events, and how soon a new event is queryable.
     Query(query::QueryArgs),
+    /// The beacon-client crate's publish throughput vs. the raw JetStream ceiling.
+    Client(client::ClientArgs),
+    /// Jobs/s through the actions workers and delivery latency to a local receiver.
+    Actions(actions::ActionsArgs),
+    /// The event store's SQL questions over days of segments, beside DuckDB.
+    Store(store::StoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +74,9 @@ pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> an
         Stage::Ingest(args) => ingest(args, nats_urls).await,
         Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
         Stage::Query(args) => query::run(args, nats_urls).await,
+        Stage::Client(args) => client::run(args, nats_urls).await,
+        Stage::Actions(args) => actions::run(args, nats_urls).await,
+        Stage::Store(args) => store::run(args, nats_urls).await,
     }
 }
 
@@ -85,6 +97,7 @@ fn bench_config(urls: Vec<String>) -> anyhow::Result<Config> {
         rate_limit: 0,
         rate_burst: 0,
         domains: vec![],
+        keep_bots: false,
     }];
     Ok(config)
 }
@@ -132,11 +145,17 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
     let (collector, accepted) = http_ingest(addr, &bodies, args.concurrency, None).await?;
     eprintln!("collector over HTTP: {collector:.0} events/s ({accepted} accepted)");
     let service_result = running.run_until(stop, async {}).await;
-    nats.stop().await;
-    service_result?;
+    if let Err(e) = service_result {
+        nats.stop().await;
+        return Err(e);
+    }
     if accepted != args.events {
+        nats.stop().await;
         bail!("only {accepted} of {} events were accepted", args.events);
     }
+    let cpu = enrichment_cpu(&nats, &args).await;
+    nats.stop().await;
+    let cpu = cpu?;
 
     let ratio = collector / raw;
     let report = json!({
@@ -144,6 +163,12 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
         "concurrency": args.concurrency, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "raw_jetstream_events_per_sec": raw.round(), "collector_events_per_sec": collector.round(),
         "collector_to_raw_ratio": (ratio * 1000.0).round() / 1000.0,
+        "collector_cpu_seconds_per_million_events": {
+            "enrichment_off": round2(cpu.off),
+            "geoip_and_bots_on": round2(cpu.on),
+            "increase": ((cpu.on / cpu.off - 1.0) * 1000.0).round() / 1000.0,
+            "geoip_db": cpu.geoip_db.as_ref().map(|p| p.display().to_string()),
+        },
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -162,8 +187,99 @@ async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()
             "collector (HTTP → validate → JetStream ack)", collector
         );
         println!("{:<46} {:>13.1}%", "collector / raw ceiling", ratio * 100.0);
+        println!(
+            "\ncollector CPU seconds per million events (its own process, {}):",
+            cpu.geoip_db.as_ref().map_or_else(
+                || "no GeoIP database found: run scripts/install-geoip.sh".to_owned(),
+                |p| format!("GeoIP from {}", p.display())
+            )
+        );
+        println!("{:<46} {:>14.2}", "GeoIP and bot detection off", cpu.off);
+        println!("{:<46} {:>14.2}", "GeoIP and bot detection on", cpu.on);
+        println!(
+            "{:<46} {:>13.1}%",
+            "increase",
+            (cpu.on / cpu.off - 1.0) * 100.0
+        );
     }
     Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The collector's CPU per million events, with and without enrichment.
+struct EnrichmentCpu {
+    off: f64,
+    on: f64,
+    geoip_db: Option<std::path::PathBuf>,
+}
+
+/// Run the collector as its own process twice, with GeoIP and bot detection
+/// off and then on (the installed database), and read the CPU it spent on the
+/// same number of events from /proc. A first batch warms each one up (the bot
+/// list compiles on first use) before its CPU is read.
+async fn enrichment_cpu(nats: &BenchNats, args: &IngestArgs) -> anyhow::Result<EnrichmentCpu> {
+    let geoip_db = beacon_ingest::enrich::geoip_path(&beacon_ingest::EnrichSettings::default());
+    let base = std::fs::read_to_string(nats.process_config()?)?;
+    let url = nats.urls.join(",");
+    let mut spent = Vec::new();
+    for (name, enrich) in [
+        (
+            "off",
+            "[enrich]\ngeoip_db = \"\"\nbots = false\n".to_owned(),
+        ),
+        (
+            "on",
+            match &geoip_db {
+                Some(path) => format!("[enrich]\ngeoip_db = {:?}\n", path.display().to_string()),
+                None => String::new(),
+            },
+        ),
+    ] {
+        let config = nats
+            .scratch
+            .path()
+            .join(format!("beacon-enrich-{name}.toml"));
+        std::fs::write(&config, format!("{base}\n{enrich}"))?;
+        let (mut child, line) = spawn_service(
+            &config,
+            &url,
+            &["collector", "--listen", "127.0.0.1:0"],
+            "collector listening on http://",
+        )
+        .await?;
+        let pid = child.id().context("the collector exited early")?;
+        let addr = all::address_in(&line)?;
+        let warm_up: Vec<Bytes> = sample_events(args.batch.min(args.events))
+            .chunks(args.batch)
+            .map(|chunk| Bytes::from(serde_json::to_vec(chunk).unwrap_or_default()))
+            .collect();
+        http_ingest(addr, &warm_up, 1, None).await?;
+        let bodies: Vec<Bytes> = sample_events(args.events)
+            .chunks(args.batch)
+            .map(|chunk| Bytes::from(serde_json::to_vec(chunk).unwrap_or_default()))
+            .collect();
+        let before = aggregate::proc_cpu_seconds(pid)?;
+        let (_, accepted) = http_ingest(addr, &bodies, args.concurrency, None).await?;
+        let cpu = aggregate::proc_cpu_seconds(pid)? - before;
+        sigterm(pid);
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        if accepted != args.events {
+            bail!(
+                "enrichment {name}: only {accepted} of {} events were accepted",
+                args.events
+            );
+        }
+        eprintln!("collector CPU with enrichment {name}: {cpu:.2} s for {accepted} events");
+        spent.push(cpu / args.events as f64 * 1e6);
+    }
+    Ok(EnrichmentCpu {
+        off: spent[0],
+        on: spent[1],
+        geoip_db,
+    })
 }
 
 /// Native events as a site would send them: page views, clicks, sign-ups, purchases.
@@ -184,7 +300,9 @@ fn sample_events(n: usize) -> Vec<Value> {
             let mut event = json!({
                 "id": format!("{run}-{i}"), "name": name, "user_id": format!("user-{}", i % 10_007),
                 "props": {"path": PAGES[i % PAGES.len()], "plan": "pro"},
-                "context": {"user_agent": AGENT, "referrer": "https://www.google.com/", "url": format!("https://shop.example{}", PAGES[i % PAGES.len()])},
+                "context": {"user_agent": AGENT, "referrer": "https://www.google.com/", "url": format!("https://shop.example{}", PAGES[i % PAGES.len()]),
+                    // Addresses all over the public ranges, for the GeoIP lookup.
+                    "ip": format!("{}.{}.{}.{}", 1 + i % 223, (i / 223) % 256, (i * 7) % 256, 1 + i % 254)},
             });
             if name == "purchase" {
                 event["revenue"] = json!({"amount": "19.99", "currency": "USD"});

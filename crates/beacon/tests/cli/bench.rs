@@ -51,6 +51,25 @@ async fn the_aggregation_benchmark_measures_every_figure() {
 }
 
 #[tokio::test]
+async fn the_ingest_benchmark_measures_the_collectors_cpu_with_and_without_enrichment() {
+    let report = quick_report("ingest").await;
+    let cpu = &report["collector_cpu_seconds_per_million_events"];
+    for figure in ["enrichment_off", "geoip_and_bots_on"] {
+        assert!(
+            cpu[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert!(cpu["increase"].as_f64().is_some(), "{report}");
+    assert!(
+        report["collector_events_per_sec"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn the_query_benchmark_measures_every_figure() {
     let report = quick_report("query").await;
     let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
@@ -83,6 +102,20 @@ async fn the_query_benchmark_measures_every_figure() {
     }
     assert!(report["freshness_misses"].is_u64(), "{report}");
     assert_eq!(report["requests"], 200);
+}
+
+#[tokio::test]
+async fn the_actions_benchmark_measures_every_figure() {
+    let report = quick_report("actions").await;
+    let measured = |v: &serde_json::Value| v.as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
+    for figure in ["jobs_per_s", "delivery_p50_ms", "delivery_p99_ms"] {
+        assert!(
+            measured(&report[figure]),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert_eq!(report["jobs"], 1_000);
+    assert_eq!(report["latency_jobs"], 100);
 }
 
 #[tokio::test]
@@ -123,7 +156,52 @@ async fn the_whole_pipeline_benchmark_measures_every_figure() {
     assert!(report["freshness_markers"].as_u64() > Some(0), "{report}");
 }
 
+#[tokio::test]
+async fn the_client_benchmark_measures_both_rates() {
+    let report = quick_report("client").await;
+    for figure in [
+        "raw_jetstream_events_per_sec",
+        "client_events_per_sec",
+        "client_to_raw_ratio",
+    ] {
+        assert!(
+            report[figure]
+                .as_f64()
+                .is_some_and(|v| v > 0.0 && v.is_finite()),
+            "{figure} was not measured: {report}"
+        );
+    }
+    assert_eq!(report["events"], 20_000);
+}
+
 /// The JSON report of `beacon bench [<stage>] --quick --json`, which must succeed.
+#[tokio::test]
+async fn the_store_benchmark_times_every_question_and_sizes_the_segments() {
+    let report = quick_report("store").await;
+    assert_eq!(report["events"], 60_000, "{report}");
+    assert!(
+        report["bytes_per_event"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0 && b < 200.0),
+        "{report}"
+    );
+    let questions = report["questions"].as_array().expect("questions");
+    assert_eq!(questions.len(), 4, "{report}");
+    for q in questions {
+        for figure in ["beacon_cold_ms", "beacon_p50_ms", "beacon_p99_ms"] {
+            assert!(
+                q[figure].as_f64().is_some_and(|v| v > 0.0),
+                "{figure} was not measured: {q}"
+            );
+        }
+        // Each question has an answer: rows the data set must produce.
+        assert!(
+            q["answer"].as_array().is_some_and(|rows| !rows.is_empty()),
+            "{q}"
+        );
+    }
+}
+
 async fn quick_report(stage: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = beacon(dir.path())

@@ -1,3 +1,4 @@
+mod actions;
 mod bench;
 mod chaos;
 mod cluster;
@@ -6,6 +7,8 @@ mod local_server;
 mod process;
 mod replay;
 mod simulate;
+mod sites;
+mod store;
 // The event store's ground truth, shared with the aggregator's tests (which
 // use some helpers this crate does not).
 #[allow(dead_code)]

@@ -210,3 +210,76 @@ async fn bad_config_is_reported_in_one_message() {
         assert!(text.contains(problem), "missing {problem:?} in {text}");
     }
 }
+
+/// `beacon up` without a GeoIP database says so at start-up, and still
+/// accepts events (without a country).
+#[tokio::test]
+async fn up_without_a_geoip_database_says_so_and_accepts_events() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = beacon(dir.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("BEACON_ENRICH__GEOIP_DB", "/nonexistent/GeoLite2-City.mmdb")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("beacon starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // The message comes before the banner: read stderr to it, then stdout
+    // to the collector's address, and keep draining both.
+    let said = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("GeoIP is off") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("a start-up message about GeoIP");
+    assert!(said.contains("/nonexistent/GeoLite2-City.mmdb"), "{said}");
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let line = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if line.contains("collector  http://") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the banner");
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let url = url_in(&line);
+
+    let config = std::fs::read_to_string(dir.path().join("beacon-data/beacon.toml"))
+        .expect("starter config written");
+    let key = config
+        .split('"')
+        .find(|s| s.starts_with("wk_"))
+        .expect("a write key")
+        .to_owned();
+    let sent = beacon(dir.path())
+        .args([
+            "send", "--url", &url, "--key", &key, "--name", "signup", "--user", "u-1",
+        ])
+        .output()
+        .await
+        .expect("send runs");
+    let answer = String::from_utf8_lossy(&sent.stdout);
+    assert!(sent.status.success(), "{answer}");
+    assert!(answer.contains("\"accepted\": 1"), "{answer}");
+
+    sigterm(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(exit.success(), "beacon up exited with {exit}");
+}

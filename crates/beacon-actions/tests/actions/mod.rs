@@ -1,0 +1,5 @@
+mod delivery;
+mod events;
+mod rules_api;
+mod signature;
+mod support;

@@ -1,0 +1,7 @@
+mod examples;
+mod http;
+mod publish;
+mod query;
+mod subscribe;
+mod support;
+mod wire;

@@ -1,0 +1,578 @@
+//! The SQL engine (DataFusion) over a site's segments and the tail.
+//!
+//! Each query gets a session of its own whose catalog holds exactly one table,
+//! the view `events`: the site's rows, and nothing else. Under it, a scan reads
+//! the segments the manifests say may hold the site's rows in the time range
+//! the query's predicates on `ts` allow (a question about yesterday opens
+//! only yesterday's segments), plus the in-memory tail, all from one
+//! [`Snapshot`] so each event is read once. Only a single `SELECT` runs: no
+//! DDL, DML, `COPY`, `SET` or other statements, no URL tables, no
+//! information_schema. Every query is bounded in rows, time and memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::context::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
+    TableType, col, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheError, Pinned, SegmentCache};
+use crate::manifest::SEGMENT_BUCKET;
+use crate::output::{ExportEncoder, ExportFormat, SqlFormat, encode_answer};
+use crate::schema::{SEGMENT_FORMAT_VERSION, segment_schema};
+use crate::view::{Snapshot, StoreView};
+
+/// The limits of one SQL query: the `[query.sql]` section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlLimits {
+    /// Rows an answer may hold; a query that would return more is refused.
+    pub max_rows: usize,
+    /// Time a query may run, from parsing to the last row.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory the operators of one query may hold (sorts, joins, aggregates).
+    pub memory_bytes: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+            memory_bytes: 512 << 20,
+        }
+    }
+}
+
+/// What went wrong with a query, decided where it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlErrorKind {
+    /// The SQL does not parse or plan (a typo, an unknown table or column).
+    Invalid,
+    /// Not a single `SELECT`: the SQL API only reads.
+    ReadOnly,
+    RowLimit,
+    TimeLimit,
+    MemoryLimit,
+    /// Segments cannot be fetched now, or the store is not followed: retry.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    pub kind: SqlErrorKind,
+    pub message: String,
+}
+
+impl SqlError {
+    fn new(kind: SqlErrorKind, message: impl Into<String>) -> Self {
+        SqlError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == SqlErrorKind::Unavailable
+    }
+}
+
+/// Faults of the engine's own parts, carried through DataFusion by kind.
+#[derive(Debug, thiserror::Error)]
+enum Fault {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(
+        "segment {name} has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon"
+    )]
+    TooNew { name: String, found: u32 },
+}
+
+fn classify(e: DataFusionError) -> SqlError {
+    let message = e.to_string();
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => SqlError::new(
+            SqlErrorKind::MemoryLimit,
+            format!(
+                "the query needs more memory than its limit (query.sql.memory_bytes): {message}"
+            ),
+        ),
+        DataFusionError::External(inner) if inner.downcast_ref::<Fault>().is_some() => {
+            SqlError::new(SqlErrorKind::Unavailable, message)
+        }
+        _ => SqlError::new(SqlErrorKind::Invalid, message),
+    }
+}
+
+/// The cache files a query holds, released when it is dropped.
+type Pins = Arc<Mutex<Vec<Pinned>>>;
+
+/// A SQL answer, encoded.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub format: SqlFormat,
+    pub body: Bytes,
+    pub rows: usize,
+}
+
+/// The engine of a query node: the store view, the segment cache and limits.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    js: Context,
+    view: StoreView,
+    cache: SegmentCache,
+    limits: SqlLimits,
+}
+
+impl Engine {
+    pub fn new(js: Context, view: StoreView, cache: SegmentCache, limits: SqlLimits) -> Self {
+        Engine {
+            js,
+            view,
+            cache,
+            limits,
+        }
+    }
+
+    pub fn view(&self) -> &StoreView {
+        &self.view
+    }
+
+    pub fn cache(&self) -> &SegmentCache {
+        &self.cache
+    }
+
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
+    }
+
+    /// Whether queries can be answered: the manifests present at start-up are read.
+    fn ready(&self) -> Result<(), SqlError> {
+        if let Some(reason) = self.view.failure() {
+            return Err(SqlError::new(
+                SqlErrorKind::Unavailable,
+                format!("this node no longer follows the event store: {reason}"),
+            ));
+        }
+        if !self.view.is_loaded() {
+            return Err(SqlError::new(
+                SqlErrorKind::Unavailable,
+                "this query node is still loading the event store; try again in a moment",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A session whose only table is `events`: `site`'s rows.
+    fn session(&self, site: &str) -> Result<(SessionContext, Pins), SqlError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            // No spilling: the memory limit is a limit, not a reason to fill the disk.
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(classify)?;
+        let mut config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(2);
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let pins = Arc::new(Mutex::new(Vec::new()));
+        let rows = SiteRows {
+            snapshot: self.view.snapshot(site, i64::MIN, i64::MAX),
+            cache: self.cache.clone(),
+            js: self.js.clone(),
+            pins: pins.clone(),
+        };
+        let plan = LogicalPlanBuilder::scan("events", provider_as_source(Arc::new(rows)), None)
+            .and_then(|b| b.filter(col("site").eq(lit(site))))
+            .and_then(LogicalPlanBuilder::build)
+            .map_err(classify)?;
+        ctx.register_table("events", Arc::new(ViewTable::new(plan, None)))
+            .map_err(classify)?;
+        Ok((ctx, pins))
+    }
+
+    /// Answer `sql` over `site`'s events in `format`.
+    pub async fn sql(&self, site: &str, sql: &str, format: SqlFormat) -> Result<Answer, SqlError> {
+        self.ready()?;
+        let max_rows = self.limits.max_rows;
+        let run = async {
+            let (ctx, _pins) = self.session(site)?;
+            let state = ctx.state();
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+            let is_query = matches!(&statement, Statement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
+            if !is_query {
+                return Err(read_only());
+            }
+            let plan = state.statement_to_plan(statement).await.map_err(classify)?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|_| read_only())?;
+            let frame = ctx
+                .execute_logical_plan(plan)
+                .await
+                .and_then(|f| f.limit(0, Some(max_rows.saturating_add(1))))
+                .map_err(classify)?;
+            let mut stream = frame.execute_stream().await.map_err(classify)?;
+            let schema = stream.schema();
+            let (mut batches, mut rows) = (Vec::new(), 0usize);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(classify)?;
+                rows += batch.num_rows();
+                if rows > max_rows {
+                    return Err(SqlError::new(
+                        SqlErrorKind::RowLimit,
+                        format!(
+                            "the answer has more than {max_rows} rows (query.sql.max_rows): aggregate, filter or add a LIMIT; use the export for raw rows"
+                        ),
+                    ));
+                }
+                batches.push(batch);
+            }
+            let body = encode_answer(format, &schema, &batches).map_err(|e| {
+                SqlError::new(
+                    SqlErrorKind::Invalid,
+                    format!("cannot encode the answer as {format:?}: {e}"),
+                )
+            })?;
+            Ok(Answer {
+                format,
+                body: Bytes::from(body),
+                rows,
+            })
+        };
+        match tokio::time::timeout(self.limits.timeout, run).await {
+            Ok(answer) => answer,
+            Err(_) => Err(SqlError::new(
+                SqlErrorKind::TimeLimit,
+                format!(
+                    "the query ran longer than {:?} (query.sql.timeout) and was stopped",
+                    self.limits.timeout
+                ),
+            )),
+        }
+    }
+
+    /// Every row of `site` with event time in `[from_ms, to_ms)`, encoded in
+    /// `format` as it is read: segments in stream order, then the tail.
+    pub async fn export(
+        &self,
+        site: &str,
+        from_ms: i64,
+        to_ms: i64,
+        format: ExportFormat,
+    ) -> Result<impl Stream<Item = Result<Bytes, SqlError>> + Send + 'static + use<>, SqlError>
+    {
+        self.ready()?;
+        let (ctx, pins) = self.session(site)?;
+        let ms = |v: i64| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
+        let frame = ctx
+            .table("events")
+            .await
+            .and_then(|f| f.filter(col("ts").gt_eq(ms(from_ms)).and(col("ts").lt(ms(to_ms)))))
+            .map_err(classify)?;
+        let stream = frame.execute_stream().await.map_err(classify)?;
+        let schema = stream.schema();
+        let encoder = ExportEncoder::new(format, &schema).map_err(encoding)?;
+        struct Export {
+            stream: datafusion::execution::SendableRecordBatchStream,
+            encoder: Option<ExportEncoder>,
+            schema: SchemaRef,
+            // Held until the last byte: the files being read stay in the cache.
+            _pins: Pins,
+            _ctx: SessionContext,
+        }
+        let state = Export {
+            stream,
+            encoder: Some(encoder),
+            schema,
+            _pins: pins,
+            _ctx: ctx,
+        };
+        Ok(futures::stream::unfold(state, |mut s| async move {
+            loop {
+                let encoder = s.encoder.as_mut()?;
+                match s.stream.next().await {
+                    Some(Ok(batch)) => match encoder.batch(&batch) {
+                        Ok(bytes) if bytes.is_empty() => continue,
+                        Ok(bytes) => return Some((Ok(bytes), s)),
+                        Err(e) => {
+                            s.encoder = None;
+                            return Some((Err(encoding(e)), s));
+                        }
+                    },
+                    Some(Err(e)) => {
+                        s.encoder = None;
+                        return Some((Err(classify(e)), s));
+                    }
+                    None => {
+                        let last = s.encoder.take()?.finish(&s.schema).map_err(encoding);
+                        return Some((last, s));
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn read_only() -> SqlError {
+    SqlError::new(
+        SqlErrorKind::ReadOnly,
+        "the SQL API is read-only: send one SELECT (no DDL, INSERT, UPDATE, DELETE, COPY, SET or other statements)",
+    )
+}
+
+fn encoding(e: datafusion::arrow::error::ArrowError) -> SqlError {
+    SqlError::new(
+        SqlErrorKind::Invalid,
+        format!("cannot encode the export: {e}"),
+    )
+}
+
+/// The table under `events`: one site's segments and tail, unfiltered by site
+/// (the view above filters exactly; here the site only prunes segments).
+#[derive(Debug)]
+struct SiteRows {
+    snapshot: Snapshot,
+    cache: SegmentCache,
+    js: Context,
+    pins: Pins,
+}
+
+#[async_trait]
+impl TableProvider for SiteRows {
+    fn schema(&self) -> SchemaRef {
+        segment_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // Inexact: used to prune segments and row groups; the plan still filters.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let (from_ms, to_ms) = time_bounds(filters);
+        let segments: Vec<_> = self
+            .snapshot
+            .segments
+            .iter()
+            .filter(|s| s.max_ts_ms >= from_ms && s.min_ts_ms < to_ms)
+            .cloned()
+            .collect();
+        if let Some(s) = segments.iter().find(|s| s.format > SEGMENT_FORMAT_VERSION) {
+            return Err(DataFusionError::External(Box::new(Fault::TooNew {
+                name: s.name.clone(),
+                found: s.format,
+            })));
+        }
+        let mut inputs = Vec::new();
+        if !segments.is_empty() {
+            let js = self.js.clone();
+            let bucket = || {
+                let js = js.clone();
+                async move {
+                    js.get_object_store(SEGMENT_BUCKET)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let (pinned, paths) = self
+                .cache
+                .pin::<_, _>(&segments, bucket)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(Fault::from(e))))?;
+            self.pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pinned);
+            let urls = paths
+                .iter()
+                .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let options =
+                ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(segment_schema());
+            let files = ListingTable::try_new(config)?;
+            inputs.push(files.scan(state, projection, filters, limit).await?);
+        }
+        let tail = MemTable::try_new(segment_schema(), vec![self.snapshot.tail.clone()])?;
+        inputs.push(tail.scan(state, projection, filters, limit).await?);
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// `[from, to)` in Unix ms that the conjunctive `filters` allow for `ts`; the
+/// whole line when they say nothing usable about it.
+fn time_bounds(filters: &[Expr]) -> (i64, i64) {
+    let mut bounds = (i64::MIN, i64::MAX);
+    for filter in filters {
+        narrow(filter, &mut bounds);
+    }
+    bounds
+}
+
+fn narrow(expr: &Expr, bounds: &mut (i64, i64)) {
+    let (from, to) = bounds;
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if *op == Operator::And {
+                narrow(left, bounds);
+                narrow(right, bounds);
+                return;
+            }
+            let (op, ms) = match (is_ts(left), millis(right), is_ts(right), millis(left)) {
+                (true, Some(ms), _, _) => (*op, ms),
+                (_, _, true, Some(ms)) => match op.swap() {
+                    Some(op) => (op, ms),
+                    None => return,
+                },
+                _ => return,
+            };
+            let (floor, ceil) = ms;
+            match op {
+                Operator::Gt | Operator::GtEq => *from = (*from).max(floor),
+                // `ts < t`: every row is below t's ceiling in ms (t itself when whole).
+                Operator::Lt => *to = (*to).min(ceil),
+                Operator::LtEq => *to = (*to).min(floor.saturating_add(1)),
+                Operator::Eq => {
+                    *from = (*from).max(floor);
+                    *to = (*to).min(floor.saturating_add(1));
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_ts(expr) => {
+            if let Some((floor, _)) = millis(low) {
+                *from = (*from).max(floor);
+            }
+            if let Some((floor, _)) = millis(high) {
+                *to = (*to).min(floor.saturating_add(1));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_ts(expr: &Expr) -> bool {
+    matches!(expr, Expr::Column(c) if c.name == "ts")
+}
+
+/// A timestamp literal in Unix ms, rounded down and up.
+fn millis(expr: &Expr) -> Option<(i64, i64)> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    let split = |v: i64, per_ms: i64| {
+        let floor = v.div_euclid(per_ms);
+        let ceil = if v.rem_euclid(per_ms) == 0 {
+            floor
+        } else {
+            floor.saturating_add(1)
+        };
+        (floor, ceil)
+    };
+    match value {
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000).map(|ms| (ms, ms)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some((*v, *v)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(split(*v, 1000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(split(*v, 1_000_000)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts_ms(v: i64) -> Expr {
+        lit(ScalarValue::TimestampMillisecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_bounds_come_from_predicates_on_ts_only() {
+        let filters = vec![
+            col("ts").gt_eq(ts_ms(1_000)),
+            ts_ms(5_000).gt(col("ts")),
+            col("name").eq(lit("x")),
+        ];
+        assert_eq!(time_bounds(&filters), (1_000, 5_000));
+        let at_most = col("ts").lt_eq(ts_ms(5_000));
+        assert_eq!(time_bounds(&[at_most]), (i64::MIN, 5_001));
+        let below = col("ts").lt(lit(ScalarValue::TimestampNanosecond(
+            Some(4_999_000_001),
+            None,
+        )));
+        assert_eq!(time_bounds(&[below]), (i64::MIN, 5_000));
+        let between = col("ts").between(
+            lit(ScalarValue::TimestampNanosecond(Some(2_000_000_000), None)),
+            lit(ScalarValue::TimestampSecond(Some(3), None)),
+        );
+        assert_eq!(time_bounds(&[between]), (2_000, 3_001));
+        // An OR says nothing certain; neither does a predicate on another column.
+        let either = col("ts").lt(ts_ms(10)).or(col("ts").gt(ts_ms(20)));
+        assert_eq!(time_bounds(&[either]), (i64::MIN, i64::MAX));
+        assert_eq!(
+            time_bounds(&[col("received_at").gt(ts_ms(7))]),
+            (i64::MIN, i64::MAX)
+        );
+    }
+}

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
 use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
-use beacon_store::StoreSettings;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

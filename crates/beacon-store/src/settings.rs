@@ -100,10 +100,10 @@ mod tests {
     fn defaults_pass_and_each_bad_value_is_named() {
         assert!(StoreSettings::default().problems().is_empty());
         let bad = StoreSettings {
-            flush_rows: 0,
+            flush_rows: MAX_FLUSH_ROWS + 1,
             flush_interval: Duration::ZERO,
             compaction_fan_in: 1,
-            compaction_max_rows: 0,
+            compaction_max_rows: 10,
             retention: Some(Duration::from_secs(60)),
             orphan_grace: Duration::from_secs(1),
             ..StoreSettings::default()

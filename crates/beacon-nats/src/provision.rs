@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use beacon_core::subject::{
-    EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX, UNAUTH_REJECTS_PREFIX,
+    EVENTS_PREFIX, INGEST_PREFIX, MANIFEST_BUCKET, REJECTS_PREFIX, ROLLUPS_PREFIX, SEGMENT_BUCKET,
+    UNAUTH_REJECTS_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +199,7 @@ pub enum ProvisionError {
     },
 }
 
-/// Create missing streams and bring existing ones in line with `settings`.
+/// Create missing streams and buckets and bring existing ones in line with `settings`.
 pub async fn provision(
     js: &jetstream::Context,
     settings: &StreamSettings,
@@ -208,7 +209,115 @@ pub async fn provision(
         let line = ensure_stream(js, wanted).await?;
         report.lines.push(line);
     }
+    for bucket in [StoreBucket::Manifests, StoreBucket::Segments] {
+        let line = ensure_bucket(js, bucket, settings.replicas).await?;
+        report.lines.push(line);
+    }
     Ok(report)
+}
+
+/// The event store's buckets. Their streams' layout is the client library's
+/// (a KV bucket, an object store); Beacon manages only their replicas.
+#[derive(Debug, Clone, Copy)]
+enum StoreBucket {
+    /// `BEACON_STORE`: one manifest per partition.
+    Manifests,
+    /// `BEACON_SEGMENTS`: the segment files.
+    Segments,
+}
+
+impl StoreBucket {
+    fn stream(self) -> String {
+        match self {
+            StoreBucket::Manifests => format!("KV_{MANIFEST_BUCKET}"),
+            StoreBucket::Segments => format!("OBJ_{SEGMENT_BUCKET}"),
+        }
+    }
+
+    async fn create(self, js: &jetstream::Context, replicas: usize) -> Result<(), String> {
+        match self {
+            StoreBucket::Manifests => js
+                .create_key_value(kv::Config {
+                    bucket: MANIFEST_BUCKET.to_owned(),
+                    description: "Beacon event store: the segments of each partition (p<N>)"
+                        .to_owned(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            StoreBucket::Segments => js
+                .create_object_store(object_store::Config {
+                    bucket: SEGMENT_BUCKET.to_owned(),
+                    description: Some(
+                        "Beacon event store: Parquet segments, p<N>/<first>-<last>-<id>.parquet"
+                            .to_owned(),
+                    ),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Create a missing store bucket, or bring an existing one's replicas in line.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: StoreBucket,
+    replicas: usize,
+) -> Result<String, ProvisionError> {
+    let name = bucket.stream();
+    let api = |action: &'static str, message: String| ProvisionError::Api {
+        stream: name.clone(),
+        action,
+        message,
+    };
+    let mut failed = String::new();
+    // A lost create race (another service provisioning) shows on the next look.
+    for _ in 0..3 {
+        match js.get_stream(&name).await {
+            Ok(mut existing) => {
+                let current = existing
+                    .info()
+                    .await
+                    .map_err(|e| api("reading", e.to_string()))?
+                    .config
+                    .clone();
+                if current.storage != stream::StorageType::File {
+                    return Err(ProvisionError::Immutable {
+                        stream: name.clone(),
+                        setting: "storage",
+                        existing: format!("{:?}", current.storage),
+                        wanted: format!("{:?}", stream::StorageType::File),
+                    });
+                }
+                if current.num_replicas == replicas {
+                    return Ok(format!("{name}: up to date"));
+                }
+                let from = current.num_replicas;
+                js.update_stream(stream::Config {
+                    num_replicas: replicas,
+                    ..current
+                })
+                .await
+                .map_err(|e| api("updating", e.to_string()))?;
+                return Ok(format!("{name}: updated replicas {from} → {replicas}"));
+            }
+            Err(e) if is_not_found(&e) => match bucket.create(js, replicas).await {
+                Ok(()) => return Ok(format!("{name}: created")),
+                Err(e) => failed = e,
+            },
+            Err(e) => return Err(api("reading", e.to_string())),
+        }
+    }
+    Err(api("creating", failed))
 }
 
 /// Create `wanted` if it is missing, else bring it in line (refusing what

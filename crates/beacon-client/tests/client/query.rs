@@ -23,6 +23,7 @@ async fn published_events_come_back_through_typed_queries() {
             commit_interval: Duration::from_millis(100),
             ..Default::default()
         },
+        beacon_aggregate::StoreSettings::default(),
         PARTITIONS,
         1,
         async move {

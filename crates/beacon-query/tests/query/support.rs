@@ -79,6 +79,7 @@ pub async fn setup(events: usize) -> Setup {
     tokio::spawn(beacon_aggregate::run(
         client.clone(),
         settings,
+        beacon_aggregate::StoreSettings::default(),
         PARTITIONS,
         1,
         async move {

@@ -118,8 +118,9 @@ export function renderRetention(box, answer, { period = 'week' } = {}) {
     const cells = Array.from({ length: periods }, (_, k) => {
       const n = c.returned?.[k];
       if (n === undefined || n === null) return el('td', { class: 'retention-cell', 'data-k': k });
+      // A cohort without visitors has no shares, only its zeros.
       const share = users ? (Number(n) / users) * 100 : 0;
-      const td = el('td', { class: 'retention-cell', 'data-k': k, 'data-returned': n, title: `${format.count(n)} of ${format.count(users)} visitors` }, pct(share));
+      const td = el('td', { class: 'retention-cell', 'data-k': k, 'data-returned': n, title: `${format.count(n)} of ${format.count(users)} visitors` }, users ? pct(share) : '–');
       td.style.setProperty('--share', (share / 100).toFixed(3));
       return td;
     });

@@ -108,8 +108,8 @@ const api = {
   compare: false,
   /** Breakdowns ranked by any metric, each row with several figures. */
   rankByUsers: false,
-  /** Operations by path suffix: properties, goals/report, funnel, funnels, retention. */
-  paths: new Set(),
+  /** Whether the goals report answered: then `goal` is a filter dimension too. */
+  goals: false,
 };
 
 /** How a filter's dimension reads: its label, or the property's key. */
@@ -142,14 +142,11 @@ async function learnApi(key) {
   api.filters = parameters.has('filters');
   api.compare = parameters.has('compare');
   api.rankByUsers = api.filters;
-  api.paths = new Set(Object.keys(doc?.paths || {}).map((p) => p.replace(/^\/api\/v1\/sites\/\{site\}\//, '')));
   CARDS = ALL_CARDS.filter((c) => metrics.includes(c.metric));
   LISTS = ALL_LISTS.filter((l) => dimensions.includes(l.dimension));
-  // With `filters`, every dimension of the contract filters (and `goal` once goals exist).
+  // With `filters`, every dimension of the contract filters (`goal` once the goals report answers).
   FILTERS = Object.fromEntries(
-    Object.entries(ALL_FILTERS).filter(([f]) =>
-      api.filters ? f !== 'goal' || api.paths.has('goals/report') : LEGACY_FILTERS.includes(f) && dimensions.includes(f),
-    ),
+    Object.entries(ALL_FILTERS).filter(([f]) => (api.filters ? true : LEGACY_FILTERS.includes(f) && dimensions.includes(f))),
   );
 }
 
@@ -243,7 +240,7 @@ function readHash() {
     prop: h.get('prop') || '',
     steps: h.get('steps') || '',
     funnel: h.get('funnel') || '',
-    window: pick(h.get('window'), (w) => WINDOWS.includes(w), '1d'),
+    window: pick(h.get('window'), (w) => /^\d{1,4}[mhd]$/.test(w), '1d'),
     period: pick(h.get('period'), (p) => p === 'day' || p === 'week', 'week'),
     cohortEvent: h.get('cohort_event') || '',
     returnEvent: h.get('return_event') || '',
@@ -520,9 +517,9 @@ function compared(summary, metric) {
   const figure = summary.metrics[metric];
   const c = summary.comparison;
   if (!c) return { known: summary.previous?.available !== false, previous: figure?.previous ?? null, change: figure?.change ?? null };
+  // The comparison's figures are plain values (`comparison.metrics.users = 28`); the change is worked out here.
   const other = c.metrics ? c.metrics[metric] : c[metric];
   const previous = other && typeof other === 'object' && 'value' in other ? other.value : other ?? null;
-  if (figure?.change !== undefined && figure?.previous !== undefined) return { known: true, previous: figure.previous, change: figure.change };
   return { known: c.available !== false, previous, change: null };
 }
 
@@ -791,23 +788,19 @@ function showTab() {
 /**
  * Ask one panel's question and draw the answer into `box` (its `.panel-body`);
  * the panel says briefly why it is empty when this Beacon has no such
- * operation (404, or absent from its OpenAPI document) or refuses the question.
+ * operation (an older node answers 404) or refuses the question.
  */
 async function askPanel(box, op, params, draw, { missing }) {
   const body = box.querySelector('.panel-body');
   const view = state.view;
   const query = new URLSearchParams(params).toString();
-  if (!api.paths.has(op)) {
-    box.dataset.state = 'unavailable';
-    body.replaceChildren(message(missing));
-    return;
-  }
   if (box.dataset.query !== query) box.dataset.state = 'loading';
   const pg = state.panelGen;
   try {
     const answer = await getJson(`${sitePath(view.site)}/${op}`, state.key, params);
     if (pg !== state.panelGen) return;
     draw(answer, body);
+    if (op === 'goals/report') api.goals = true;
     box.dataset.query = query;
     box.dataset.state = 'ready';
     box.title = sourceNote(answer);
@@ -915,7 +908,7 @@ function askFunnel(base) {
   const view = state.view;
   drawStepsEditor();
   const box = $('funnel');
-  if (api.paths.has('funnels')) loadSavedFunnels();
+  loadSavedFunnels();
   const steps = parseSteps(view.steps);
   if (!view.funnel && steps.length < 2) {
     box.dataset.state = 'idle';
@@ -957,7 +950,10 @@ function drawStepsEditor() {
   const steps = parseSteps(state.view.steps);
   while (steps.length < 2) steps.push({ kind: steps.length ? 'event' : 'path', value: '' });
   list.replaceChildren(...steps.map((s, i) => stepRow(s, i)));
-  $('funnel-window').value = state.view.window;
+  const windows = $('funnel-window');
+  // A saved funnel's window may be one the picker does not offer.
+  if (![...windows.options].some((o) => o.value === state.view.window)) windows.append(el('option', { value: state.view.window }, state.view.window));
+  windows.value = state.view.window;
 }
 
 function stepRow(step, i) {
@@ -992,7 +988,9 @@ function editedSteps() {
 function openEditor() {
   const form = $('filter-editor');
   $('filter-dimension').replaceChildren(
-    ...Object.entries(FILTERS).map(([d, label]) => el('option', { value: d }, label)),
+    ...Object.entries(FILTERS)
+      .filter(([d]) => d !== 'goal' || api.goals)
+      .map(([d, label]) => el('option', { value: d }, label)),
     api.filters ? el('option', { value: 'props.' }, 'Property…') : null,
   );
   $('filter-op').replaceChildren(...OPERATORS.filter((o) => api.filters || o.op === '==').map((o) => el('option', { value: o.op }, o.label)));
@@ -1360,7 +1358,9 @@ function wireControls() {
     const funnels = JSON.parse(e.target.dataset.funnels || '[]');
     const saved = funnels.find((f) => f.name === e.target.value);
     // A saved funnel's steps fill the editor, so it can be changed into an ad hoc one.
-    const steps = saved?.steps ? (Array.isArray(saved.steps) ? saved.steps.join(';') : saved.steps) : state.view.steps;
+    // Saved steps are a list of `kind:value`; the address holds them as one `steps` string.
+    const list = Array.isArray(saved?.steps) ? saved.steps.flatMap((step) => parseSteps(step.replace(/[;\\]/g, (c) => `\\${c}`))) : null;
+    const steps = list ? formatSteps(list) : saved?.steps || state.view.steps;
     go({ funnel: e.target.value, steps, window: saved?.window || state.view.window });
   });
   $('funnel-form').addEventListener('submit', (e) => {

@@ -40,8 +40,11 @@ export function pct(value) {
   return `${Number(value).toFixed(1)}%`;
 }
 
-/** The goals report: one row per goal with its conversions, visitors, rate and revenue. */
-export function renderGoals(box, answer) {
+/**
+ * The goals report: one row per goal with its conversions, visitors, rate and
+ * revenue; `pick(name)`, when given, is called when a goal's name is chosen.
+ */
+export function renderGoals(box, answer, { pick = null } = {}) {
   const goals = answer.goals || [];
   if (!goals.length) {
     box.replaceChildren(message('No goals are defined for this site: add them under [[sites.goals]] or with PUT …/goals/{name}.'));
@@ -55,14 +58,24 @@ export function renderGoals(box, answer) {
     return el(
       'tr',
       { 'data-goal': g.name, 'data-users': g.converting_users, 'data-conversions': g.conversions, 'data-rate': g.conversion_rate },
-      el('th', { scope: 'row', class: 'goal-name' }, bar, el('span', {}, g.name)),
+      el(
+        'th',
+        { scope: 'row', class: 'goal-name' },
+        bar,
+        pick ? el('button', { type: 'button', class: 'link', title: `Filter the dashboard by the goal ${g.name}` }, g.name) : el('span', {}, g.name),
+      ),
       el('td', {}, format.count(g.converting_users)),
       el('td', {}, format.count(g.conversions)),
       el('td', { class: 'goal-rate' }, pct(g.conversion_rate)),
       el('td', {}, revenue),
     );
   });
-  box.replaceChildren(el('table', { class: 'table goals-table' }, el('thead', {}, head), el('tbody', {}, rows)));
+  const table = el('table', { class: 'table goals-table' }, el('thead', {}, head), el('tbody', {}, rows));
+  if (pick) table.addEventListener('click', (e) => {
+    const name = e.target.closest('.link') && e.target.closest('tr')?.dataset.goal;
+    if (name) pick(name);
+  });
+  box.replaceChildren(el('div', { class: 'table-scroll' }, table));
 }
 
 /** A funnel: per step a bar of its users, with the conversion and median time from the step before. */

@@ -26,6 +26,8 @@ const WARN_MS = 5000;
 const REFRESH_GAP_MS = 1000;
 /** Ranges that end "now" move on even when nothing arrives. */
 const REFRESH_EVERY_MS = 60_000;
+/** Goals, properties, funnels and retention are read from the event store: live refreshes ask them this seldom. */
+const PANELS_EVERY_MS = 10_000;
 const FEED_SHOWN = 25;
 const FEED_KEPT = 50;
 
@@ -163,6 +165,8 @@ const state = {
   gen: 0,
   /** Bumped whenever the panels are asked again, so a late answer is dropped. */
   panelGen: 0,
+  /** When the panels were last asked. */
+  panelsAt: 0,
   busy: 0,
   dirty: false,
   pending: null,
@@ -304,7 +308,7 @@ function apply() {
   if (before && overviewQuestion(before) === overviewQuestion(view) && state.answer) {
     renderCards();
     renderChart();
-    if (panelQuestion(before) !== panelQuestion(view)) refreshPanels(state.gen);
+    if (panelQuestion(before) !== panelQuestion(view)) refreshPanels();
     return;
   }
   renderFeed();
@@ -384,7 +388,8 @@ async function refresh(navigated = false) {
     main.dataset.query = new URLSearchParams(base).toString();
     render();
     main.dataset.state = 'ready';
-    refreshPanels(gen);
+    // The panels read the event store: a live refresh asks them again at most every PANELS_EVERY_MS.
+    if (navigated || Date.now() - state.panelsAt >= PANELS_EVERY_MS) refreshPanels();
   } catch (e) {
     if (gen === state.gen) failed(e, () => refresh(navigated));
   } finally {
@@ -825,10 +830,11 @@ function refreshPanels() {
   const a = state.answer;
   if (!a) return;
   state.panelGen++;
+  state.panelsAt = Date.now();
   const view = state.view;
   const base = baseParams(a.q, view);
   if (view.tab === 'overview') {
-    askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer), {
+    askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer, { pick: api.filters ? (name) => addFilter('goal', name) : null }), {
       missing: 'This Beacon does not report goals yet.',
     });
     askPanel($('properties'), 'properties', base, (answer, body) => drawProperties(body, answer, base), {

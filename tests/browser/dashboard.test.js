@@ -665,6 +665,7 @@ test('the revenue card shows every currency, in its own, none cut short', { time
   await beacon.send([
     { id: 'yen-1', name: 'purchase', user_id: 'u-yen', props: { path: '/checkout' }, revenue: { amount: '226200', currency: 'JPY' } },
     { id: 'euro-1', name: 'purchase', user_id: 'u-euro', props: { path: '/checkout' }, revenue: { amount: '29.00', currency: 'EUR' } },
+    { id: 'dollar-1', name: 'purchase', user_id: 'u-dollar', props: { path: '/checkout' }, revenue: { amount: '8493.10', currency: 'USD' } },
   ]);
   await until('the new purchases to be counted', async () => {
     const s = await beacon.api('/api/v1/sites/shop/summary?from=-1h&metrics=revenue');
@@ -678,9 +679,10 @@ test('the revenue card shows every currency, in its own, none cut short', { time
     others: [...c.querySelectorAll('.currencies li')].map((li) => [li.dataset.currency, li.textContent]),
     cut: [...c.querySelectorAll('.value, .currencies li')].some((e) => e.scrollWidth > e.clientWidth + 1),
   }));
-  // Dollars first: ¥226,200 is less money than the dollars, though a larger number.
+  // Dollars first: ¥226,200 is less money than the dollars, though a larger number (the issue's case).
   assert.deepEqual(card.currencies, ['USD', 'JPY', 'EUR']);
-  assert.match(card.main, /^US\$\d/);
+  const usd = (Number(before.metrics.revenue.value.USD || 0) + 8493.1).toLocaleString('en-GB', { minimumFractionDigits: 2 });
+  assert.equal(card.main, `US$${usd}`);
   assert.deepEqual(card.others.map(([c]) => c), ['JPY', 'EUR']);
   assert.match(card.others[0][1], /226,200/);
   assert.match(card.others[1][1], /€/);

@@ -793,12 +793,19 @@ function showTab() {
 /**
  * Ask one panel's question and draw the answer into `box` (its `.panel-body`);
  * the panel says briefly why it is empty when this Beacon has no such
- * operation (an older node answers 404) or refuses the question.
+ * operation (an older node: no `filters` parameter, or a 404) or refuses
+ * the question.
  */
 async function askPanel(box, op, params, draw, { missing }) {
   const body = box.querySelector('.panel-body');
   const view = state.view;
   const query = new URLSearchParams(params).toString();
+  // A node without `filters` predates goals, properties, funnels and retention: nothing to ask.
+  if (!api.filters) {
+    box.dataset.state = 'unavailable';
+    body.replaceChildren(message(missing));
+    return;
+  }
   if (box.dataset.query !== query) box.dataset.state = 'loading';
   const pg = state.panelGen;
   try {
@@ -914,7 +921,7 @@ function askFunnel(base) {
   const view = state.view;
   drawStepsEditor();
   const box = $('funnel');
-  loadSavedFunnels();
+  if (api.filters) loadSavedFunnels();
   const steps = parseSteps(view.steps);
   if (!view.funnel && steps.length < 2) {
     box.dataset.state = 'idle';

@@ -82,6 +82,8 @@ pub struct Params {
     pub utm_content: Option<String>,
     pub region: Option<String>,
     pub city: Option<String>,
+    /// The filter language ([`crate::filter`]), AND-ed with the shorthands above.
+    pub filters: Option<String>,
 }
 
 impl Params {

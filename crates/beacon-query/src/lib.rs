@@ -12,6 +12,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod follow;
 pub mod http;
 pub mod live;

@@ -29,7 +29,8 @@ pub const MAX_LIMIT: u32 = 1000;
 
 /// Parameters every operation on a site's numbers takes: the range, the time
 /// zone and the filters.
-pub const COMMON_PARAMS: [&str; 18] = [
+pub const COMMON_PARAMS: [&str; 19] = [
+    "filters",
     "from",
     "to",
     "tz",
@@ -50,9 +51,7 @@ pub const COMMON_PARAMS: [&str; 18] = [
     "city",
 ];
 /// Parameters only some operations take, by operation.
-pub const TIMESERIES_PARAMS: [&str; 2] = ["interval", "metrics"];
-pub const SUMMARY_PARAMS: [&str; 1] = ["metrics"];
-pub const BREAKDOWN_PARAMS: [&str; 3] = ["dimension", "metric", "limit"];
+pub use crate::planner::{BREAKDOWN_PARAMS, PROPERTIES_PARAMS, SUMMARY_PARAMS, TIMESERIES_PARAMS};
 
 /// The parameters of every operation, as given in a URL query or a NATS
 /// request's `params`. Each operation says which it takes.
@@ -84,6 +83,10 @@ pub struct Params {
     pub city: Option<String>,
     /// The filter language ([`crate::filter`]), AND-ed with the shorthands above.
     pub filters: Option<String>,
+    /// `previous_period`, `previous_year` or `custom` (with the two below).
+    pub compare: Option<String>,
+    pub compare_from: Option<String>,
+    pub compare_to: Option<String>,
 }
 
 impl Params {
@@ -127,6 +130,10 @@ pub enum Metric {
     AvgEngagedTime,
     AvgScrollDepth,
     Filtered,
+    /// The same figure as users, by the name Plausible gives it.
+    Visitors,
+    /// Users with a selected event / all users in range, percent.
+    ConversionRate,
 }
 
 impl Metric {
@@ -141,6 +148,21 @@ impl Metric {
         Metric::AvgEngagedTime,
         Metric::AvgScrollDepth,
         Metric::Filtered,
+    ];
+    /// Every metric a question may name (the event store answers all of them).
+    pub const KNOWN: [Metric; 12] = [
+        Metric::Events,
+        Metric::Users,
+        Metric::Pageviews,
+        Metric::Sessions,
+        Metric::BounceRate,
+        Metric::AvgSessionDuration,
+        Metric::Revenue,
+        Metric::AvgEngagedTime,
+        Metric::AvgScrollDepth,
+        Metric::Filtered,
+        Metric::Visitors,
+        Metric::ConversionRate,
     ];
     /// What the rollups keep per dimension value: answerable under filters.
     pub const FILTERABLE: [Metric; 2] = [Metric::Events, Metric::Pageviews];
@@ -157,17 +179,19 @@ impl Metric {
             Metric::AvgEngagedTime => "avg_engaged_time",
             Metric::AvgScrollDepth => "avg_scroll_depth",
             Metric::Filtered => "filtered",
+            Metric::Visitors => "visitors",
+            Metric::ConversionRate => "conversion_rate",
         }
     }
 
-    fn parse(name: &str) -> Result<Metric, QueryError> {
-        Metric::ALL
+    pub(crate) fn parse(name: &str) -> Result<Metric, QueryError> {
+        Metric::KNOWN
             .into_iter()
             .find(|m| m.name() == name)
             .ok_or_else(|| {
                 QueryError::bad_request(format!(
                     "unknown metric {name:?} (known: {})",
-                    names(&Metric::ALL)
+                    names(&Metric::KNOWN)
                 ))
             })
     }
@@ -266,6 +290,27 @@ impl Filters {
     }
 }
 
+/// Set the shorthand parameter of dimension `d` to `value`.
+pub(crate) fn set_dimension(p: &mut Params, d: Dimension, value: String) {
+    let field = match d {
+        Dimension::Path => &mut p.path,
+        Dimension::ReferrerSource => &mut p.referrer_source,
+        Dimension::Browser => &mut p.browser,
+        Dimension::Os => &mut p.os,
+        Dimension::Device => &mut p.device,
+        Dimension::Country => &mut p.country,
+        Dimension::Channel => &mut p.channel,
+        Dimension::UtmSource => &mut p.utm_source,
+        Dimension::UtmMedium => &mut p.utm_medium,
+        Dimension::UtmCampaign => &mut p.utm_campaign,
+        Dimension::UtmTerm => &mut p.utm_term,
+        Dimension::UtmContent => &mut p.utm_content,
+        Dimension::Region => &mut p.region,
+        Dimension::City => &mut p.city,
+    };
+    *field = Some(value);
+}
+
 /// A half-open range of Unix milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -275,27 +320,62 @@ pub struct Span {
 
 /// Time-zone arithmetic for bucket edges.
 #[derive(Debug, Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     tz: Tz,
     now: i64,
 }
 
 impl Clock {
-    fn local(&self, ms: i64) -> DateTime<Tz> {
-        self.tz
-            .timestamp_millis_opt(ms)
-            .single()
-            .unwrap_or_else(|| Utc::now().with_timezone(&self.tz))
+    pub(crate) fn new(tz: Tz, now: i64) -> Clock {
+        Clock { tz, now }
     }
 
-    fn render(&self, ms: i64) -> String {
+    pub(crate) fn now(&self) -> i64 {
+        self.now
+    }
+
+    pub(crate) fn tz_name(&self) -> &'static str {
+        self.tz.name()
+    }
+
+    /// `ms` as RFC 3339 in this zone, to the millisecond: read back as the same instant.
+    pub(crate) fn rfc3339(&self, ms: i64) -> String {
         self.local(ms)
-            .to_rfc3339_opts(SecondsFormat::Secs, self.tz == chrono_tz::UTC)
+            .to_rfc3339_opts(SecondsFormat::Millis, self.tz == chrono_tz::UTC)
     }
 
-    /// The first instant of `date` in this zone (midnight, or the end of a DST gap).
-    fn midnight(&self, date: NaiveDate) -> i64 {
-        let mut t = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    /// `from` and `to` of `p` as asked (`to` defaults to now, `from` to
+    /// `default_back` before `to`), checked to be in order.
+    pub(crate) fn range(&self, p: &Params, default_back: i64) -> Result<Span, QueryError> {
+        let to = match &p.to {
+            Some(t) => self.instant("to", t, true)?,
+            None => self.now,
+        };
+        let from = match &p.from {
+            Some(f) => self.instant("from", f, false)?,
+            None => to - default_back,
+        };
+        if from >= to {
+            return Err(QueryError::bad_request(format!(
+                "from ({}) must be before to ({})",
+                self.render(from),
+                self.render(to)
+            )));
+        }
+        Ok(Span { from, to })
+    }
+
+    /// `span` widened to whole `g` buckets of this zone.
+    pub(crate) fn align(&self, span: Span, g: Granularity) -> Span {
+        Span {
+            from: self.floor(g, span.from),
+            to: self.ceil(g, span.to),
+        }
+    }
+
+    /// The instant of a local date and time (the later side of a DST gap).
+    pub(crate) fn resolve(&self, t: chrono::NaiveDateTime) -> i64 {
+        let mut t = t;
         for _ in 0..4 {
             match self.tz.from_local_datetime(&t) {
                 LocalResult::Single(d) | LocalResult::Ambiguous(d, _) => {
@@ -308,6 +388,29 @@ impl Clock {
             }
         }
         t.and_utc().timestamp_millis()
+    }
+
+    pub(crate) fn local(&self, ms: i64) -> DateTime<Tz> {
+        self.tz
+            .timestamp_millis_opt(ms)
+            .single()
+            .unwrap_or_else(|| Utc::now().with_timezone(&self.tz))
+    }
+
+    pub(crate) fn render(&self, ms: i64) -> String {
+        // Whole seconds as before; an exact range from the store keeps its milliseconds.
+        let format = if ms % 1000 == 0 {
+            SecondsFormat::Secs
+        } else {
+            SecondsFormat::Millis
+        };
+        self.local(ms)
+            .to_rfc3339_opts(format, self.tz == chrono_tz::UTC)
+    }
+
+    /// The first instant of `date` in this zone (midnight, or the end of a DST gap).
+    fn midnight(&self, date: NaiveDate) -> i64 {
+        self.resolve(date.and_hms_opt(0, 0, 0).unwrap_or_default())
     }
 
     /// Start of the `g` bucket (in this zone) holding `ms`.
@@ -323,7 +426,7 @@ impl Clock {
     }
 
     /// Start of the `g` bucket after the one starting at `start`.
-    fn next(&self, g: Granularity, start: i64) -> i64 {
+    pub(crate) fn next(&self, g: Granularity, start: i64) -> i64 {
         match g {
             Granularity::Minute | Granularity::Hour => start + g.millis(),
             Granularity::Day => {
@@ -342,7 +445,7 @@ impl Clock {
     /// includes its day), `now`, or `-<n>m|h|d` before now. Total: any text
     /// gives an instant within [`EARLIEST`, `LATEST`] or a 400, so no later
     /// arithmetic on it can overflow.
-    fn instant(&self, field: &str, text: &str, end: bool) -> Result<i64, QueryError> {
+    pub(crate) fn instant(&self, field: &str, text: &str, end: bool) -> Result<i64, QueryError> {
         let ms = self.parse_instant(field, text, end)?;
         if !(EARLIEST..=LATEST).contains(&ms) {
             return Err(QueryError::bad_request(format!(
@@ -447,7 +550,7 @@ struct Common {
     filters: Filters,
 }
 
-fn parse_tz(p: &Params) -> Result<Tz, QueryError> {
+pub(crate) fn parse_tz(p: &Params) -> Result<Tz, QueryError> {
     match p.tz.as_deref() {
         None | Some("") => Ok(chrono_tz::UTC),
         Some(name) => name.parse::<Tz>().map_err(|_| {
@@ -458,7 +561,7 @@ fn parse_tz(p: &Params) -> Result<Tz, QueryError> {
     }
 }
 
-fn parse_interval(p: &Params) -> Result<Granularity, QueryError> {
+pub(crate) fn parse_interval(p: &Params) -> Result<Granularity, QueryError> {
     match p.interval.as_deref() {
         None => Ok(Granularity::Hour),
         Some(label) => Granularity::ALL
@@ -552,7 +655,7 @@ fn cover(
     let len = span.to.saturating_sub(span.from);
     let most_tiles = len / Granularity::Day.millis() + 2 * (23 + 59) + 1;
     if most_tiles > MAX_TILES {
-        return Err(QueryError::bad_request(format!(
+        return Err(QueryError::not_in_rollups(format!(
             "range too large: at most about {} days can be asked at once",
             MAX_TILES - 2 * (23 + 59) - 1
         )));
@@ -564,7 +667,7 @@ fn cover(
         .min()
         .unwrap_or(i64::MIN);
     if span.from < earliest_kept {
-        return Err(QueryError::bad_request(format!(
+        return Err(QueryError::not_in_rollups(format!(
             "range too large: no buckets are kept back to {}; the oldest kept starts at {}",
             clock.render(span.from),
             clock.render(earliest_kept)
@@ -578,7 +681,7 @@ fn cover(
             .filter(|g| *g >= finest)
             .find(|g| t % g.millis() == 0 && t + g.millis() <= span.to)
             .ok_or_else(|| {
-                QueryError::bad_request(format!(
+                QueryError::not_in_rollups(format!(
                     "this question needs whole {}s and {} is not on one (the counts it needs are kept per hour and day only)",
                     if finest == Granularity::Hour { "hour" } else { "day" },
                     clock.render(t)
@@ -591,7 +694,7 @@ fn cover(
         if let Some((_, start)) = out.iter().find(|(cg, _)| *cg == g)
             && *start < kept[g.index()]
         {
-            return Err(QueryError::bad_request(format!(
+            return Err(QueryError::not_in_rollups(format!(
                 "range too large for its interval: {} buckets are kept back to {} only, and the range starts at {}; use a coarser interval or a range on whole {}s",
                 g.label(),
                 clock.render(kept[g.index()]),
@@ -745,6 +848,8 @@ impl<'a> Sums<'a> {
                             .then(|| round(self.scroll_sum as f64 / self.scrolled as f64, 1)),
                     );
                 }
+                // The planner sends these to the event store, never here.
+                Metric::Visitors | Metric::ConversionRate => {}
                 Metric::Filtered => {
                     v.filtered = Some(
                         self.filtered
@@ -850,7 +955,7 @@ fn finest(filters: &Filters, metrics: &[Metric]) -> Granularity {
 
 /// Figures per bucket of `interval` over the range, and their totals.
 pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
-    p.only("timeseries", &TIMESERIES_PARAMS)?;
+    p.only("timeseries", &["interval", "metrics"])?;
     let interval = parse_interval(p)?;
     let c = common(site, p, now, interval, 86_400_000)?;
     let metrics = parse_metrics(p, &c.filters)?;
@@ -897,7 +1002,7 @@ pub fn timeseries(view: &View, site: &str, p: &Params, now: i64) -> Result<Strin
 
 /// Totals over the range and over the period of equal length just before it.
 pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
-    p.only("summary", &SUMMARY_PARAMS)?;
+    p.only("summary", &["metrics"])?;
     let c = common(site, p, now, Granularity::Minute, 86_400_000)?;
     let metrics = parse_metrics(p, &c.filters)?;
     let finest = finest(&c.filters, &metrics);
@@ -940,7 +1045,7 @@ pub fn summary(view: &View, site: &str, p: &Params, now: i64) -> Result<String, 
 }
 
 /// Relative change (0.25 is +25 %); for bounce rate, the difference in rate.
-fn change(m: Metric, now: &Value, before: &Value) -> Value {
+pub(crate) fn change(m: Metric, now: &Value, before: &Value) -> Value {
     let rel = |a: f64, b: f64| (b != 0.0).then(|| round((a - b) / b, 4));
     match (m, now, before) {
         // Per currency, or per reason of filtered traffic.
@@ -1007,7 +1112,7 @@ impl By {
 
 /// The top `limit` values of a dimension by a metric, with the rest as `(other)`.
 pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String, QueryError> {
-    p.only("breakdown", &BREAKDOWN_PARAMS)?;
+    p.only("breakdown", &["dimension", "metric", "limit"])?;
     let by = By::parse(p.dimension.as_deref().ok_or_else(|| {
         QueryError::bad_request(format!(
             "dimension is required (name, {}, entry_page, exit_page)",
@@ -1158,6 +1263,7 @@ pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String
         .filter(|(k, v)| k != OTHER && *v != 0)
         .collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let total_rows = ranked.len();
     ranked.truncate(limit as usize);
     let shown: i64 = ranked.iter().map(|(_, v)| v).sum();
     let rows: Vec<Value> = ranked
@@ -1170,6 +1276,7 @@ pub fn breakdown(view: &View, site: &str, p: &Params, now: i64) -> Result<String
     out.insert("rows".into(), rows.into());
     out.insert("other".into(), (total - shown).into());
     out.insert("total".into(), total.into());
+    out.insert("total_rows".into(), total_rows.into());
     to_json(&out)
 }
 

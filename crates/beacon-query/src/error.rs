@@ -6,6 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The kind of [`QueryError::not_in_rollups`].
+pub const NOT_IN_ROLLUPS: &str = "not_in_rollups";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status}: {message}")]
 pub struct QueryError {
@@ -43,6 +46,18 @@ impl QueryError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)
+    }
+
+    /// 400 from the rollups for a question they cannot answer exactly (a
+    /// range whose buckets are gone, a figure they do not keep): the planner
+    /// asks the event store instead, so it reaches a client only from the
+    /// rollup engine called alone.
+    pub fn not_in_rollups(message: impl Into<String>) -> Self {
+        QueryError {
+            status: 400,
+            message: message.into(),
+            kind: Some(NOT_IN_ROLLUPS),
+        }
     }
 
     /// 500: answering hit a bug (a caught panic).

@@ -407,7 +407,14 @@ fn compile(pattern: &str) -> Result<regex::Regex, String> {
         .size_limit(PATTERN_SIZE_LIMIT)
         .dfa_size_limit(PATTERN_SIZE_LIMIT)
         .build()
-        .map_err(|e| e.to_string())
+        // The regex crate's messages span lines (a caret under the fault);
+        // one line goes into a NATS header.
+        .map_err(|e| {
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
 }
 
 /// The characters of `text`, each marked whether it was escaped by `\`.

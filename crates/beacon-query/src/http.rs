@@ -23,7 +23,7 @@ use crate::{Op, Params, QueryNode};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The routes, as written in the OpenAPI document.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "/api/v1/openapi.json",
     "/api/v1/sites",
     "/api/v1/status",
@@ -34,6 +34,7 @@ pub const ROUTES: [&str; 10] = [
     "/api/v1/sites/{site}/live/stream",
     "/api/v1/sites/{site}/sql",
     "/api/v1/sites/{site}/export",
+    "/api/v1/sites/{site}/properties",
 ];
 
 /// The query API's routes and the dashboard's, to serve alone or beside the
@@ -97,7 +98,7 @@ async fn site_op(
     match Op::parse(&op).filter(|op| op.per_site()) {
         Some(op) => respond(&node, op, &headers, Some(&site), query).await,
         None => QueryError::not_found(format!(
-            "no operation {op:?} (timeseries, breakdown, summary, live, live/stream)"
+            "no operation {op:?} (timeseries, breakdown, summary, properties, live, live/stream)"
         ))
         .into_response(),
     }

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod follow;
 pub mod http;
 pub mod live;
+pub mod planner;
 pub mod service;
 pub mod status;
 
@@ -41,16 +42,18 @@ pub enum Op {
     Summary,
     Live,
     Status,
+    Properties,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Sites,
         Op::Timeseries,
         Op::Breakdown,
         Op::Summary,
         Op::Live,
         Op::Status,
+        Op::Properties,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Op {
             Op::Summary => "summary",
             Op::Live => "live",
             Op::Status => "status",
+            Op::Properties => "properties",
         }
     }
 
@@ -68,7 +72,7 @@ impl Op {
     pub const fn per_site(self) -> bool {
         matches!(
             self,
-            Op::Timeseries | Op::Breakdown | Op::Summary | Op::Live
+            Op::Timeseries | Op::Breakdown | Op::Summary | Op::Live | Op::Properties
         )
     }
 
@@ -90,6 +94,8 @@ pub struct QueryNode {
     /// The event store's engine; `None` only if no cache directory could be made.
     store: Option<beacon_store::Engine>,
     max_tail_rows: usize,
+    /// The aggregators' session timeout, so SQL cuts sessions as the rollups do.
+    session_timeout_ms: i64,
 }
 
 impl QueryNode {
@@ -114,7 +120,19 @@ impl QueryNode {
             shutdown,
             store,
             max_tail_rows: defaults.tail_max_rows,
+            session_timeout_ms: 30 * 60 * 1000,
         }
+    }
+
+    /// The same node cutting sessions after `timeout` of pause, as
+    /// `aggregator.session_timeout` says.
+    pub fn with_session_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.session_timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    pub(crate) fn session_timeout_ms(&self) -> i64 {
+        self.session_timeout_ms
     }
 
     /// The same node with the event store set up as `settings` say (cache
@@ -308,19 +326,7 @@ impl QueryNode {
             figures["behind_ms"] = self.behind_ms(now).into();
             return Ok(figures.to_string());
         }
-        let answer = match op {
-            Op::Timeseries => engine::timeseries,
-            Op::Breakdown => engine::breakdown,
-            _ => engine::summary,
-        };
-        self.rollups.read(|f| {
-            if !f.ready {
-                return Err(QueryError::unavailable(
-                    "this query node is still loading the rollups; try again in a moment",
-                ));
-            }
-            answer(&f.view, site, params, now)
-        })
+        self.plan(op, site, params, now).await
     }
 }
 

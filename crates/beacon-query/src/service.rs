@@ -80,7 +80,7 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
     let service = node
         .client
         .service_builder()
-        .description("Beacon analytics queries: timeseries, breakdown, summary, live, status, sql")
+        .description("Beacon analytics queries: timeseries, breakdown, summary, properties, live, status, sql")
         .queue_group(QUEUE_GROUP)
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
@@ -136,8 +136,9 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
             });
             let reply = match answer {
                 Ok(body) => Ok(body),
+                // A header holds one line: a message never breaks the reply.
                 Err(e) => Err(service::error::Error {
-                    status: e.message,
+                    status: e.message.replace(['\r', '\n'], " "),
                     code: e.status as usize,
                 }),
             };

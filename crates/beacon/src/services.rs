@@ -120,6 +120,7 @@ pub async fn start(
             config.streams.partitions,
             shutdown.clone(),
         )
+        .with_session_timeout(config.aggregator.session_timeout)
         .with_store(&config.query_settings())
         .context("cannot open the segment cache (query.segment_cache.dir)")?;
         let ready = node.clone();

@@ -180,7 +180,7 @@ impl Api {
     ) -> anyhow::Result<BTreeMap<String, u64>> {
         let answer = self
             .get(&format!(
-                "/api/v1/sites/{site}/breakdown?dimension={dimension}&limit={ROWS}&from={from}&to={to}"
+                "/api/v1/sites/{site}/breakdown?dimension={dimension}&metric=events&metrics=events&limit={ROWS}&from={from}&to={to}"
             ))
             .await?;
         Ok(answer["rows"]

@@ -135,7 +135,7 @@ async fn http_nats_and_two_replicas_give_the_truth() {
     // Top paths of the day, exactly.
     let breakdown = a
         .ok(&format!(
-            "/api/v1/sites/{site}/breakdown?from={from}&to={to}&dimension=path&limit=5"
+            "/api/v1/sites/{site}/breakdown?from={from}&to={to}&dimension=path&metric=events&metrics=events&limit=5"
         ))
         .await;
     let mut paths: BTreeMap<String, i64> = BTreeMap::new();
@@ -165,7 +165,7 @@ async fn http_nats_and_two_replicas_give_the_truth() {
     // Filtered: clicks per browser, and events of one path by name.
     let clicks = a
         .ok(&format!(
-            "/api/v1/sites/{site}/breakdown?from={from}&to={to}&dimension=browser&name=click"
+            "/api/v1/sites/{site}/breakdown?from={from}&to={to}&dimension=browser&name=click&metric=events&metrics=events"
         ))
         .await;
     let safari_clicks = whole
@@ -209,11 +209,11 @@ async fn http_nats_and_two_replicas_give_the_truth() {
         ),
         (
             "breakdown",
-            json!({"from": from, "to": to, "dimension": "path", "limit": 5}),
+            json!({"from": from, "to": to, "dimension": "path", "metric": "events", "metrics": "events", "limit": 5}),
         ),
         (
             "breakdown",
-            json!({"from": from, "to": to, "dimension": "name", "path": "/page/3"}),
+            json!({"from": from, "to": to, "dimension": "name", "path": "/page/3", "metric": "events", "metrics": "events"}),
         ),
         ("summary", json!({"from": from, "to": to})),
     ];
@@ -257,8 +257,8 @@ async fn http_nats_and_two_replicas_give_the_truth() {
         .expect("info");
     let info: Value = serde_json::from_slice(&info.payload).expect("info");
     let endpoints = info["endpoints"].as_array().expect("endpoints");
-    // The six operations and SQL.
-    assert_eq!(endpoints.len(), 7, "{info}");
+    // The seven operations and SQL.
+    assert_eq!(endpoints.len(), 8, "{info}");
     for e in endpoints {
         assert_eq!(e["queue_group"], "beacon-query", "{e}");
         assert!(

@@ -53,10 +53,10 @@ async fn bad_parameters_and_keys_get_their_status_and_reason() {
             "range too large for interval 1m",
         ),
         (
-            format!("{site}/timeseries?interval=1m&from=-30d&to=-29d"),
+            format!("{site}/summary?compare=custom&compare_from=-2d"),
             Some(READ_ALL),
             400,
-            "range too large",
+            "compare=custom needs compare_from and compare_to",
         ),
         (
             format!("{site}/timeseries?metrics=events,visits"),
@@ -65,16 +65,16 @@ async fn bad_parameters_and_keys_get_their_status_and_reason() {
             "unknown metric \"visits\"",
         ),
         (
-            format!("{site}/timeseries?metrics=users&path=/a"),
+            format!("{site}/timeseries?filters=colour==red"),
             Some(READ_ALL),
             400,
-            "not available with filters",
+            "unknown dimension \"colour\"",
         ),
         (
-            format!("{site}/timeseries?path=/a&os=Linux"),
+            format!("{site}/timeseries?filters=path~=%28"),
             Some(READ_ALL),
             400,
-            "path and os at once",
+            "bad regular expression",
         ),
         (
             format!("{site}/timeseries?dimension=path"),
@@ -131,16 +131,16 @@ async fn bad_parameters_and_keys_get_their_status_and_reason() {
             "bad query parameters",
         ),
         (
-            format!("{site}/breakdown?dimension=path&browser=Firefox"),
+            format!("{site}/breakdown?dimension=path&filters=browser%3D%3D"),
             Some(READ_ALL),
             400,
-            "cannot be broken down",
+            "empty value",
         ),
         (
-            format!("{site}/breakdown?dimension=entry_page&metric=events"),
+            format!("{site}/breakdown?dimension=props.a%20b"),
             Some(READ_ALL),
             400,
-            "ranked by sessions",
+            "a property key is 1 to 64 characters",
         ),
         (
             format!("{site}/live?from=-1h"),

@@ -8,6 +8,7 @@ mod errors;
 mod hardening;
 mod live;
 mod params;
+mod planner;
 mod resilience;
 mod sql;
 mod support;

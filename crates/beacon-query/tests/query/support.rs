@@ -55,9 +55,7 @@ pub struct Setup {
 /// A server with streams, `events` generated events over three days (stored),
 /// and an aggregator counting them.
 pub async fn setup(events: usize) -> Setup {
-    let nats = TestServer::start().await;
-    let (client, js) = nats.provisioned(PARTITIONS).await;
-    let events = generate(Shape {
+    setup_with(generate(Shape {
         seed: 5,
         sites: 2,
         users: 400,
@@ -65,7 +63,14 @@ pub async fn setup(events: usize) -> Setup {
         days: 3,
         end_ms: end_ms(),
         partitions: PARTITIONS,
-    });
+    }))
+    .await
+}
+
+/// A server with streams, `events` (stored), and an aggregator counting them.
+pub async fn setup_with(events: Vec<Event>) -> Setup {
+    let nats = TestServer::start().await;
+    let (client, js) = nats.provisioned(PARTITIONS).await;
     publish(&js, &events).await;
     let (aggregator_stop, mut stopped) = watch::channel(false);
     let settings = AggregatorSettings {

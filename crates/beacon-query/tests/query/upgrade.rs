@@ -70,7 +70,12 @@ fn ask(view: &View, question: &str, now: i64) -> Value {
         _ => engine::breakdown(view, site, &params, now),
     }
     .unwrap_or_else(|e| panic!("{question}: {e}"));
-    serde_json::from_str(&answer).expect("JSON answer")
+    let mut answer: Value = serde_json::from_str(&answer).expect("JSON answer");
+    // Added since the fixtures were written; every field they hold is compared.
+    if let Some(fields) = answer.as_object_mut() {
+        fields.remove("total_rows");
+    }
+    answer
 }
 
 /// Every answer the release that wrote format `version` gave, asked again of `view`.

@@ -5,6 +5,7 @@ mod cluster;
 mod crash;
 mod local_server;
 mod process;
+mod query_docs;
 mod replay;
 mod simulate;
 mod sites;

@@ -1,0 +1,938 @@
+//! The planner: one question (timeseries, summary, breakdown, properties;
+//! any filters, any metric, any range) answered from the rollups when they
+//! answer it exactly, and otherwise from the event store in SQL, in the same
+//! shape either way. Every answer says its `source`, how fresh it is
+//! (`fresh_through`) and the exact `range` it covers.
+
+mod sql;
+
+use std::collections::BTreeMap;
+
+use beacon_rollup::{Dimension, Granularity};
+use chrono::{Datelike, SecondsFormat, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value, json};
+
+use crate::engine::{self, Clock, MAX_LIMIT, MAX_POINTS, Metric, Params, Span};
+use crate::error::{NOT_IN_ROLLUPS, QueryError};
+use crate::filter::{Dim, Filters, Op as FilterOp, SqlContext};
+use crate::{Op, QueryNode};
+
+use self::sql::{Key, Plan};
+
+/// Parameters each operation takes beyond the common ones.
+pub const TIMESERIES_PARAMS: [&str; 5] = [
+    "interval",
+    "metrics",
+    "compare",
+    "compare_from",
+    "compare_to",
+];
+pub const SUMMARY_PARAMS: [&str; 4] = ["metrics", "compare", "compare_from", "compare_to"];
+pub const BREAKDOWN_PARAMS: [&str; 7] = [
+    "dimension",
+    "metric",
+    "metrics",
+    "limit",
+    "compare",
+    "compare_from",
+    "compare_to",
+];
+pub const PROPERTIES_PARAMS: [&str; 1] = ["limit"];
+
+/// What a comparison compares with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    PreviousPeriod,
+    PreviousYear,
+    Custom(Span),
+}
+
+/// What is asked, beyond the range and filters.
+#[derive(Debug, Clone)]
+enum Ask {
+    Timeseries { interval: Granularity },
+    Summary,
+    Breakdown { by: Dim, metric: Metric, limit: u32 },
+    Properties { limit: u32 },
+}
+
+/// One question, parsed and checked once.
+#[derive(Debug, Clone)]
+struct Question {
+    site: String,
+    clock: Clock,
+    span: Span,
+    filters: Filters,
+    metrics: Vec<Metric>,
+    ask: Ask,
+    compare: Option<Compare>,
+}
+
+fn refuse_unknown(p: &Params, op: &str, allowed: &[&str]) -> Result<(), QueryError> {
+    let given = [
+        ("interval", p.interval.is_some()),
+        ("metrics", p.metrics.is_some()),
+        ("dimension", p.dimension.is_some()),
+        ("metric", p.metric.is_some()),
+        ("limit", p.limit.is_some()),
+        ("compare", p.compare.is_some()),
+        ("compare_from", p.compare_from.is_some()),
+        ("compare_to", p.compare_to.is_some()),
+    ];
+    match given
+        .into_iter()
+        .find(|(name, present)| *present && !allowed.contains(name))
+    {
+        Some((name, _)) => Err(QueryError::bad_request(format!(
+            "parameter {name} does not apply to {op}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn parse_metric_list(text: Option<&str>, default: &[Metric]) -> Result<Vec<Metric>, QueryError> {
+    match text {
+        None | Some("") => Ok(default.to_vec()),
+        Some(list) => {
+            let mut out = Vec::new();
+            for name in list.split(',') {
+                let m = Metric::parse(name.trim())?;
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn parse_limit(p: &Params, default: u32) -> Result<u32, QueryError> {
+    let limit = p.limit.unwrap_or(default);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(QueryError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    Ok(limit)
+}
+
+impl Question {
+    fn parse(op: Op, site: &str, p: &Params, now: i64) -> Result<Question, QueryError> {
+        let name = op.name();
+        match op {
+            Op::Timeseries => refuse_unknown(p, name, &TIMESERIES_PARAMS)?,
+            Op::Breakdown => refuse_unknown(p, name, &BREAKDOWN_PARAMS)?,
+            Op::Properties => refuse_unknown(p, name, &PROPERTIES_PARAMS)?,
+            _ => refuse_unknown(p, name, &SUMMARY_PARAMS)?,
+        }
+        let clock = Clock::new(engine::parse_tz(p)?, now);
+        let ask = match op {
+            Op::Timeseries => Ask::Timeseries {
+                interval: engine::parse_interval(p)?,
+            },
+            Op::Breakdown => {
+                let name = p.dimension.as_deref().ok_or_else(|| {
+                    QueryError::bad_request(format!(
+                        "dimension is required ({}, props.<key>)",
+                        Dim::known()
+                    ))
+                })?;
+                let by = Dim::parse(if name == "event" { "name" } else { name })?;
+                let metric = match p.metric.as_deref() {
+                    Some(m) => Metric::parse(m)?,
+                    None => Metric::Users,
+                };
+                Ask::Breakdown {
+                    by,
+                    metric,
+                    limit: parse_limit(p, 10)?,
+                }
+            }
+            Op::Properties => Ask::Properties {
+                limit: parse_limit(p, 100)?,
+            },
+            _ => Ask::Summary,
+        };
+        let span = clock.range(p, 86_400_000)?;
+        let span = match &ask {
+            // A series is made of whole buckets of its interval.
+            Ask::Timeseries { interval } => clock.align(span, *interval),
+            _ => span,
+        };
+        let metrics = match &ask {
+            Ask::Breakdown { metric, .. } => {
+                let mut list = parse_metric_list(
+                    p.metrics.as_deref(),
+                    &[Metric::Users, Metric::Events, Metric::Pageviews],
+                )?;
+                if !list.contains(metric) {
+                    list.insert(0, *metric);
+                }
+                list
+            }
+            Ask::Properties { .. } => vec![Metric::Events, Metric::Users],
+            _ => parse_metric_list(p.metrics.as_deref(), &Metric::ALL)?,
+        };
+        let compare = match p.compare.as_deref() {
+            None | Some("") => None,
+            Some("previous_period") => Some(Compare::PreviousPeriod),
+            Some("previous_year") => Some(Compare::PreviousYear),
+            Some("custom") => {
+                let (Some(from), Some(to)) = (&p.compare_from, &p.compare_to) else {
+                    return Err(QueryError::bad_request(
+                        "compare=custom needs compare_from and compare_to",
+                    ));
+                };
+                let span = Span {
+                    from: clock.instant("compare_from", from, false)?,
+                    to: clock.instant("compare_to", to, true)?,
+                };
+                if span.from >= span.to {
+                    return Err(QueryError::bad_request(
+                        "compare_from must be before compare_to",
+                    ));
+                }
+                Some(Compare::Custom(span))
+            }
+            Some(other) => {
+                return Err(QueryError::bad_request(format!(
+                    "compare: {other:?} is not one of previous_period, previous_year, custom"
+                )));
+            }
+        };
+        if compare.is_none() && (p.compare_from.is_some() || p.compare_to.is_some()) {
+            return Err(QueryError::bad_request(
+                "compare_from and compare_to go with compare=custom",
+            ));
+        }
+        Ok(Question {
+            site: site.to_owned(),
+            clock,
+            span,
+            filters: Filters::parse(p)?,
+            metrics,
+            ask,
+            compare,
+        })
+    }
+
+    /// The range a comparison covers.
+    fn comparison_span(&self, compare: Compare) -> Span {
+        match compare {
+            Compare::PreviousPeriod => {
+                let len = self.span.to - self.span.from;
+                Span {
+                    from: self.span.from - len,
+                    to: self.span.from,
+                }
+            }
+            Compare::PreviousYear => Span {
+                from: self.clock.year_before(self.span.from),
+                to: self.clock.year_before(self.span.to),
+            },
+            Compare::Custom(span) => span,
+        }
+    }
+
+    /// The bucket starts of a series over the range.
+    fn starts(&self, interval: Granularity) -> Result<Vec<i64>, QueryError> {
+        let mut starts = vec![self.span.from];
+        while let Some(&last) = starts.last() {
+            let next = self.clock.next(interval, last);
+            if next >= self.span.to {
+                break;
+            }
+            if starts.len() >= MAX_POINTS {
+                return Err(QueryError::bad_request(format!(
+                    "range too large for interval {}: more than {MAX_POINTS} points; use a coarser interval or a shorter range",
+                    interval.label()
+                )));
+            }
+            starts.push(next);
+        }
+        Ok(starts)
+    }
+
+    /// The parameters under which the rollups answer this question exactly,
+    /// or `None` when they cannot.
+    fn rollup_params(&self, p: &Params) -> Option<Params> {
+        let mut name = None;
+        let mut dim: Option<(Dimension, String)> = None;
+        for f in &self.filters.list {
+            let [value] = f.values.as_slice() else {
+                return None;
+            };
+            if f.op != FilterOp::Is {
+                return None;
+            }
+            match &f.dim {
+                Dim::Name if name.is_none() => name = Some(value.clone()),
+                d if dim.is_none() => dim = Some((Dimension::parse(&d.name())?, value.clone())),
+                _ => return None,
+            }
+        }
+        let filtered = !self.filters.is_empty();
+        let rollup_metric =
+            |m: &Metric| Metric::ALL.contains(m) && (!filtered || Metric::FILTERABLE.contains(m));
+        if !self.metrics.iter().all(rollup_metric) {
+            return None;
+        }
+        let mut out = Params {
+            from: p.from.clone(),
+            to: p.to.clone(),
+            tz: p.tz.clone(),
+            interval: p.interval.clone(),
+            metrics: p.metrics.clone(),
+            name,
+            ..Params::default()
+        };
+        if let Some((d, v)) = dim {
+            engine::set_dimension(&mut out, d, v);
+        }
+        match &self.ask {
+            Ask::Properties { .. } => return None,
+            Ask::Breakdown { by, metric, limit } => {
+                let by_rollups = match by {
+                    Dim::Name => *metric == Metric::Events,
+                    Dim::EntryPage | Dim::ExitPage => *metric == Metric::Sessions && !filtered,
+                    d => {
+                        Dimension::parse(&d.name()).is_some()
+                            && matches!(metric, Metric::Events | Metric::Pageviews)
+                    }
+                };
+                if !by_rollups || self.metrics != [*metric] {
+                    return None;
+                }
+                out.metrics = None;
+                out.dimension = Some(by.name());
+                out.metric = Some(metric.name().to_owned());
+                out.limit = Some(*limit);
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+}
+
+/// What the planner needs of a node.
+impl QueryNode {
+    /// Answer a question about a site's numbers: from the rollups when they
+    /// answer it exactly, else from the event store.
+    pub(crate) async fn plan(
+        &self,
+        op: Op,
+        site: &str,
+        p: &Params,
+        now: i64,
+    ) -> Result<String, QueryError> {
+        let q = Question::parse(op, site, p, now)?;
+        let mut answer = self.answer_range(&q, p).await?;
+        if let Some(compare) = q.compare {
+            let span = q.comparison_span(compare);
+            let other = Question {
+                span: match &q.ask {
+                    Ask::Timeseries { interval } => q.clock.align(span, *interval),
+                    _ => span,
+                },
+                compare: None,
+                ..q.clone()
+            };
+            let before = self
+                .answer_range(
+                    &other,
+                    &Params {
+                        from: Some(q.clock.rfc3339(other.span.from)),
+                        to: Some(q.clock.rfc3339(other.span.to)),
+                        ..p.clone()
+                    },
+                )
+                .await?;
+            let mut comparison = Map::new();
+            comparison.insert("range".into(), before["range"].clone());
+            comparison.insert("source".into(), before["source"].clone());
+            for field in [
+                "metrics",
+                "points",
+                "totals",
+                "rows",
+                "other",
+                "total",
+                "total_rows",
+            ] {
+                if let Some(v) = before.get(field) {
+                    let v = if field == "metrics" {
+                        // The figures themselves, without their own previous period.
+                        Value::Object(
+                            v.as_object()
+                                .map(|m| {
+                                    m.iter()
+                                        .map(|(k, f)| (k.clone(), f["value"].clone()))
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        v.clone()
+                    };
+                    comparison.insert(field.into(), v);
+                }
+            }
+            answer["comparison"] = Value::Object(comparison);
+        }
+        serde_json::to_string(&answer).map_err(|e| QueryError::unavailable(e.to_string()))
+    }
+
+    async fn answer_range(&self, q: &Question, p: &Params) -> Result<Value, QueryError> {
+        if let Some(rp) = q.rollup_params(p) {
+            match self.ask_rollups(q, &rp) {
+                Err(e) if e.kind == Some(NOT_IN_ROLLUPS) => {}
+                other => return other,
+            }
+        }
+        self.ask_store(q).await
+    }
+
+    fn ask_rollups(&self, q: &Question, rp: &Params) -> Result<Value, QueryError> {
+        let answer = match q.ask {
+            Ask::Timeseries { .. } => engine::timeseries,
+            Ask::Breakdown { .. } => engine::breakdown,
+            _ => engine::summary,
+        };
+        let (text, newest) = self.rollups().read(|f| {
+            if !f.ready {
+                return Err(QueryError::unavailable(
+                    "this query node is still loading the rollups; try again in a moment",
+                ));
+            }
+            answer(&f.view, &q.site, rp, q.clock.now())
+                .map(|t| (t, f.newest.as_ref().map(|n| n.newest_received_ms)))
+        })?;
+        let mut v: Value =
+            serde_json::from_str(&text).map_err(|e| QueryError::unavailable(e.to_string()))?;
+        v["source"] = "rollups".into();
+        v["fresh_through"] = newest.map_or(Value::Null, |ms| rfc3339(ms).into());
+        v["range"] = json!({"from": v["from"].clone(), "to": v["to"].clone()});
+        if let Ask::Breakdown { metric, .. } = q.ask
+            && let Some(rows) = v["rows"].as_array_mut()
+        {
+            for row in rows {
+                row[metric.name()] = row["count"].clone();
+            }
+        }
+        Ok(v)
+    }
+
+    async fn ask_store(&self, q: &Question) -> Result<Value, QueryError> {
+        let engine = self.engine()?;
+        let ctx = SqlContext::default();
+        let timeout_ms = self.session_timeout_ms();
+        let mut out = Map::new();
+        out.insert("site".into(), q.site.clone().into());
+        out.insert("from".into(), q.clock.render(q.span.from).into());
+        out.insert("to".into(), q.clock.render(q.span.to).into());
+        out.insert("tz".into(), q.clock.tz_name().into());
+        out.insert("filters".into(), echo(&q.filters));
+        let run = |key: Key, span: Span| {
+            let ctx = &ctx;
+            async move {
+                let plan = Plan {
+                    span,
+                    filters: &q.filters,
+                    ctx,
+                    key: &key,
+                    timeout_ms,
+                };
+                figures(engine, &q.site, &plan, &q.metrics).await
+            }
+        };
+        match &q.ask {
+            Ask::Summary => {
+                let len = q.span.to - q.span.from;
+                let previous = Span {
+                    from: q.span.from - len,
+                    to: q.span.from,
+                };
+                let (now, before) =
+                    futures::try_join!(run(Key::All, q.span), run(Key::All, previous))?;
+                let now = now.get("all").cloned().unwrap_or_default();
+                let before = before.get("all").cloned().unwrap_or_default();
+                let mut metrics = Map::new();
+                for m in &q.metrics {
+                    let value = now.value(*m, None);
+                    let prev = before.value(*m, None);
+                    let change = engine::change(*m, &value, &prev);
+                    metrics.insert(
+                        m.name().into(),
+                        json!({"value": value, "previous": prev, "change": change}),
+                    );
+                }
+                out.insert(
+                    "previous".into(),
+                    json!({"from": q.clock.render(previous.from), "to": q.clock.render(previous.to), "available": true}),
+                );
+                out.insert("metrics".into(), Value::Object(metrics));
+            }
+            Ask::Timeseries { interval } => {
+                let starts = q.starts(*interval)?;
+                let (per, totals) = futures::try_join!(
+                    run(Key::Buckets(starts.clone()), q.span),
+                    run(Key::All, q.span)
+                )?;
+                let totals = totals.get("all").cloned().unwrap_or_default();
+                let points: Vec<Value> = starts
+                    .iter()
+                    .map(|s| {
+                        let f = per.get(&s.to_string()).cloned().unwrap_or_default();
+                        let mut point = Map::new();
+                        point.insert("start".into(), q.clock.render(*s).into());
+                        for m in &q.metrics {
+                            point.insert(m.name().into(), f.value(*m, Some(&totals)));
+                        }
+                        Value::Object(point)
+                    })
+                    .collect();
+                out.insert("interval".into(), interval.label().into());
+                out.insert(
+                    "metrics".into(),
+                    q.metrics
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                out.insert("points".into(), points.into());
+                let mut t = Map::new();
+                for m in &q.metrics {
+                    t.insert(m.name().into(), totals.value(*m, None));
+                }
+                out.insert("totals".into(), Value::Object(t));
+            }
+            Ask::Breakdown { by, metric, limit } => {
+                let (per, all) = if q.metrics.contains(&Metric::ConversionRate) {
+                    let (per, all) = futures::try_join!(
+                        run(Key::Dim(by.clone()), q.span),
+                        run(Key::All, q.span)
+                    )?;
+                    (per, all.get("all").cloned())
+                } else {
+                    (run(Key::Dim(by.clone()), q.span).await?, None)
+                };
+                let mut rows: Vec<(String, Figures)> = per.into_iter().collect();
+                let rank = |f: &Figures| f.value(*metric, all.as_ref()).as_f64().unwrap_or(0.0);
+                rows.sort_by(|a, b| {
+                    rank(&b.1)
+                        .total_cmp(&rank(&a.1))
+                        .then_with(|| a.0.cmp(&b.0))
+                });
+                let total_rows = rows.len();
+                let additive = matches!(
+                    metric,
+                    Metric::Events | Metric::Pageviews | Metric::Sessions
+                );
+                let total: f64 = rows.iter().map(|(_, f)| rank(f)).sum();
+                rows.truncate(*limit as usize);
+                let shown: f64 = rows.iter().map(|(_, f)| rank(f)).sum();
+                let rows: Vec<Value> = rows
+                    .iter()
+                    .map(|(value, f)| {
+                        let mut row = Map::new();
+                        row.insert("value".into(), value.clone().into());
+                        row.insert("count".into(), f.value(*metric, all.as_ref()));
+                        for m in &q.metrics {
+                            row.insert(m.name().into(), f.value(*m, all.as_ref()));
+                        }
+                        Value::Object(row)
+                    })
+                    .collect();
+                out.insert("dimension".into(), by.name().into());
+                out.insert("metric".into(), metric.name().into());
+                out.insert(
+                    "metrics".into(),
+                    q.metrics
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                out.insert("rows".into(), rows.into());
+                if additive {
+                    out.insert("other".into(), ((total - shown) as i64).into());
+                    out.insert("total".into(), (total as i64).into());
+                } else {
+                    out.insert("other".into(), Value::Null);
+                    out.insert("total".into(), Value::Null);
+                }
+                out.insert("total_rows".into(), total_rows.into());
+            }
+            Ask::Properties { limit } => {
+                let key = Key::All;
+                let plan = Plan {
+                    span: q.span,
+                    filters: &q.filters,
+                    ctx: &ctx,
+                    key: &key,
+                    timeout_ms,
+                };
+                let rows = run_sql(engine, &q.site, &plan.properties_sql()).await?;
+                let mut props: Vec<(String, i64, i64)> = rows
+                    .iter()
+                    .map(|r| (text(&r["key"]), int(&r["events"]), int(&r["users"])))
+                    .collect();
+                props.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let total_rows = props.len();
+                props.truncate(*limit as usize);
+                out.insert(
+                    "properties".into(),
+                    props
+                        .into_iter()
+                        .map(|(key, events, users)| json!({"key": key, "events": events, "users": users}))
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                out.insert("total_rows".into(), total_rows.into());
+            }
+        }
+        out.insert("source".into(), "store".into());
+        out.insert("fresh_through".into(), rfc3339(q.clock.now()).into());
+        out.insert(
+            "range".into(),
+            json!({"from": q.clock.render(q.span.from), "to": q.clock.render(q.span.to)}),
+        );
+        Ok(Value::Object(out))
+    }
+}
+
+/// The filters as an answer echoes them: `{dimension: value}` for a single
+/// `==` value (as the shorthands always were), else `{dimension: filter text}`.
+fn echo(filters: &Filters) -> Value {
+    let mut m = Map::new();
+    for f in &filters.list {
+        let text = match (f.op, f.values.as_slice()) {
+            (FilterOp::Is, [one]) => one.clone(),
+            _ => f.to_string(),
+        };
+        m.insert(f.dim.name(), text.into());
+    }
+    Value::Object(m)
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The figures of one group.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    events: i64,
+    pageviews: i64,
+    users: i64,
+    sessions: i64,
+    bounces: i64,
+    duration_ms: i64,
+    revenue: BTreeMap<String, Decimal>,
+    engaged_ms: i64,
+    scroll_sum: i64,
+    scrolled: i64,
+    filtered: BTreeMap<String, i64>,
+    /// Every user of the group's range, selected or not (for conversion rates).
+    all_users: Option<i64>,
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+impl Figures {
+    /// One metric as JSON, as the rollups' answers write it. `whole` gives
+    /// the denominator of a conversion rate when the group has none of its own.
+    fn value(&self, m: Metric, whole: Option<&Figures>) -> Value {
+        let per_session =
+            |x: f64| -> Value { (self.sessions > 0).then(|| x / self.sessions as f64).into() };
+        match m {
+            Metric::Events => self.events.into(),
+            Metric::Users | Metric::Visitors => self.users.into(),
+            Metric::Pageviews => self.pageviews.into(),
+            Metric::Sessions => self.sessions.into(),
+            Metric::BounceRate => match per_session(self.bounces as f64) {
+                Value::Number(n) => round(n.as_f64().unwrap_or(0.0), 4).into(),
+                other => other,
+            },
+            Metric::AvgSessionDuration => match per_session(self.duration_ms as f64 / 1000.0) {
+                Value::Number(n) => round(n.as_f64().unwrap_or(0.0), 3).into(),
+                other => other,
+            },
+            Metric::Revenue => Value::Object(
+                self.revenue
+                    .iter()
+                    .map(|(c, a)| (c.clone(), a.normalize().to_string().into()))
+                    .collect(),
+            ),
+            Metric::AvgEngagedTime => (self.pageviews > 0)
+                .then(|| round(self.engaged_ms as f64 / 1000.0 / self.pageviews as f64, 3))
+                .into(),
+            Metric::AvgScrollDepth => (self.scrolled > 0)
+                .then(|| round(self.scroll_sum as f64 / self.scrolled as f64, 1))
+                .into(),
+            Metric::Filtered => Value::Object(
+                self.filtered
+                    .iter()
+                    .filter(|(_, n)| **n != 0)
+                    .map(|(r, n)| (r.clone(), (*n).into()))
+                    .collect(),
+            ),
+            Metric::ConversionRate => {
+                let all = self.all_users.or(whole.and_then(|w| w.all_users));
+                match all {
+                    Some(all) if all > 0 => round(self.users as f64 * 100.0 / all as f64, 2).into(),
+                    _ => Value::Null,
+                }
+            }
+        }
+    }
+}
+
+/// Run `sql` and return its rows.
+async fn run_sql(
+    engine: &beacon_store::Engine,
+    site: &str,
+    sql: &str,
+) -> Result<Vec<Value>, QueryError> {
+    let answer = engine
+        .sql(site, sql, beacon_store::SqlFormat::Json)
+        .await
+        .map_err(|e| {
+            // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
+            let mut e = QueryError::from(e);
+            if e.status == 400 {
+                tracing::error!(error = %e.message, sql, "the planner's SQL failed");
+                e.status = 500;
+            }
+            e
+        })?;
+    let mut body: Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| QueryError::internal(format!("unreadable SQL answer: {e}")))?;
+    Ok(match body["rows"].take() {
+        Value::Array(rows) => rows,
+        _ => Vec::new(),
+    })
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_f64().map(|f| f as i64))
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The figures `metrics` need, per group key, from as few queries as they need.
+async fn figures(
+    engine: &beacon_store::Engine,
+    site: &str,
+    plan: &Plan<'_>,
+    metrics: &[Metric],
+) -> Result<BTreeMap<String, Figures>, QueryError> {
+    let has = |list: &[Metric]| metrics.iter().any(|m| list.contains(m));
+    let sessions = sql::needs_sessions(metrics, plan.filters, plan.key);
+    let none = || async { Ok::<Vec<Value>, QueryError>(Vec::new()) };
+    let events_sql = plan.events_sql(sessions);
+    let (events, sess, revenue, engagement, filtered, all_users) = futures::try_join!(
+        run_sql(engine, site, &events_sql),
+        async {
+            if has(&[
+                Metric::Sessions,
+                Metric::BounceRate,
+                Metric::AvgSessionDuration,
+            ]) {
+                run_sql(engine, site, &plan.sessions_sql()).await
+            } else {
+                none().await
+            }
+        },
+        async {
+            if has(&[Metric::Revenue]) {
+                run_sql(engine, site, &plan.revenue_sql(sessions)).await
+            } else {
+                none().await
+            }
+        },
+        async {
+            if has(&[Metric::AvgEngagedTime, Metric::AvgScrollDepth]) {
+                run_sql(engine, site, &plan.engagement_sql()).await
+            } else {
+                none().await
+            }
+        },
+        async {
+            if has(&[Metric::Filtered]) {
+                run_sql(engine, site, &plan.filtered_sql()).await
+            } else {
+                none().await
+            }
+        },
+        async {
+            if has(&[Metric::ConversionRate]) && !matches!(plan.key, Key::Dim(_)) {
+                run_sql(engine, site, &plan.all_users_sql()).await
+            } else {
+                none().await
+            }
+        },
+    )?;
+    let mut out: BTreeMap<String, Figures> = BTreeMap::new();
+    for r in &events {
+        let f = out.entry(text(&r["k"])).or_default();
+        f.events = int(&r["events"]);
+        f.pageviews = int(&r["pageviews"]);
+        f.users = int(&r["users"]);
+    }
+    for r in &sess {
+        let f = out.entry(text(&r["k"])).or_default();
+        f.sessions = int(&r["sessions"]);
+        f.bounces = int(&r["bounces"]);
+        f.duration_ms = int(&r["duration_ms"]);
+    }
+    for r in &revenue {
+        let amount: Decimal = text(&r["amount"]).parse().unwrap_or_default();
+        out.entry(text(&r["k"]))
+            .or_default()
+            .revenue
+            .insert(text(&r["currency"]), amount);
+    }
+    let breakdown = matches!(plan.key, Key::Dim(_));
+    for r in &engagement {
+        let k = text(&r["k"]);
+        // Pings and bots are not traffic: in a breakdown they add to the
+        // values traffic has, never make a row of their own.
+        if breakdown && !out.contains_key(&k) {
+            continue;
+        }
+        let f = out.entry(k).or_default();
+        f.engaged_ms = int(&r["engaged_ms"]);
+        f.scroll_sum = int(&r["scroll_sum"]);
+        f.scrolled = int(&r["scrolled"]);
+    }
+    for r in &filtered {
+        let k = text(&r["k"]);
+        if breakdown && !out.contains_key(&k) {
+            continue;
+        }
+        out.entry(k)
+            .or_default()
+            .filtered
+            .insert(text(&r["reason"]), int(&r["n"]));
+    }
+    for r in &all_users {
+        out.entry(text(&r["k"])).or_default().all_users = Some(int(&r["users"]));
+    }
+    Ok(out)
+}
+
+/// Year arithmetic for `compare=previous_year`.
+impl Clock {
+    /// The same local time a year earlier (29 February becomes the 28th).
+    fn year_before(&self, ms: i64) -> i64 {
+        let local = self.local(ms).naive_local();
+        let date = local.date();
+        let earlier = date
+            .with_year(date.year() - 1)
+            .or_else(|| date.with_day(28).and_then(|d| d.with_year(date.year() - 1)))
+            .unwrap_or(date);
+        self.resolve(earlier.and_time(local.time()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(op: Op, query: &str) -> Result<Question, QueryError> {
+        Question::parse(op, "s", &Params::from_query(query)?, 1_790_000_000_000)
+    }
+
+    #[test]
+    fn the_rollups_answer_only_what_they_keep() {
+        let cases = [
+            (Op::Summary, "", true),
+            (Op::Summary, "metrics=events&country=FR", true),
+            (Op::Summary, "metrics=events&filters=country==FR", true),
+            (
+                Op::Summary,
+                "metrics=events,pageviews&name=signup&filters=path==/",
+                true,
+            ),
+            (Op::Summary, "country=FR", false),
+            (Op::Summary, "metrics=users&country=FR", false),
+            (Op::Summary, "metrics=events&filters=country==FR|DE", false),
+            (Op::Summary, "metrics=events&filters=country!=FR", false),
+            (
+                Op::Summary,
+                "metrics=events&filters=country==FR;path==/",
+                false,
+            ),
+            (Op::Summary, "metrics=events&filters=props.plan==pro", false),
+            (Op::Summary, "metrics=visitors", false),
+            (Op::Breakdown, "dimension=path", false),
+            (
+                Op::Breakdown,
+                "dimension=path&metric=events&metrics=events",
+                true,
+            ),
+            (Op::Breakdown, "dimension=path&metric=events", false),
+            (
+                Op::Breakdown,
+                "dimension=referrer&metric=events&metrics=events",
+                false,
+            ),
+            (
+                Op::Breakdown,
+                "dimension=entry_page&metric=sessions&metrics=sessions",
+                true,
+            ),
+            (Op::Properties, "", false),
+        ];
+        for (op, query, rollups) in cases {
+            let question = q(op, query).expect(query);
+            let p = Params::from_query(query).expect(query);
+            assert_eq!(question.rollup_params(&p).is_some(), rollups, "{query}");
+        }
+    }
+
+    #[test]
+    fn bad_questions_are_refused() {
+        let cases = [
+            (Op::Summary, "compare=last_week", "compare"),
+            (Op::Summary, "compare=custom", "compare_from"),
+            (Op::Summary, "compare_from=-2d", "compare=custom"),
+            (Op::Properties, "metrics=events", "does not apply"),
+            (Op::Breakdown, "", "dimension is required"),
+            (Op::Breakdown, "dimension=goal", "unknown dimension"),
+            (Op::Summary, "filters=colour==red", "unknown dimension"),
+        ];
+        for (op, query, expected) in cases {
+            let err = q(op, query).expect_err(query);
+            assert_eq!(err.status, 400, "{query}");
+            assert!(err.message.contains(expected), "{query}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_year_before_keeps_the_local_time() {
+        let c = Clock::new("Europe/Berlin".parse().expect("zone"), 0);
+        let t = c.instant("from", "2026-07-01", false).expect("date");
+        assert_eq!(c.render(c.year_before(t)), "2025-07-01T00:00:00+02:00");
+        let leap = c.instant("from", "2028-02-29", false).expect("date");
+        assert_eq!(c.render(c.year_before(leap)), "2027-02-28T00:00:00+01:00");
+    }
+}

@@ -1,0 +1,463 @@
+//! The planner against a real nats-server: every metric under single,
+//! double, OR, negated, contains, regex and property filters equals a truth
+//! computed here from the generated events; property breakdowns and the
+//! `properties` operation; the rollups and the event store give the same
+//! answers where both can; comparisons; a bad filter is a 400 over HTTP and
+//! NATS alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use beacon_core::event::Event;
+use beacon_testing::truth::{Shape, generate};
+use chrono::{SecondsFormat, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const TIMEOUT_MS: i64 = 30 * 60_000;
+
+/// Events over three days with a `plan` property on a third of them.
+fn events() -> Vec<Event> {
+    let mut events = generate(Shape {
+        seed: 16,
+        sites: 2,
+        users: 300,
+        events: 6_000,
+        days: 3,
+        end_ms: end_ms(),
+        partitions: PARTITIONS,
+    });
+    for (i, e) in events.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            let plan = if i % 2 == 0 { "pro" } else { "free" };
+            e.props.insert("plan".into(), json!(plan));
+        }
+        if i % 7 == 0 {
+            e.props.insert("ab:test".into(), json!(1));
+        }
+    }
+    events
+}
+
+/// The figures of a range under a predicate, computed from the events.
+#[derive(Debug, Default, PartialEq)]
+struct Truth {
+    events: i64,
+    pageviews: i64,
+    users: i64,
+    sessions: i64,
+    bounces: i64,
+    duration_ms: i64,
+    revenue: BTreeMap<String, Decimal>,
+}
+
+fn truth(all: &[Event], site: &str, from: i64, to: i64, pick: &dyn Fn(&Event) -> bool) -> Truth {
+    let mine: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.site == site)
+        .filter(|e| (from..to).contains(&e.ts.timestamp_millis()))
+        .collect();
+    let mut t = Truth::default();
+    let mut users = BTreeSet::new();
+    for e in mine.iter().filter(|e| pick(e)) {
+        t.events += 1;
+        t.pageviews += i64::from(e.name == "pageview");
+        users.insert(e.user_key());
+        if let Some(r) = &e.revenue {
+            *t.revenue.entry(r.currency.clone()).or_default() += r.amount;
+        }
+    }
+    t.users = users.len() as i64;
+    let mut by_user: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in &mine {
+        by_user.entry(e.user_key()).or_default().push(e);
+    }
+    for (_, mut list) in by_user {
+        list.sort_by_key(|e| e.ts);
+        let mut sessions: Vec<Vec<&Event>> = Vec::new();
+        for e in list {
+            match sessions.last_mut() {
+                Some(s)
+                    if e.ts.timestamp_millis() - s[s.len() - 1].ts.timestamp_millis()
+                        <= TIMEOUT_MS =>
+                {
+                    s.push(e)
+                }
+                _ => sessions.push(vec![e]),
+            }
+        }
+        for s in sessions.iter().filter(|s| s.iter().any(|e| pick(e))) {
+            t.sessions += 1;
+            let pages = s.iter().filter(|e| e.name == "pageview").count();
+            t.bounces += i64::from(pages == 1);
+            t.duration_ms += s[s.len() - 1].ts.timestamp_millis() - s[0].ts.timestamp_millis();
+        }
+    }
+    t
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .expect("time")
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn rate(x: i64, of: i64) -> Value {
+    if of == 0 {
+        Value::Null
+    } else {
+        json!(((x as f64 / of as f64) * 10_000.0).round() / 10_000.0)
+    }
+}
+
+fn assert_figures(answer: &Value, want: &Truth, what: &str) {
+    let m = &answer["metrics"];
+    let get = |name: &str| m[name]["value"].clone();
+    assert_eq!(get("events"), json!(want.events), "{what}: events");
+    assert_eq!(get("pageviews"), json!(want.pageviews), "{what}: pageviews");
+    assert_eq!(get("users"), json!(want.users), "{what}: users");
+    assert_eq!(get("visitors"), json!(want.users), "{what}: visitors");
+    assert_eq!(get("sessions"), json!(want.sessions), "{what}: sessions");
+    assert_eq!(
+        get("bounce_rate"),
+        rate(want.bounces, want.sessions),
+        "{what}: bounce_rate"
+    );
+    let duration = if want.sessions == 0 {
+        Value::Null
+    } else {
+        json!(((want.duration_ms as f64 / 1000.0 / want.sessions as f64) * 1000.0).round() / 1000.0)
+    };
+    assert_eq!(
+        get("avg_session_duration"),
+        duration,
+        "{what}: avg_session_duration"
+    );
+    let revenue: BTreeMap<String, Decimal> = get("revenue")
+        .as_object()
+        .expect("revenue")
+        .iter()
+        .map(|(c, v)| {
+            (
+                c.clone(),
+                v.as_str().expect("decimal text").parse().expect("decimal"),
+            )
+        })
+        .collect();
+    assert_eq!(revenue, want.revenue, "{what}: revenue");
+}
+
+/// A node whose rollups and event store both hold every event.
+async fn ready() -> (Setup, Node, Vec<Event>) {
+    let s = setup_with(events()).await;
+    let node = node(&s.client).await;
+    node.ready().await;
+    s.committed().await;
+    let n = s.events.iter().filter(|e| e.site == "site-0").count();
+    node.until(
+        "/api/v1/sites/site-0/summary?metrics=events&from=-10d",
+        |b| b["metrics"]["events"]["value"] == json!(n),
+    )
+    .await;
+    let events = s.events.clone();
+    (s, node, events)
+}
+
+const ALL_METRICS: &str =
+    "events,pageviews,users,visitors,sessions,bounce_rate,avg_session_duration,revenue";
+
+#[tokio::test]
+async fn every_metric_under_every_kind_of_filter_equals_the_truth() {
+    let (_s, node, all) = ready().await;
+    let end = end_ms();
+    let (from, to) = (end - 2 * 86_400_000 + 123_456, end - 3_600_000 + 7_000);
+    type Pick = Box<dyn Fn(&Event) -> bool>;
+    let prop = |e: &Event, k: &str| e.props.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let country = |e: &Event| e.context.country.clone().unwrap_or_else(|| "(none)".into());
+    let cases: Vec<(&str, Pick)> = vec![
+        ("country==DE", Box::new(move |e| country(e) == "DE")),
+        (
+            "country==DE;browser==Safari",
+            Box::new(move |e| country(e) == "DE" && e.context.browser.as_deref() == Some("Safari")),
+        ),
+        (
+            "country==DE|US",
+            Box::new(move |e| ["DE", "US"].contains(&country(e).as_str())),
+        ),
+        ("country!=DE", Box::new(move |e| country(e) != "DE")),
+        (
+            "path*=PAGE/1",
+            Box::new(|e| {
+                e.context
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| p.contains("page/1"))
+            }),
+        ),
+        (
+            "path~=^/page/[0-3]$",
+            Box::new(|e| {
+                e.context
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| ["/page/0", "/page/1", "/page/2", "/page/3"].contains(&p))
+            }),
+        ),
+        (
+            "props.plan==pro",
+            Box::new(move |e| prop(e, "plan").as_deref() == Some("pro")),
+        ),
+        (
+            "name==purchase;props.plan!=free",
+            Box::new(move |e| e.name == "purchase" && prop(e, "plan").as_deref() != Some("free")),
+        ),
+    ];
+    for (filters, pick) in cases {
+        let want = truth(&all, "site-0", from, to, &pick);
+        assert!(want.events > 0, "{filters}: the data must select something");
+        let q = format!(
+            "/api/v1/sites/site-0/summary?metrics={ALL_METRICS}&from={}&to={}&filters={}",
+            rfc3339(from),
+            rfc3339(to),
+            urlencode(filters)
+        );
+        let answer = node.ok(&q).await;
+        assert_eq!(answer["source"], "store", "{filters}");
+        assert_eq!(
+            answer["range"],
+            json!({"from": rfc3339(from).replace(".000Z", "Z"), "to": rfc3339(to).replace(".000Z", "Z")}),
+            "{filters}: {answer}"
+        );
+        assert_figures(&answer, &want, filters);
+        // The previous period of the same length, also from the events.
+        let before = truth(&all, "site-0", 2 * from - to, from, &pick);
+        assert_eq!(
+            answer["metrics"]["events"]["previous"],
+            json!(before.events),
+            "{filters}: previous"
+        );
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn properties_and_property_breakdowns_equal_the_truth() {
+    let (s, node, all) = ready().await;
+    let end = end_ms();
+    let (from, to) = (end - 3 * 86_400_000 - 3_600_000, end + 1);
+    let mine: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.site == "site-0" && (from..to).contains(&e.ts.timestamp_millis()))
+        .collect();
+    let range = format!("from={}&to={}", rfc3339(from), rfc3339(to));
+    // The breakdown by a property: (none) for events without it.
+    let b = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/breakdown?dimension=props.plan&metrics=users,events&{range}"
+        ))
+        .await;
+    assert_eq!(b["source"], "store");
+    assert_eq!(b["metric"], "users");
+    assert_eq!(b["total_rows"], 3, "{b}");
+    for row in b["rows"].as_array().expect("rows") {
+        let value = row["value"].as_str().expect("value");
+        let picked: Vec<&&Event> = mine
+            .iter()
+            .filter(|e| {
+                e.props
+                    .get("plan")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("(none)")
+                    == value
+            })
+            .collect();
+        let users: BTreeSet<&str> = picked.iter().map(|e| e.user_key()).collect();
+        assert_eq!(row["events"], json!(picked.len()), "{value}");
+        assert_eq!(row["users"], json!(users.len()), "{value}");
+    }
+    // Ranked by users, the default.
+    let users: Vec<i64> = b["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["users"].as_i64().expect("users"))
+        .collect();
+    assert!(users.windows(2).all(|w| w[0] >= w[1]), "{users:?}");
+    // The property keys seen.
+    let p = node
+        .ok(&format!("/api/v1/sites/site-0/properties?{range}"))
+        .await;
+    for key in ["plan", "ab:test"] {
+        let with: Vec<&&Event> = mine.iter().filter(|e| e.props.contains_key(key)).collect();
+        let users: BTreeSet<&str> = with.iter().map(|e| e.user_key()).collect();
+        let row = p["properties"]
+            .as_array()
+            .expect("properties")
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("{key} in {p}"));
+        assert_eq!(row["events"], json!(with.len()), "{key}");
+        assert_eq!(row["users"], json!(users.len()), "{key}");
+    }
+    // The same over NATS.
+    let over_nats = ask_nats(
+        &s.client,
+        "properties",
+        json!({"key": READ_ALL, "site": "site-0", "params": {"from": rfc3339(from), "to": rfc3339(to)}}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(over_nats["properties"], p["properties"]);
+}
+
+#[tokio::test]
+async fn the_rollups_and_the_store_agree_where_both_answer() {
+    let (_s, node, _all) = ready().await;
+    let end = end_ms();
+    let range = format!("from={}&to={}", rfc3339(end - 2 * 86_400_000), rfc3339(end));
+    // `name!=~none~` selects every event, so only the store can answer it.
+    let everything = format!("filters={}", urlencode("name!=~none~"));
+    let pairs = [
+        format!("summary?metrics=events,pageviews,users,revenue&{range}"),
+        format!("summary?metrics=events,pageviews&country=DE&{range}"),
+        format!("timeseries?metrics=events,pageviews,revenue&interval=1h&{range}"),
+        format!("breakdown?dimension=path&metric=events&metrics=events&limit=20&{range}"),
+        format!("breakdown?dimension=name&metric=events&metrics=events&{range}"),
+    ];
+    for q in pairs {
+        let rollups = node.ok(&format!("/api/v1/sites/site-0/{q}")).await;
+        let store = node
+            .ok(&format!("/api/v1/sites/site-0/{q}&{everything}"))
+            .await;
+        assert_eq!(rollups["source"], "rollups", "{q}");
+        assert_eq!(store["source"], "store", "{q}");
+        assert_eq!(rollups["range"], store["range"], "{q}");
+        for field in ["points", "rows", "other", "total", "total_rows"] {
+            assert_eq!(rollups[field], store[field], "{q}: {field}");
+        }
+        if let Some(metrics) = rollups["metrics"].as_object()
+            && rollups["points"].is_null()
+        {
+            for (name, figure) in metrics {
+                let (a, b) = (&figure["value"], &store["metrics"][name]["value"]);
+                if name == "users" {
+                    let (a, b) = (a.as_f64().expect("users"), b.as_f64().expect("users"));
+                    assert!((a - b).abs() <= b * 0.03, "{q}: users {a} vs {b}");
+                } else {
+                    assert_eq!(a, b, "{q}: {name}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn comparisons_and_ranges_the_rollups_cannot_cover() {
+    let (_s, node, all) = ready().await;
+    let end = end_ms();
+    let (from, to) = (end - 86_400_000, end);
+    let q = format!(
+        "/api/v1/sites/site-0/summary?metrics=events,users&from={}&to={}&compare=previous_period&filters={}",
+        rfc3339(from),
+        rfc3339(to),
+        urlencode("browser==Chrome|Safari")
+    );
+    let pick = |e: &Event| matches!(e.context.browser.as_deref(), Some("Chrome" | "Safari"));
+    let answer = node.ok(&q).await;
+    let before = truth(&all, "site-0", from - 86_400_000, from, &pick);
+    assert_eq!(
+        answer["comparison"]["metrics"]["events"],
+        json!(before.events)
+    );
+    assert_eq!(
+        answer["comparison"]["metrics"]["users"],
+        json!(before.users)
+    );
+    assert_eq!(
+        answer["comparison"]["range"]["from"],
+        json!(rfc3339(from - 86_400_000).replace(".000Z", "Z"))
+    );
+    // A custom comparison of a breakdown.
+    let b = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/breakdown?dimension=browser&from={}&to={}&compare=custom&compare_from={}&compare_to={}",
+            rfc3339(from),
+            rfc3339(to),
+            rfc3339(from - 2 * 86_400_000),
+            rfc3339(from - 86_400_000)
+        ))
+        .await;
+    let rows = b["comparison"]["rows"].as_array().expect("rows");
+    let chrome = rows
+        .iter()
+        .find(|r| r["value"] == "Chrome")
+        .expect("Chrome");
+    let want = truth(
+        &all,
+        "site-0",
+        from - 2 * 86_400_000,
+        from - 86_400_000,
+        &|e| e.context.browser.as_deref() == Some("Chrome"),
+    );
+    assert_eq!(chrome["users"], json!(want.users));
+    assert_eq!(chrome["events"], json!(want.events));
+    // A range older than the kept minute buckets is answered, not refused.
+    let old = node
+        .ok("/api/v1/sites/site-0/summary?metrics=events&from=-30d")
+        .await;
+    let n = all.iter().filter(|e| e.site == "site-0").count();
+    assert_eq!(old["metrics"]["events"]["value"], json!(n), "{old}");
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_a_400_naming_it_over_http_and_nats() {
+    let s = setup_with(Vec::new()).await;
+    let node = node(&s.client).await;
+    node.ready().await;
+    for (filters, expected) in [
+        ("colour==red", "unknown dimension"),
+        ("country<>DE", "unknown operator"),
+        ("country==", "empty value"),
+        ("path~=(", "bad regular expression"),
+    ] {
+        let (status, body) = node
+            .get(
+                &format!(
+                    "/api/v1/sites/site-0/summary?filters={}",
+                    urlencode(filters)
+                ),
+                Some(READ_ALL),
+            )
+            .await;
+        assert_eq!(status, 400, "{filters}: {body}");
+        let message = body["error"].as_str().expect("error");
+        assert!(
+            message.contains(expected) && message.contains(filters),
+            "{message}"
+        );
+        let (code, message) = ask_nats(
+            &s.client,
+            "breakdown",
+            json!({"key": READ_ALL, "site": "site-0", "params": {"dimension": "path", "filters": filters}}),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(code, "400", "{filters}");
+        assert!(message.contains(expected), "{message}");
+    }
+    s.stop_aggregator();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

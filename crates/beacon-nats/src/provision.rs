@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use beacon_core::subject::{
     EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX, UNAUTH_REJECTS_PREFIX,
 };
@@ -16,6 +16,10 @@ pub const INGEST_STREAM: &str = "BEACON_INGEST";
 pub const REJECTS_STREAM: &str = "BEACON_REJECTS";
 pub const UNAUTH_REJECTS_STREAM: &str = "BEACON_REJECTS_UNAUTH";
 pub const ROLLUPS_STREAM: &str = "BEACON_ROLLUPS";
+/// Goals made through the query API: key `<site>.<goal name, key-encoded>`.
+pub const GOALS_BUCKET: &str = "BEACON_GOALS";
+/// Funnels saved through the query API: key `<site>.<funnel name, key-encoded>`.
+pub const FUNNELS_BUCKET: &str = "BEACON_FUNNELS";
 
 /// Stream metadata key recording the partition count fixed at creation.
 const PARTITIONS_KEY: &str = "beacon.partitions";
@@ -208,7 +212,83 @@ pub async fn provision(
         let line = ensure_stream(js, wanted).await?;
         report.lines.push(line);
     }
+    for (bucket, description) in DEFINITION_BUCKETS {
+        let line = ensure_kv(js, bucket, description, settings.replicas).await?;
+        report.lines.push(line);
+    }
     Ok(report)
+}
+
+/// The KV buckets of definitions users make through the API, with the
+/// streams' replicas (they are the only copy of what users defined).
+const DEFINITION_BUCKETS: [(&str, &str); 2] = [
+    (
+        GOALS_BUCKET,
+        "Beacon goals made through the API: <site>.<goal name>",
+    ),
+    (
+        FUNNELS_BUCKET,
+        "Beacon funnels saved through the API: <site>.<funnel name>",
+    ),
+];
+
+/// Create the KV bucket `bucket` if it is missing, else bring its replicas in
+/// line; its stream's layout is the client library's.
+pub async fn ensure_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<String, ProvisionError> {
+    let name = format!("KV_{bucket}");
+    let api = |action: &'static str, message: String| ProvisionError::Api {
+        stream: name.clone(),
+        action,
+        message,
+    };
+    let mut failed = String::new();
+    // A lost create race (another service provisioning) shows on the next look.
+    for _ in 0..3 {
+        match js.get_stream(&name).await {
+            Ok(mut existing) => {
+                let current = existing
+                    .info()
+                    .await
+                    .map_err(|e| api("reading", e.to_string()))?
+                    .config
+                    .clone();
+                if current.num_replicas == replicas {
+                    return Ok(format!("{name}: up to date"));
+                }
+                let from = current.num_replicas;
+                js.update_stream(stream::Config {
+                    num_replicas: replicas,
+                    ..current
+                })
+                .await
+                .map_err(|e| api("updating", e.to_string()))?;
+                return Ok(format!("{name}: updated replicas {from} → {replicas}"));
+            }
+            Err(e) if is_not_found(&e) => {
+                let created = js
+                    .create_key_value(kv::Config {
+                        bucket: bucket.to_owned(),
+                        description: description.to_owned(),
+                        history: 1,
+                        storage: stream::StorageType::File,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                match created {
+                    Ok(_) => return Ok(format!("{name}: created")),
+                    Err(e) => failed = e.to_string(),
+                }
+            }
+            Err(e) => return Err(api("reading", e.to_string())),
+        }
+    }
+    Err(api("creating", failed))
 }
 
 /// Create `wanted` if it is missing, else bring it in line (refusing what

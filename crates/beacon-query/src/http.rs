@@ -48,6 +48,7 @@ pub fn router(node: QueryNode) -> Router {
         .route(ROUTES[8], post(sql))
         .route(ROUTES[9], get(export))
         .route("/api/v1/sites/{site}/{op}", get(site_op))
+        .merge(crate::manage::routes())
         .with_state(node)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
 }
@@ -98,13 +99,13 @@ async fn site_op(
     match Op::parse(&op).filter(|op| op.per_site()) {
         Some(op) => respond(&node, op, &headers, Some(&site), query).await,
         None => QueryError::not_found(format!(
-            "no operation {op:?} (timeseries, breakdown, summary, properties, live, live/stream)"
+            "no operation {op:?} (timeseries, breakdown, summary, properties, live, live/stream, funnel, retention, goals, goals/report, funnels)"
         ))
         .into_response(),
     }
 }
 
-async fn respond(
+pub(crate) async fn respond(
     node: &QueryNode,
     op: Op,
     headers: &HeaderMap,

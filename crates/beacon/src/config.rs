@@ -195,6 +195,8 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         rate_burst: 0,
         domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     };
     let text = format!(
         "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\

@@ -19,7 +19,9 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_INGEST: created",
             "BEACON_REJECTS: created",
             "BEACON_REJECTS_UNAUTH: created",
-            "BEACON_ROLLUPS: created"
+            "BEACON_ROLLUPS: created",
+            "KV_BEACON_GOALS: created",
+            "KV_BEACON_FUNNELS: created"
         ]
     );
     let second = provision(&js, &settings).await.expect("unchanged");
@@ -30,7 +32,9 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_INGEST: up to date",
             "BEACON_REJECTS: up to date",
             "BEACON_REJECTS_UNAUTH: up to date",
-            "BEACON_ROLLUPS: up to date"
+            "BEACON_ROLLUPS: up to date",
+            "KV_BEACON_GOALS: up to date",
+            "KV_BEACON_FUNNELS: up to date"
         ]
     );
 

@@ -36,6 +36,8 @@ pub fn sites() -> Vec<Site> {
         rate_burst: 0,
         domains: vec![],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     };
     vec![
         site("site-0", WRITE, vec![READ_ALL]),

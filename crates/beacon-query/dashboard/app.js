@@ -338,6 +338,18 @@ function baseParams(q, view) {
   return { from: q.from, to: q.to, tz: q.tz, ...filters };
 }
 
+/**
+ * The panels' range: the exact instants the summary covered (with their
+ * offset), so goals, funnels and retention count the same stretch as the
+ * cards without a `tz` (the analysis operations take none).
+ */
+function panelParams(answer, view) {
+  const { summary, q } = answer;
+  const range = summary.range || { from: summary.from, to: summary.to };
+  const { from, to, tz, ...filters } = baseParams(q, view);
+  return { from: range.from, to: range.to, ...filters };
+}
+
 function compareParams(view) {
   if (!api.compare) return {};
   if (view.compare !== 'custom') return { compare: view.compare };
@@ -839,7 +851,7 @@ function refreshPanels() {
   state.panelGen++;
   state.panelsAt = Date.now();
   const view = state.view;
-  const base = baseParams(a.q, view);
+  const base = panelParams(a, view);
   if (view.tab === 'overview') {
     askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer, { pick: api.filters ? (name) => addFilter('goal', name) : null }), {
       missing: 'This Beacon does not report goals yet.',

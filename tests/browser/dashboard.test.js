@@ -257,7 +257,7 @@ test('countries are named in the browser language, shaded on the world map, and 
   assert.equal(await page.textContent(`${germany} .row-label`), 'Germany');
   assert.equal(await page.textContent(`${list} .row[data-value="US"] .row-label`), 'United States');
   // Every counted country is shaded, the top one darkest, and named with its count.
-  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250`);
+  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250${richApi ? '&metric=users' : ''}`);
   await page.waitForSelector(`${list} .map path#de[data-count]`);
   const shaded = await page.$$eval(`${list} .map path[data-count]`, (all) =>
     Object.fromEntries(all.map((p) => [p.id.toUpperCase(), { count: Number(p.dataset.count), level: p.dataset.level, title: p.querySelector('title').textContent }])),
@@ -268,7 +268,8 @@ test('countries are named in the browser language, shaded on the world map, and 
   const top = countries[0];
   assert.equal(shaded[top.value].level, '5');
   assert.equal(shaded[top.value].count, top.count);
-  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} events`);
+  // Visitors where the API ranks by them.
+  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} ${richApi ? 'visitors' : 'events'}`);
   await page.evaluate(() => document.querySelector('.list[data-dimension="country"]').scrollIntoView());
   if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'countries.png'), fullPage: false });
   // A click on a country filters by its code; the chip names it.

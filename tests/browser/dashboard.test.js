@@ -85,6 +85,11 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 }
 
+/** Save one part of the page (`selector`) as a PNG. */
+async function shotOf(page, selector, name) {
+  if (SHOTS) await page.locator(selector).screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
 /**
  * Wait until the dashboard shows a complete answer about `site` whose query
  * differs from `other`, holds `has` and lacks `lacks` (each if given).
@@ -596,8 +601,7 @@ test('the goals and properties panels show the API numbers', { timeout: 60_000 }
   assert.equal(asked.get('from'), (summary.range || summary).from);
   assert.equal(asked.get('to'), (summary.range || summary).to);
   await panelReady(page, 'properties');
-  await page.evaluate(() => document.getElementById('goals').scrollIntoView());
-  if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'goals.png') });
+  await shotOf(page, '.panels', 'goals');
   await close(page);
 });
 
@@ -631,8 +635,7 @@ test('a funnel renders the numbers the API returns for the same question', { tim
   assert.ok(shown[0].users >= shown[1].users && shown[1].users >= shown[2].users);
   // The editor holds the steps; adding one and showing the funnel asks again.
   assert.deepEqual(await page.$$eval('#funnel-steps .step-value', (all) => all.map((i) => i.value)), ['/pricing', 'signup', 'purchase']);
-  await page.evaluate(() => document.getElementById('view-funnel').scrollIntoView());
-  await shot(page, 'funnel');
+  await shotOf(page, '#funnel', 'funnel');
   await page.click('#funnel-add-step');
   await page.fill('#funnel-steps li:last-child .step-value', 'pageview');
   await page.selectOption('#funnel-window', '7d');
@@ -663,8 +666,7 @@ test('a retention table renders the numbers the API returns for the same questio
   assert.equal(today.length, 1);
   assert.equal(today[0].users, answer.cohorts.find((c) => c.users > 0).users);
   assert.equal(today[0].shares[0], '100.0%');
-  await page.evaluate(() => document.getElementById('view-retention').scrollIntoView());
-  await shot(page, 'retention');
+  await shotOf(page, '#retention', 'retention');
   await close(page);
 });
 
@@ -695,7 +697,6 @@ test('the revenue card shows every currency, in its own, none cut short', { time
   assert.match(card.others[0][1], /226,200/);
   assert.match(card.others[1][1], /€/);
   assert.equal(card.cut, false, 'no amount is cut short');
-  await page.evaluate(() => window.scrollTo(0, 0));
-  if (SHOTS) await page.locator('#cards').screenshot({ path: path.join(SHOTS, 'revenue.png') });
+  await shotOf(page, '#cards', 'revenue');
   await close(page);
 });

@@ -18,8 +18,8 @@ pub mod filter;
 pub mod follow;
 pub mod http;
 pub mod live;
-pub mod planner;
 pub mod manage;
+pub mod planner;
 pub mod service;
 pub mod status;
 

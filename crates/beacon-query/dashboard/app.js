@@ -110,8 +110,8 @@ const api = {
   compare: false,
   /** Breakdowns ranked by any metric, each row with several figures. */
   rankByUsers: false,
-  /** Whether the goals report answered: then `goal` is a filter dimension too. */
-  goals: false,
+  /** Whether `goal` is a filter dimension (the `filters` parameter's documentation names it). */
+  goalFilter: false,
 };
 
 /** How a filter's dimension reads: its label, or the property's key. */
@@ -142,6 +142,8 @@ async function learnApi(key) {
     for (const p of op.get?.parameters || []) if (p.name) parameters.add(p.name);
   }
   api.filters = parameters.has('filters');
+  const filtersDoc = Object.values(doc?.components?.parameters || {}).find((p) => p.name === 'filters')?.description || '';
+  api.goalFilter = /\bgoal\b/.test(filtersDoc);
   api.compare = parameters.has('compare');
   api.rankByUsers = api.filters;
   CARDS = ALL_CARDS.filter((c) => metrics.includes(c.metric));
@@ -824,7 +826,6 @@ async function askPanel(box, op, params, draw, { missing }) {
     const answer = await getJson(`${sitePath(view.site)}/${op}`, state.key, params);
     if (pg !== state.panelGen) return;
     draw(answer, body);
-    if (op === 'goals/report') api.goals = true;
     box.dataset.query = query;
     box.dataset.state = 'ready';
     box.title = sourceNote(answer);
@@ -853,7 +854,7 @@ function refreshPanels() {
   const view = state.view;
   const base = panelParams(a, view);
   if (view.tab === 'overview') {
-    askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer, { pick: api.filters ? (name) => addFilter('goal', name) : null }), {
+    askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer, { pick: api.goalFilter ? (name) => addFilter('goal', name) : null }), {
       missing: 'This Beacon does not report goals yet.',
     });
     askPanel($('properties'), 'properties', base, (answer, body) => drawProperties(body, answer, base), {
@@ -1014,7 +1015,7 @@ function openEditor() {
   const form = $('filter-editor');
   $('filter-dimension').replaceChildren(
     ...Object.entries(FILTERS)
-      .filter(([d]) => d !== 'goal' || api.goals)
+      .filter(([d]) => d !== 'goal' || api.goalFilter)
       .map(([d, label]) => el('option', { value: d }, label)),
     api.filters ? el('option', { value: 'props.' }, 'Property…') : null,
   );

@@ -6,8 +6,9 @@
 //! A range is read from the coarsest rollup buckets that fit it exactly (whole
 //! days in the middle, hours and minutes at the edges), so a month costs about
 //! as much as a day. Minute buckets are kept for a shorter time than hours and
-//! days; a range whose edges need minutes that are gone is refused, never
-//! answered approximately.
+//! days; a range whose edges need minutes that are gone is refused with the
+//! kind `not_in_rollups`, never answered approximately, and the planner
+//! ([`crate::planner`]) then asks the event store.
 
 use std::collections::BTreeMap;
 

@@ -315,7 +315,6 @@ impl Question {
     }
 }
 
-/// What the planner needs of a node.
 impl QueryNode {
     /// Answer a question about a site's numbers: from the rollups when they
     /// answer it exactly, else from the event store.
@@ -413,11 +412,12 @@ impl QueryNode {
         v["source"] = "rollups".into();
         v["fresh_through"] = newest.map_or(Value::Null, |ms| rfc3339(ms).into());
         v["range"] = json!({"from": v["from"].clone(), "to": v["to"].clone()});
-        if let Ask::Breakdown { metric, .. } = q.ask
-            && let Some(rows) = v["rows"].as_array_mut()
-        {
-            for row in rows {
-                row[metric.name()] = row["count"].clone();
+        if let Ask::Breakdown { metric, .. } = q.ask {
+            v["metrics"] = json!([metric.name()]);
+            if let Some(rows) = v["rows"].as_array_mut() {
+                for row in rows {
+                    row[metric.name()] = row["count"].clone();
+                }
             }
         }
         Ok(v)
@@ -708,9 +708,19 @@ async fn run_sql(
         .map_err(|e| {
             // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
             let mut e = QueryError::from(e);
-            if e.status == 400 {
-                tracing::error!(error = %e.message, sql, "the planner's SQL failed");
-                e.status = 500;
+            match e.status {
+                400 => {
+                    tracing::error!(error = %e.message, sql, "the planner's SQL failed");
+                    e.status = 500;
+                }
+                // Said in the question's terms, not the SQL's.
+                413 => {
+                    e.message = format!(
+                        "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
+                        e.message
+                    );
+                }
+                _ => {}
             }
             e
         })?;

@@ -414,6 +414,22 @@ async fn comparisons_and_ranges_the_rollups_cannot_cover() {
     );
     assert_eq!(chrome["users"], json!(want.users));
     assert_eq!(chrome["events"], json!(want.events));
+    // A filtered series compared with the day before: its points and totals.
+    let series = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/timeseries?metrics=events&interval=1h&from={}&to={}&compare=previous_period&filters={}",
+            rfc3339(from),
+            rfc3339(to),
+            urlencode("browser==Chrome|Safari")
+        ))
+        .await;
+    let comparison = &series["comparison"];
+    assert_eq!(comparison["points"].as_array().map(Vec::len), Some(24));
+    assert_eq!(
+        comparison["totals"]["events"],
+        json!(before.events),
+        "{comparison}"
+    );
     // A range older than the kept minute buckets is answered, not refused.
     let old = node
         .ok("/api/v1/sites/site-0/summary?metrics=events&from=-30d")
@@ -460,4 +476,97 @@ async fn a_bad_filter_is_a_400_naming_it_over_http_and_nats() {
     }
     s.stop_aggregator();
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn entry_pages_series_and_conversion_rates_equal_the_truth() {
+    let (_s, node, all) = ready().await;
+    let end = end_ms();
+    let (from, to) = (end - 86_400_000, end);
+    let mine: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.site == "site-0" && (from..to).contains(&e.ts.timestamp_millis()))
+        .collect();
+
+    // entry_page selects whole sessions: those whose first page view is /page/3.
+    let mut by_user: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in &mine {
+        by_user.entry(e.user_key()).or_default().push(e);
+    }
+    let (mut events, mut sessions, mut users) = (0i64, 0i64, BTreeSet::new());
+    for (user, mut list) in by_user {
+        list.sort_by_key(|e| e.ts);
+        let mut cut: Vec<Vec<&Event>> = Vec::new();
+        for e in list {
+            match cut.last_mut() {
+                Some(s)
+                    if e.ts.timestamp_millis() - s[s.len() - 1].ts.timestamp_millis()
+                        <= TIMEOUT_MS =>
+                {
+                    s.push(e)
+                }
+                _ => cut.push(vec![e]),
+            }
+        }
+        for s in cut {
+            let entry = s
+                .iter()
+                .filter(|e| e.name == "pageview")
+                .map(|e| (e.ts, e.context.path.clone().unwrap_or_default()))
+                .min();
+            if entry.is_some_and(|(_, p)| p == "/page/3") {
+                sessions += 1;
+                events += s.len() as i64;
+                users.insert(user);
+            }
+        }
+    }
+    assert!(sessions > 0, "the data has such sessions");
+    let range = format!("from={}&to={}", rfc3339(from), rfc3339(to));
+    let entry = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/summary?metrics=events,users,sessions&{range}&filters={}",
+            urlencode("entry_page==/page/3")
+        ))
+        .await;
+    assert_eq!(
+        entry["metrics"]["events"]["value"],
+        json!(events),
+        "{entry}"
+    );
+    assert_eq!(entry["metrics"]["sessions"]["value"], json!(sessions));
+    assert_eq!(entry["metrics"]["users"]["value"], json!(users.len()));
+
+    // A filtered series by hour: each point from the events of its hour.
+    let series = node
+        .ok(&format!(
+            "/api/v1/sites/site-0/timeseries?metrics=events,users,conversion_rate&interval=1h&{range}&filters={}",
+            urlencode("country==DE")
+        ))
+        .await;
+    assert_eq!(series["source"], "store");
+    let points = series["points"].as_array().expect("points");
+    assert_eq!(points.len(), 24, "{series}");
+    for (i, point) in points.iter().enumerate() {
+        let start = from + i as i64 * 3_600_000;
+        let hour: Vec<&&Event> = mine
+            .iter()
+            .filter(|e| (start..start + 3_600_000).contains(&e.ts.timestamp_millis()))
+            .collect();
+        let de: Vec<&&&Event> = hour
+            .iter()
+            .filter(|e| e.context.country.as_deref() == Some("DE"))
+            .collect();
+        let de_users: BTreeSet<&str> = de.iter().map(|e| e.user_key()).collect();
+        let all_users: BTreeSet<&str> = hour.iter().map(|e| e.user_key()).collect();
+        assert_eq!(point["start"], json!(rfc3339(start).replace(".000Z", "Z")));
+        assert_eq!(point["events"], json!(de.len()), "{point}");
+        assert_eq!(point["users"], json!(de_users.len()), "{point}");
+        let rate = if all_users.is_empty() {
+            Value::Null
+        } else {
+            json!((de_users.len() as f64 * 10_000.0 / all_users.len() as f64).round() / 100.0)
+        };
+        assert_eq!(point["conversion_rate"], rate, "{point}");
+    }
 }

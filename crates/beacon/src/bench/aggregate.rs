@@ -270,6 +270,12 @@ fn arrive_late(events: &mut [Event]) {
 /// A day of traffic ending now: page views over a catalogue with a few popular
 /// pages, clicks, sign-ups and purchases in three currencies.
 pub(super) fn day_of_events(n: usize, users: usize) -> Vec<Event> {
+    events_over_days(n, users, 1)
+}
+
+/// `n` events from `users` users spread evenly over the `days` days before
+/// now, a third of them with a `plan` property.
+pub(super) fn events_over_days(n: usize, users: usize, days: usize) -> Vec<Event> {
     const NAMES: [&str; 8] = [
         "pageview",
         "pageview",
@@ -288,7 +294,8 @@ pub(super) fn day_of_events(n: usize, users: usize) -> Vec<Event> {
         ("Edge", "Windows 11", "pc"),
     ];
     let now = chrono::Utc::now().timestamp_millis();
-    let step = 86_400_000 / n.max(1) as i64;
+    let span = 86_400_000 * days.max(1) as i64;
+    let step = span / n.max(1) as i64;
     (0..n)
         .map(|i| {
             // Knuth's multiplicative hash spreads users without a random source,
@@ -300,7 +307,7 @@ pub(super) fn day_of_events(n: usize, users: usize) -> Vec<Event> {
             let page = if page < 30 { page % 6 } else { page };
             let (browser, os, device) = BROWSERS[user % BROWSERS.len()];
             let user_id = format!("user-{user}");
-            let ts = chrono::DateTime::from_timestamp_millis(now - 86_400_000 + i as i64 * step)
+            let ts = chrono::DateTime::from_timestamp_millis(now - span + i as i64 * step)
                 .unwrap_or_default();
             Event {
                 id: format!("bench-{i}"),
@@ -311,7 +318,16 @@ pub(super) fn day_of_events(n: usize, users: usize) -> Vec<Event> {
                 anonymous_id: None,
                 ts,
                 received_at: ts,
-                props: Default::default(),
+                props: if i % 3 == 0 {
+                    [(
+                        "plan".to_owned(),
+                        serde_json::Value::from(["free", "pro", "team"][user % 3]),
+                    )]
+                    .into_iter()
+                    .collect()
+                } else {
+                    Default::default()
+                },
                 revenue: (name == "purchase").then(|| Revenue {
                     amount: rust_decimal::Decimal::new(1999 + (i % 5000) as i64, 2),
                     currency: ["USD", "EUR", "GBP"][i % 3].to_owned(),

@@ -194,6 +194,8 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     let load_rate = ((e2e_rate / 2.0) as usize).max(100);
     let q = QueryArgs {
         events: 3 * n,
+        days: 1,
+        events_per_day: None,
         users: 0,
         requests: args.requests,
         rate: load_rate,

@@ -91,7 +91,11 @@ async fn the_query_benchmark_measures_every_figure() {
     let kinds = report["by_request"]
         .as_object()
         .expect("figures per request");
-    assert_eq!(kinds.len(), 4, "{report}");
+    assert_eq!(kinds.len(), 6, "{report}");
+    // The filtered questions, answered from the event store, beside the rollups'.
+    for kind in ["summary_two_filters_every_metric", "breakdown_property"] {
+        assert!(kinds.contains_key(kind), "{kind}: {report}");
+    }
     for (kind, figures) in kinds {
         for figure in ["requests", "p50_ms", "p99_ms", "response_bytes"] {
             assert!(

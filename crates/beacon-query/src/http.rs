@@ -23,7 +23,7 @@ use crate::{Op, Params, QueryNode};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The routes, as written in the OpenAPI document.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 18] = [
     "/api/v1/openapi.json",
     "/api/v1/sites",
     "/api/v1/status",
@@ -35,6 +35,13 @@ pub const ROUTES: [&str; 11] = [
     "/api/v1/sites/{site}/sql",
     "/api/v1/sites/{site}/export",
     "/api/v1/sites/{site}/properties",
+    crate::manage::GOALS_ROUTE,
+    "/api/v1/sites/{site}/goals/report",
+    crate::manage::GOAL_ROUTE,
+    crate::manage::FUNNELS_ROUTE,
+    crate::manage::FUNNEL_ROUTE,
+    "/api/v1/sites/{site}/funnel",
+    "/api/v1/sites/{site}/retention",
 ];
 
 /// The query API's routes and the dashboard's, to serve alone or beside the

@@ -239,6 +239,34 @@ mod tests {
     }
 
     #[test]
+    fn bad_goals_are_refused_with_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\n\
+             manage_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\n\
+             [[sites.goals]]\nname = \"Both\"\nevent = \"a\"\npath = \"/a\"\n\
+             [[sites.goals]]\nname = \"Twice\"\nevent = \"a\"\n\
+             [[sites.goals]]\nname = \"Twice\"\npath = \"pricing\"\n",
+        )
+        .expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        for expected in [
+            "goal \"Both\": give exactly one of event",
+            "goal \"Twice\" is defined twice",
+            "must start with / or *",
+            "a manage key is also a write key",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_settings_are_refused_by_name() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("beacon.toml");
@@ -331,6 +359,16 @@ mod tests {
             .expect("the example reads");
         assert_eq!(config.query.sql.max_rows, 50_000);
         assert_eq!(config.query.sql.timeout, std::time::Duration::from_secs(10));
+        let shop = &config.sites[0];
+        let goals: Vec<&str> = shop.goals.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(goals, ["Signup", "Pricing", "Pro purchase"]);
+        assert_eq!(shop.goals[1].path.as_deref(), Some("/pricing*"));
+        assert_eq!(
+            shop.goals[2].props.get("plan").map(String::as_str),
+            Some("pro")
+        );
+        assert_eq!(shop.manage_keys.len(), 1);
+        assert!(beacon_core::site_problems(&config.sites).is_empty());
         assert_eq!(
             config.query_settings().segment_cache.dir,
             Some(PathBuf::from("/var/cache/beacon/segments"))

@@ -9,13 +9,14 @@
 use beacon_core::Goal;
 use serde_json::{Map, Value, json};
 
-use super::goals::{goal_sql, path_sql, site_goals};
+use super::goals::{goal_sql, path_sql};
 use super::{
     COUNTED, Range, duration_ms, in_range, int, percent, provenance, rows, split_escaped,
     sql_literal,
 };
 use crate::definitions::{SavedFunnel, default_window};
 use crate::error::QueryError;
+use crate::filter::SqlContext;
 use crate::{Params, QueryNode};
 
 pub const MIN_STEPS: usize = 2;
@@ -153,9 +154,10 @@ pub async fn answer(
     params: &Params,
     range: &Range,
     filter_sql: &str,
+    ctx: &SqlContext,
     now: i64,
 ) -> Result<String, QueryError> {
-    super::only(params, "funnel", &["steps", "window", "funnel"])?;
+    super::only(params, "funnel", &super::FUNNEL_PARAMS)?;
     let (texts, saved_window) = match (&params.steps, &params.funnel) {
         (Some(_), Some(_)) => {
             return Err(QueryError::bad_request(
@@ -171,7 +173,9 @@ pub async fn answer(
         (None, Some(name)) => {
             let saved = crate::definitions::funnels(&node.js, site).await?;
             let funnel = saved.into_iter().find(|f| f.name == *name).ok_or_else(|| {
-                QueryError::not_found(format!("no saved funnel {name:?} on site {site:?}"))
+                QueryError::bad_request(format!(
+                    "funnel: no saved funnel {name:?} on site {site:?}"
+                ))
             })?;
             (funnel.steps, Some(funnel.window))
         }
@@ -183,18 +187,9 @@ pub async fn answer(
         .or(saved_window)
         .unwrap_or_else(default_window);
     let window_ms = parse_window(&window_text)?;
-    let goals: Vec<Goal> = if steps.iter().any(|s| matches!(s, Step::Goal(_))) {
-        site_goals(node, site)
-            .await?
-            .into_iter()
-            .map(|(g, _)| g)
-            .collect()
-    } else {
-        Vec::new()
-    };
     let predicates = steps
         .iter()
-        .map(|s| s.sql(&goals))
+        .map(|s| s.sql(&ctx.goals))
         .collect::<Result<Vec<_>, _>>()?;
     let sql = funnel_sql(&predicates, window_ms, range, filter_sql);
     let row = rows(node, site, &sql)

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::{COUNTED, Range, decimal_text, in_range, int, percent, provenance, rows, sql_literal};
 use crate::error::QueryError;
+use crate::filter::{Filters, SqlContext};
 use crate::{Params, QueryNode};
 
 /// Where a goal is defined: its config goals are read-only through the API.
@@ -89,18 +90,27 @@ pub fn shown(goal: &Goal, source: Source) -> Value {
     value
 }
 
-/// The goals report over `range` for the events `filter_sql` selects.
+/// The goals report over `range`. Goal filters choose the goals listed; the
+/// other filters select the events counted, for the conversions and for the
+/// users they are a rate of alike.
 pub async fn report(
     node: &QueryNode,
     site: &str,
     params: &Params,
     range: &Range,
-    filter_sql: &str,
+    filters: &Filters,
+    ctx: &SqlContext,
     now: i64,
 ) -> Result<String, QueryError> {
     super::only(params, "goals", &[])?;
-    let goals = site_goals(node, site).await?;
-    let mut answer = figures(node, site, &goals, range, filter_sql).await?;
+    let goals: Vec<(Goal, Source)> = site_goals(node, site)
+        .await?
+        .into_iter()
+        .filter(|(g, _)| filters.selects_goal(&g.name))
+        .collect();
+    let filter_sql = filters.without_goals().event_sql(ctx);
+    let mut answer = figures(node, site, &goals, range, &filter_sql).await?;
+    answer.insert("filters".into(), filters.to_json());
     answer.insert("site".into(), json!(site));
     provenance(&mut answer, range, now);
     Ok(Value::Object(answer).to_string())

@@ -14,6 +14,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::error::QueryError;
+use crate::filter::{Filters, SqlContext};
 use crate::{Op, Params, QueryNode};
 
 /// Answer the goals report, a funnel or a retention table.
@@ -24,18 +25,26 @@ pub async fn answer(
     params: &Params,
     now: i64,
 ) -> Result<String, QueryError> {
-    // Filters arrive with the shared filter module; until then, none.
-    let filter_sql = "TRUE";
+    let filters = Filters::parse(params)?;
+    if filters.needs_sessions() {
+        return Err(QueryError::bad_request(format!(
+            "{} does not take entry_page or exit_page filters",
+            op.name()
+        )));
+    }
+    let ctx = SqlContext::of(node, site).await?;
+    filters.check_goals(&ctx)?;
     match op {
         Op::Goals => {
             let range = Range::of(params, now, DAY_MS)?;
-            goals::report(node, site, params, &range, filter_sql, now).await
+            goals::report(node, site, params, &range, &filters, &ctx, now).await
         }
         Op::Funnel => {
             let range = Range::of(params, now, DAY_MS)?;
-            funnel::answer(node, site, params, &range, filter_sql, now).await
+            let filter_sql = filters.event_sql(&ctx);
+            funnel::answer(node, site, params, &range, &filter_sql, &ctx, now).await
         }
-        _ => retention::answer(node, site, params, now, filter_sql).await,
+        _ => retention::answer(node, site, params, now, &filters.event_sql(&ctx)).await,
     }
 }
 
@@ -45,11 +54,7 @@ const DAY_MS: i64 = 86_400_000;
 /// do. Bots are filtered traffic and engagement pings are not events.
 pub const COUNTED: &str = "bot IS NULL AND name <> 'engagement'";
 
-/// Text as a SQL string literal: single quotes doubled. DataFusion's dialect
-/// reads backslashes literally, so nothing else needs escaping.
-pub fn sql_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+pub use crate::filter::sql_literal;
 
 /// `ts` within `[from, to)`, in a form the store prunes segments with.
 pub fn in_range(range: &Range) -> String {
@@ -124,6 +129,12 @@ pub fn decimal_text(text: &str) -> String {
     }
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
+
+/// Parameters of the analysis operations beside `from`, `to`, `filters` and
+/// the filter shorthands (every one of [`crate::engine::COMMON_PARAMS`] but `tz`:
+/// days and weeks are UTC).
+pub const FUNNEL_PARAMS: [&str; 3] = ["steps", "window", "funnel"];
+pub const RETENTION_PARAMS: [&str; 4] = ["period", "periods", "cohort_event", "return_event"];
 
 /// Refuse parameters the operation does not take.
 pub fn only(params: &Params, op: &str, allowed: &[&str]) -> Result<(), QueryError> {
@@ -255,12 +266,6 @@ pub fn split_escaped(text: &str, sep: char) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literals_double_quotes_only() {
-        assert_eq!(sql_literal("it's"), "'it''s'");
-        assert_eq!(sql_literal(r"a\b"), r"'a\b'");
-    }
 
     #[test]
     fn durations_are_checked() {

@@ -118,11 +118,7 @@ pub async fn answer(
     now: i64,
     filter_sql: &str,
 ) -> Result<String, QueryError> {
-    super::only(
-        params,
-        "retention",
-        &["period", "periods", "cohort_event", "return_event"],
-    )?;
+    super::only(params, "retention", &super::RETENTION_PARAMS)?;
     let period = Period::parse(params.period.as_deref())?;
     let (default_periods, most) = period.periods();
     let periods = params.periods.unwrap_or(default_periods);

@@ -602,6 +602,13 @@ test('the goals and properties panels show the API numbers', { timeout: 60_000 }
   assert.equal(asked.get('to'), (summary.range || summary).to);
   await panelReady(page, 'properties');
   await shotOf(page, '.panels', 'goals');
+  // A goal's name filters by it: then the visitors are the goal's converting visitors.
+  await page.click('#goals tr[data-goal="Signup"] .link');
+  const filtered = await ready(page, { has: 'goal%3D%3DSignup' });
+  assert.match(await page.textContent('.chip[data-filter="goal"]'), /Goal is Signup/);
+  const users = await page.$eval('.card[data-metric="users"]', (c) => Number(c.dataset.value));
+  assert.equal(users, rows[0].users);
+  await assertMatchesApi(page, filtered, true);
   await close(page);
 });
 

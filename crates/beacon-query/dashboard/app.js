@@ -1019,8 +1019,7 @@ function openEditor() {
       .map(([d, label]) => el('option', { value: d }, label)),
     api.filters ? el('option', { value: 'props.' }, 'Property…') : null,
   );
-  $('filter-op').replaceChildren(...OPERATORS.filter((o) => api.filters || o.op === '==').map((o) => el('option', { value: o.op }, o.label)));
-  $('filter-op').value = '==';
+  setOperators('');
   $('filter-values').value = '';
   $('filter-prop').value = '';
   $('filter-error').hidden = true;
@@ -1029,6 +1028,15 @@ function openEditor() {
   form.hidden = false;
   $('filter-add').setAttribute('aria-expanded', 'true');
   $('filter-dimension').focus();
+}
+
+/** The conditions the editor offers for `dimension`: "is" alone on an older node, "is" and "is not" for goals. */
+function setOperators(dimension) {
+  const select = $('filter-op');
+  const before = select.value || '==';
+  const ops = OPERATORS.filter((o) => (!api.filters ? o.op === '==' : dimension !== 'goal' || o.op === '==' || o.op === '!='));
+  select.replaceChildren(...ops.map((o) => el('option', { value: o.op }, o.label)));
+  select.value = ops.some((o) => o.op === before) ? before : '==';
 }
 
 function closeEditor() {
@@ -1054,6 +1062,7 @@ function wireEditor() {
   $('filter-add').addEventListener('click', () => ($('filter-editor').hidden ? openEditor() : closeEditor()));
   $('filter-dimension').addEventListener('change', (e) => {
     $('filter-prop-field').hidden = e.target.value !== 'props.';
+    setOperators(e.target.value);
   });
   $('filter-cancel').addEventListener('click', () => {
     closeEditor();

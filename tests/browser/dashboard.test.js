@@ -573,7 +573,14 @@ test('the comparison choice lives in the address and reaches the summary', { tim
   await page.waitForFunction(() => location.hash.includes('compare=previous_year'));
   await page.waitForFunction(() => /last year/.test(document.getElementById('period').textContent));
   assert.ok(asks.includes('previous_year'), asks.join(','));
-  // A visitor card's change is against last year's figure, which the API answers.
+  // The cards hold the comparison period's figures as the API answers them.
+  const query = await page.$eval('#main', (m) => m.dataset.query);
+  const answer = await beacon.api(`/api/v1/sites/shop/summary?${query}&metrics=users,pageviews&compare=previous_year`);
+  for (const metric of ['users', 'pageviews']) {
+    const card = await page.$eval(`.card[data-metric="${metric}"]`, (c) => ({ previous: c.dataset.previous, title: c.querySelector('.change').title }));
+    assert.equal(card.previous, String(answer.comparison.metrics[metric]), metric);
+    assert.match(card.title, /Then: /);
+  }
   await page.reload();
   await ready(page);
   assert.equal(await page.inputValue('#compare'), 'previous_year');

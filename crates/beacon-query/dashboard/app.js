@@ -542,6 +542,16 @@ function compared(summary, metric) {
   return { known: c.available !== false, previous, change: null };
 }
 
+/** A card's figure in the comparison period as the card would show it, or ''. */
+function comparedFigure(card, prior, value) {
+  if (prior === null || prior === undefined) return '';
+  if (card.metric === 'revenue') {
+    const currency = format.mainCurrency(value);
+    return currency ? format.moneyLong(prior?.[currency] ?? 0, currency) : '';
+  }
+  return card.show(card.byReason ? format.total(prior) : prior);
+}
+
 /** The relative change from `previous` to `value` (the difference for rates), or null. */
 function changeOf(card, value, previous) {
   if (previous === null || previous === undefined || value === null || value === undefined) return null;
@@ -636,6 +646,9 @@ function renderCards() {
     changeEl.textContent = change.text;
     changeEl.dataset.tone = change.tone;
     changeEl.title = change.title.replace('the period before', COMPARISONS.find((c) => c.id === state.view.compare)?.text || 'the period before');
+    // The comparison period's own figure, beside the change.
+    const then = comparedFigure(card, prior, figure.value);
+    if (then) changeEl.title += ` Then: ${then}.`;
     button.dataset.previous = prior === null || prior === undefined ? '' : typeof prior === 'object' ? JSON.stringify(prior) : String(prior);
   }
 }

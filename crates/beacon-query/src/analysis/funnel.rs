@@ -113,6 +113,10 @@ pub fn check(funnel: &SavedFunnel) -> Result<(), QueryError> {
 
 /// The SQL of a funnel over `range`: one row with `u<k>` (users reaching step
 /// k) and `m<k>` (median ms from step k−1 to step k) for each step.
+///
+/// Each `f<k>` keeps every user who entered, with `t<k>` null once they drop
+/// out, so each is read once and the events are scanned once per step
+/// (DataFusion inlines CTEs: a chain read again from its end would scan again).
 pub fn funnel_sql(steps: &[String], window_ms: i64, range: &Range, filter_sql: &str) -> String {
     let flags: Vec<String> = steps
         .iter()
@@ -123,27 +127,32 @@ pub fn funnel_sql(steps: &[String], window_ms: i64, range: &Range, filter_sql: &
     let mut sql = format!(
         "WITH e AS (SELECT user_key, CAST(ts AS BIGINT) AS ms, {} FROM events \
          WHERE {} AND {COUNTED} AND ({filter_sql}) AND ({})), \
-         f1 AS (SELECT user_key, min(ms) AS t, min(ms) AS start FROM e WHERE s1 GROUP BY user_key)",
+         f1 AS (SELECT user_key, min(ms) AS start, min(ms) AS t1 FROM e WHERE s1 GROUP BY user_key)",
         flags.join(", "),
         in_range(range),
         any.join(" OR ")
     );
     for k in 2..=steps.len() {
         let p = k - 1;
+        let kept: Vec<String> = (1..k).map(|j| format!("min(p.t{j}) AS t{j}")).collect();
         sql.push_str(&format!(
-            ", f{k} AS (SELECT e.user_key, min(e.ms) AS t, min(p.start) AS start, min(p.t) AS prev \
-             FROM e JOIN f{p} p ON e.user_key = p.user_key \
-             WHERE e.s{k} AND e.ms > p.t AND e.ms <= p.start + {window_ms} GROUP BY e.user_key)"
+            ", f{k} AS (SELECT p.user_key, min(p.start) AS start, {}, min(e.ms) AS t{k} \
+             FROM f{p} p LEFT JOIN e ON e.user_key = p.user_key AND e.s{k} \
+             AND e.ms > p.t{p} AND e.ms <= p.start + {window_ms} GROUP BY p.user_key)",
+            kept.join(", ")
         ));
     }
-    let mut columns = vec!["(SELECT count(*) FROM f1) AS u1".to_owned()];
+    let mut columns = vec!["count(t1) AS u1".to_owned()];
     for k in 2..=steps.len() {
-        columns.push(format!("(SELECT count(*) FROM f{k}) AS u{k}"));
-        columns.push(format!(
-            "(SELECT median(CAST(t - prev AS DOUBLE)) FROM f{k}) AS m{k}"
-        ));
+        let p = k - 1;
+        columns.push(format!("count(t{k}) AS u{k}"));
+        columns.push(format!("median(CAST(t{k} - t{p} AS DOUBLE)) AS m{k}"));
     }
-    sql.push_str(&format!(" SELECT {}", columns.join(", ")));
+    sql.push_str(&format!(
+        " SELECT {} FROM f{}",
+        columns.join(", "),
+        steps.len()
+    ));
     sql
 }
 
@@ -273,10 +282,20 @@ mod tests {
             "TRUE",
         );
         assert!(
-            sql.contains("e.ms > p.t AND e.ms <= p.start + 60000"),
+            sql.contains("e.ms > p.t1 AND e.ms <= p.start + 60000"),
             "{sql}"
         );
         assert!(sql.contains("AS u2"), "{sql}");
         assert!(sql.contains("AS m2"), "{sql}");
+        // Each step's CTE is read once: the events are scanned once per step.
+        let three = funnel_sql(
+            &["a".into(), "b".into(), "c".into()],
+            60_000,
+            &range,
+            "TRUE",
+        );
+        assert_eq!(three.matches("FROM f1 ").count(), 1, "{three}");
+        assert_eq!(three.matches("FROM f2 ").count(), 1, "{three}");
+        assert!(three.ends_with("FROM f3"), "{three}");
     }
 }

@@ -11,6 +11,9 @@ use crate::error::QueryError;
 use crate::filter::{Filters, SqlContext};
 use crate::{Params, QueryNode};
 
+/// Parameters of the goals report beside the range and filters.
+pub const COMPARE_PARAMS: [&str; 3] = ["compare", "compare_from", "compare_to"];
+
 /// Where a goal is defined: its config goals are read-only through the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -102,7 +105,8 @@ pub async fn report(
     ctx: &SqlContext,
     now: i64,
 ) -> Result<String, QueryError> {
-    super::only(params, "goals", &[])?;
+    super::only(params, "goals", &COMPARE_PARAMS)?;
+    let comparison = range.comparison(params, now)?;
     let goals: Vec<(Goal, Source)> = site_goals(node, site)
         .await?
         .into_iter()
@@ -110,6 +114,11 @@ pub async fn report(
         .collect();
     let filter_sql = filters.without_goals().event_sql(ctx);
     let mut answer = figures(node, site, &goals, range, &filter_sql).await?;
+    if let Some(other) = comparison {
+        let mut compared = figures(node, site, &goals, &other, &filter_sql).await?;
+        compared.insert("range".into(), other.json());
+        answer.insert("comparison".into(), Value::Object(compared));
+    }
     answer.insert("filters".into(), filters.to_json());
     answer.insert("site".into(), json!(site));
     provenance(&mut answer, range, now);

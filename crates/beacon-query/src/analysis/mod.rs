@@ -92,9 +92,60 @@ impl Range {
         Ok(Range { from, to })
     }
 
+    /// The range `compare` (`compare_from`, `compare_to`) asks to compare
+    /// with, if any: days and years in UTC, as the analysis operations count.
+    pub fn comparison(&self, params: &Params, now: i64) -> Result<Option<Range>, QueryError> {
+        let custom = params.compare_from.is_some() || params.compare_to.is_some();
+        let range = match params.compare.as_deref() {
+            None | Some("") if custom => {
+                return Err(QueryError::bad_request(
+                    "compare_from and compare_to go with compare=custom",
+                ));
+            }
+            None | Some("") => return Ok(None),
+            Some("previous_period") => Range {
+                from: self.from - (self.to - self.from),
+                to: self.from,
+            },
+            Some("previous_year") => Range {
+                from: year_before(self.from),
+                to: year_before(self.to),
+            },
+            Some("custom") => {
+                let (Some(from), Some(to)) = (&params.compare_from, &params.compare_to) else {
+                    return Err(QueryError::bad_request(
+                        "compare=custom needs compare_from and compare_to",
+                    ));
+                };
+                let span = crate::engine::span(from, to, now)?;
+                Range {
+                    from: span.from,
+                    to: span.to,
+                }
+            }
+            Some(other) => {
+                return Err(QueryError::bad_request(format!(
+                    "compare: {other:?} is not one of previous_period, previous_year, custom"
+                )));
+            }
+        };
+        Ok(Some(range))
+    }
+
     pub fn json(&self) -> Value {
         json!({"from": rfc3339(self.from), "to": rfc3339(self.to)})
     }
+}
+
+/// The same UTC time a year earlier (29 February becomes the 28th).
+fn year_before(ms: i64) -> i64 {
+    use chrono::Datelike;
+    let Some(t) = Utc.timestamp_millis_opt(ms).single() else {
+        return ms;
+    };
+    t.with_year(t.year() - 1)
+        .or_else(|| t.with_day(28).and_then(|d| d.with_year(t.year() - 1)))
+        .map_or(ms, |d| d.timestamp_millis())
 }
 
 /// Unix ms as RFC 3339 in UTC (`2026-11-25T10:00:00Z`).
@@ -152,6 +203,9 @@ pub fn only(params: &Params, op: &str, allowed: &[&str]) -> Result<(), QueryErro
         ("periods", params.periods.is_some()),
         ("cohort_event", params.cohort_event.is_some()),
         ("return_event", params.return_event.is_some()),
+        ("compare", params.compare.is_some()),
+        ("compare_from", params.compare_from.is_some()),
+        ("compare_to", params.compare_to.is_some()),
     ];
     for (name, present) in given {
         if present && !allowed.contains(&name) {
@@ -285,6 +339,50 @@ mod tests {
     fn escaped_splits() {
         assert_eq!(split_escaped(r"a;b\;c;d\\", ';'), ["a", "b;c", r"d\"]);
         assert_eq!(split_escaped("", ';'), [""]);
+    }
+
+    #[test]
+    fn comparisons_are_the_period_before_the_year_before_or_as_asked() {
+        let day = 86_400_000;
+        // 2024-02-29T00:00:00Z to 2024-03-01.
+        let range = Range {
+            from: 1_709_164_800_000,
+            to: 1_709_164_800_000 + day,
+        };
+        let ask = |compare: &str, from: Option<&str>, to: Option<&str>| Params {
+            compare: Some(compare.into()),
+            compare_from: from.map(Into::into),
+            compare_to: to.map(Into::into),
+            ..Params::default()
+        };
+        let before = range.comparison(&ask("previous_period", None, None), 0);
+        assert_eq!(
+            before,
+            Ok(Some(Range {
+                from: range.from - day,
+                to: range.from
+            }))
+        );
+        let year = range.comparison(&ask("previous_year", None, None), 0);
+        // 2023-02-28 to 2023-03-01.
+        assert_eq!(
+            year,
+            Ok(Some(Range {
+                from: 1_677_542_400_000,
+                to: 1_677_628_800_000
+            }))
+        );
+        let custom = range.comparison(&ask("custom", Some("2024-01-01"), Some("2024-01-01")), 0);
+        assert_eq!(
+            custom,
+            Ok(Some(Range {
+                from: 1_704_067_200_000,
+                to: 1_704_153_600_000
+            }))
+        );
+        assert!(range.comparison(&ask("custom", None, None), 0).is_err());
+        assert!(range.comparison(&ask("last_week", None, None), 0).is_err());
+        assert_eq!(range.comparison(&Params::default(), 0), Ok(None));
     }
 
     #[test]

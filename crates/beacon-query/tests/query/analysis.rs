@@ -590,6 +590,35 @@ async fn goals_report_conversions_users_rates_and_revenue_equal_the_truth() {
         goals_truth(&w.shop, &chosen, Some("FR"))
     );
 
+    // Compared with the same range, the figures repeat; with the period
+    // before (no events then), they are zero.
+    let (status, same) = w
+        .node
+        .query(
+            &path,
+            &[
+                ("from", &from),
+                ("to", &to),
+                ("compare", "custom"),
+                ("compare_from", &from),
+                ("compare_to", &to),
+            ],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(figures(&same["comparison"]), figures(&answer));
+    let (_, before) = w
+        .node
+        .query(
+            &path,
+            &[("from", &from), ("to", &to), ("compare", "previous_period")],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(before["comparison"]["users"], 0, "{before}");
+    assert_eq!(before["comparison"]["range"]["to"], json!(from));
+
     // The same over NATS.
     let nats = ask_nats(
         &w.client,
@@ -599,6 +628,31 @@ async fn goals_report_conversions_users_rates_and_revenue_equal_the_truth() {
     .await
     .expect("NATS answer");
     assert_eq!(figures(&nats), figures(&answer));
+
+    // A goal filter works on the other operations too (from the store).
+    let (status, summary) = w
+        .node
+        .query(
+            &format!("/api/v1/sites/{SHOP}/summary"),
+            &[
+                ("from", &from),
+                ("to", &to),
+                ("filters", "goal==Pro purchase"),
+                ("metrics", "events,users"),
+            ],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    let pro = &goals_truth(&w.shop, &[config_goals()[2].clone()], None)["goals"][0];
+    assert_eq!(
+        summary["metrics"]["events"]["value"], pro["conversions"],
+        "{summary}"
+    );
+    assert_eq!(
+        summary["metrics"]["users"]["value"], pro["converting_users"],
+        "{summary}"
+    );
 
     // An unknown goal in a filter is a 400 naming it.
     let (status, body) = w
@@ -990,12 +1044,15 @@ async fn goals_and_funnels_change_only_with_a_manage_key_and_config_goals_stay()
     assert_eq!(status, 200);
 }
 
+/// A path, its query parameters, and what the 400's message says.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_steps_windows_periods_and_names_are_clear_400s() {
     let w = world().await;
     let funnel = format!("/api/v1/sites/{SHOP}/funnel");
     let retention = format!("/api/v1/sites/{APP}/retention");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (&funnel, vec![], "steps is required"),
         (&funnel, vec![("steps", "event:a")], "2 to 8 steps"),
         (&funnel, vec![("steps", "event:a;click:b")], "unknown kind"),

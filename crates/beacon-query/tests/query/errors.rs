@@ -277,7 +277,14 @@ async fn the_openapi_document_matches_the_routes_and_parameters() {
     use beacon_query::analysis::{FUNNEL_PARAMS, RETENTION_PARAMS};
     let common: Vec<&str> = COMMON_PARAMS.into_iter().filter(|p| *p != "tz").collect();
     let analysis = [
-        ("goals/report", common.clone()),
+        (
+            "goals/report",
+            [
+                &common[..],
+                &beacon_query::analysis::goals::COMPARE_PARAMS[..],
+            ]
+            .concat(),
+        ),
         ("funnel", [&common[..], &FUNNEL_PARAMS[..]].concat()),
         ("retention", [&common[..], &RETENTION_PARAMS[..]].concat()),
     ];

@@ -509,6 +509,8 @@ mod tests {
             rate_burst: 0,
             domains: vec![],
             keep_bots: false,
+            manage_keys: vec![],
+            goals: vec![],
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::goal::{Goal, goals_problems};
 use crate::secret::Secret;
 use crate::subject::is_valid_site_id;
 
@@ -34,6 +35,14 @@ pub struct Site {
     /// instead of filtering them out (off by default).
     #[serde(default)]
     pub keep_bots: bool,
+    /// Secrets that may change this site's goals and saved funnels through the
+    /// query API. None by default: such writes are refused until one is added.
+    #[serde(default)]
+    pub manage_keys: Vec<Secret>,
+    /// Goals defined in the config file (`[[sites.goals]]`): read-only
+    /// through the API.
+    #[serde(default)]
+    pub goals: Vec<Goal>,
 }
 
 /// The `domains` entry of a site that takes browser events from pages on any
@@ -87,7 +96,13 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
         if site.write_keys.is_empty() {
             problems.push(format!("sites.{}: needs at least one write key", site.id));
         }
-        for key in site.write_keys.iter().chain(&site.read_keys) {
+        problems.extend(goals_problems(&site.id, &site.goals));
+        for key in site
+            .write_keys
+            .iter()
+            .chain(&site.read_keys)
+            .chain(&site.manage_keys)
+        {
             let key = key.expose();
             if key.chars().count() < MIN_KEY_CHARS || !key.chars().all(|c| c.is_ascii_graphic()) {
                 problems.push(format!(
@@ -117,6 +132,20 @@ pub fn site_problems(sites: &[Site]) -> Vec<String> {
             ));
         }
     }
+    // A manage key changes definitions: it must not be a key that is handed out
+    // to senders (write keys end up in pages and apps).
+    for site in sites {
+        if site
+            .manage_keys
+            .iter()
+            .any(|k| write_keys.contains(k.expose()))
+        {
+            problems.push(format!(
+                "sites.{}: a manage key is also a write key (they must differ)",
+                site.id
+            ));
+        }
+    }
     problems
 }
 
@@ -133,6 +162,8 @@ mod tests {
             rate_burst: 0,
             domains: vec![],
             keep_bots: false,
+            manage_keys: vec![],
+            goals: vec![],
         }
     }
 

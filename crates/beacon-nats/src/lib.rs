@@ -13,8 +13,8 @@ pub use connect::{
     ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect, connects, reconnected,
 };
 pub use provision::{
-    EVENTS_STREAM, INGEST_STREAM, ProvisionError, ProvisionReport, REJECTS_STREAM, ROLLUPS_STREAM,
-    StreamSettings, UNAUTH_REJECTS_STREAM, provision,
+    EVENTS_STREAM, FUNNELS_BUCKET, GOALS_BUCKET, INGEST_STREAM, ProvisionError, ProvisionReport,
+    REJECTS_STREAM, ROLLUPS_STREAM, StreamSettings, UNAUTH_REJECTS_STREAM, provision,
 };
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
 pub use salts::{SALTS_BUCKET, SaltError, Salts};

@@ -17,6 +17,10 @@ pub const INGEST_STREAM: &str = "BEACON_INGEST";
 pub const REJECTS_STREAM: &str = "BEACON_REJECTS";
 pub const UNAUTH_REJECTS_STREAM: &str = "BEACON_REJECTS_UNAUTH";
 pub const ROLLUPS_STREAM: &str = "BEACON_ROLLUPS";
+/// Goals made through the query API: key `<site>.<goal name, key-encoded>`.
+pub const GOALS_BUCKET: &str = "BEACON_GOALS";
+/// Funnels saved through the query API: key `<site>.<funnel name, key-encoded>`.
+pub const FUNNELS_BUCKET: &str = "BEACON_FUNNELS";
 
 /// Stream metadata key recording the partition count fixed at creation.
 const PARTITIONS_KEY: &str = "beacon.partitions";
@@ -209,38 +213,69 @@ pub async fn provision(
         let line = ensure_stream(js, wanted).await?;
         report.lines.push(line);
     }
-    for bucket in [StoreBucket::Manifests, StoreBucket::Segments] {
+    for bucket in Bucket::ALL {
         let line = ensure_bucket(js, bucket, settings.replicas).await?;
         report.lines.push(line);
     }
     Ok(report)
 }
 
-/// The event store's buckets. Their streams' layout is the client library's
-/// (a KV bucket, an object store); Beacon manages only their replicas.
+/// The key-value and object store buckets: the event store's, and the
+/// definitions users make through the API (goals, saved funnels), of which
+/// they are the only copy. Their streams' layout is the client library's;
+/// Beacon manages only their replicas.
 #[derive(Debug, Clone, Copy)]
-enum StoreBucket {
+enum Bucket {
     /// `BEACON_STORE`: one manifest per partition.
     Manifests,
     /// `BEACON_SEGMENTS`: the segment files.
     Segments,
+    /// `BEACON_GOALS`: goals made through the API, `<site>.<goal name>`.
+    Goals,
+    /// `BEACON_FUNNELS`: funnels saved through the API, `<site>.<funnel name>`.
+    Funnels,
 }
 
-impl StoreBucket {
+impl Bucket {
+    const ALL: [Bucket; 4] = [
+        Bucket::Manifests,
+        Bucket::Segments,
+        Bucket::Goals,
+        Bucket::Funnels,
+    ];
+
     fn stream(self) -> String {
         match self {
-            StoreBucket::Manifests => format!("KV_{MANIFEST_BUCKET}"),
-            StoreBucket::Segments => format!("OBJ_{SEGMENT_BUCKET}"),
+            Bucket::Segments => format!("OBJ_{SEGMENT_BUCKET}"),
+            kv => format!("KV_{}", kv.key_value().map_or("", |(name, _)| name)),
+        }
+    }
+
+    /// A key-value bucket's name and description.
+    fn key_value(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Bucket::Manifests => Some((
+                MANIFEST_BUCKET,
+                "Beacon event store: the segments of each partition (p<N>)",
+            )),
+            Bucket::Segments => None,
+            Bucket::Goals => Some((
+                GOALS_BUCKET,
+                "Beacon goals made through the API: <site>.<goal name>",
+            )),
+            Bucket::Funnels => Some((
+                FUNNELS_BUCKET,
+                "Beacon funnels saved through the API: <site>.<funnel name>",
+            )),
         }
     }
 
     async fn create(self, js: &jetstream::Context, replicas: usize) -> Result<(), String> {
-        match self {
-            StoreBucket::Manifests => js
+        match self.key_value() {
+            Some((bucket, description)) => js
                 .create_key_value(kv::Config {
-                    bucket: MANIFEST_BUCKET.to_owned(),
-                    description: "Beacon event store: the segments of each partition (p<N>)"
-                        .to_owned(),
+                    bucket: bucket.to_owned(),
+                    description: description.to_owned(),
                     history: 1,
                     storage: stream::StorageType::File,
                     num_replicas: replicas,
@@ -249,7 +284,7 @@ impl StoreBucket {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            StoreBucket::Segments => js
+            None => js
                 .create_object_store(object_store::Config {
                     bucket: SEGMENT_BUCKET.to_owned(),
                     description: Some(
@@ -270,7 +305,7 @@ impl StoreBucket {
 /// Create a missing store bucket, or bring an existing one's replicas in line.
 async fn ensure_bucket(
     js: &jetstream::Context,
-    bucket: StoreBucket,
+    bucket: Bucket,
     replicas: usize,
 ) -> Result<String, ProvisionError> {
     let name = bucket.stream();

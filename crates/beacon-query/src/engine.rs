@@ -88,6 +88,21 @@ pub struct Params {
     pub compare: Option<String>,
     pub compare_from: Option<String>,
     pub compare_to: Option<String>,
+    // Goals, funnels and retention (`crate::analysis`).
+    /// Funnel steps, `;`-separated: `event:<name>`, `path:<pattern>`, `goal:<name>`.
+    pub steps: Option<String>,
+    /// Funnel conversion window (`30m`, `1d`, `7d`).
+    pub window: Option<String>,
+    /// A saved funnel's name, instead of `steps`.
+    pub funnel: Option<String>,
+    /// Retention cohorts by `day` or `week`.
+    pub period: Option<String>,
+    /// Retention: return periods shown after each cohort's own.
+    pub periods: Option<u32>,
+    /// Retention: the event that puts a user in a cohort (default: any).
+    pub cohort_event: Option<String>,
+    /// Retention: the event that counts as coming back (default: any).
+    pub return_event: Option<String>,
 }
 
 impl Params {

@@ -44,6 +44,11 @@ impl QueryError {
         Self::new(404, message)
     }
 
+    /// 409: the change contradicts what exists (a goal defined in the config file).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)
     }

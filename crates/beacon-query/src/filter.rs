@@ -42,6 +42,9 @@ pub enum Dim {
     Device,
     /// A custom property, by key.
     Prop(String),
+    /// Events that complete one of the site's goals (filters only, `==` and
+    /// `!=`; its predicate comes from the [`SqlContext`]'s goals).
+    Goal,
 }
 
 /// The fixed dimensions: name and the `events` column each reads (`None`:
@@ -113,6 +116,7 @@ impl Dim {
     pub fn name(&self) -> String {
         match self {
             Dim::Prop(key) => format!("props.{key}"),
+            Dim::Goal => GOAL.to_owned(),
             fixed => FIXED
                 .iter()
                 .find(|(d, _, _)| d == fixed)
@@ -126,10 +130,11 @@ impl Dim {
     }
 
     /// Its value on a row of `events` as SQL text, `(none)` where absent;
-    /// `None` for the session-level dimensions.
+    /// `None` for the session-level dimensions and `goal` (a predicate, not a value).
     pub fn event_sql(&self) -> Option<String> {
         match self {
             Dim::Name => Some("name".to_owned()),
+            Dim::Goal => None,
             Dim::Prop(key) => Some(format!(
                 "COALESCE(props[{}], {})",
                 sql_literal(key),
@@ -249,10 +254,40 @@ impl fmt::Display for Filter {
     }
 }
 
-/// What predicates need beyond the filters' text (the `goal` dimension adds
-/// the site's goals here).
+/// The filter dimension of goals: not a column, so not in [`FIXED`], and not
+/// a breakdown dimension (`goals/report` is the goals' breakdown).
+pub const GOAL: &str = "goal";
+
+/// What predicates need beyond the filters' text.
 #[derive(Debug, Clone, Default)]
-pub struct SqlContext {}
+pub struct SqlContext {
+    /// The site's goals (config and API), for `goal==…`.
+    pub goals: Vec<beacon_core::Goal>,
+}
+
+impl SqlContext {
+    /// The context of `site`'s questions: its goals.
+    pub async fn of(node: &crate::QueryNode, site: &str) -> Result<SqlContext, QueryError> {
+        let goals = crate::analysis::goals::site_goals(node, site).await?;
+        Ok(SqlContext {
+            goals: goals.into_iter().map(|(g, _)| g).collect(),
+        })
+    }
+
+    /// The predicate of a `goal` filter: the event completes any of `names`.
+    fn goal_sql(&self, names: &[String]) -> String {
+        let parts: Vec<String> = names
+            .iter()
+            .filter_map(|n| self.goals.iter().find(|g| g.name == *n))
+            .map(crate::analysis::goals::goal_sql)
+            .collect();
+        if parts.is_empty() {
+            "FALSE".to_owned()
+        } else {
+            format!("({})", parts.join(" OR "))
+        }
+    }
+}
 
 /// The filters of a question: all must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -329,13 +364,69 @@ impl Filters {
 
     /// A boolean SQL predicate over the `events` view's columns for the
     /// event-level filters; `TRUE` when there are none.
-    pub fn event_sql(&self, _ctx: &SqlContext) -> String {
+    pub fn event_sql(&self, ctx: &SqlContext) -> String {
         let parts: Vec<String> = self
             .list
             .iter()
-            .filter_map(|f| f.dim.event_sql().map(|value| f.sql_over(&value)))
+            .filter_map(|f| match f.dim {
+                Dim::Goal => {
+                    let any = ctx.goal_sql(&f.values);
+                    Some(if f.op.negated() {
+                        format!("NOT {any}")
+                    } else {
+                        any
+                    })
+                }
+                _ => f.dim.event_sql().map(|value| f.sql_over(&value)),
+            })
             .collect();
         and(parts)
+    }
+
+    /// 400 for a `goal` filter naming a goal the site does not have.
+    pub fn check_goals(&self, ctx: &SqlContext) -> Result<(), QueryError> {
+        for f in self.list.iter().filter(|f| f.dim == Dim::Goal) {
+            for name in &f.values {
+                if !ctx.goals.iter().any(|g| g.name == *name) {
+                    let known: Vec<&str> = ctx.goals.iter().map(|g| g.name.as_str()).collect();
+                    return Err(QueryError::bad_request(format!(
+                        "filter {:?}: unknown goal {name:?} (this site's goals: {})",
+                        f.to_string(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a filter is on goals.
+    pub fn has_goals(&self) -> bool {
+        self.list.iter().any(|f| f.dim == Dim::Goal)
+    }
+
+    /// The same filters without those on goals.
+    pub fn without_goals(&self) -> Filters {
+        Filters {
+            list: self
+                .list
+                .iter()
+                .filter(|f| f.dim != Dim::Goal)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether the goal filters let `name` through (for lists of goals).
+    pub fn selects_goal(&self, name: &str) -> bool {
+        self.list
+            .iter()
+            .filter(|f| f.dim == Dim::Goal)
+            .all(|f| f.accepts(name))
     }
 
     /// A boolean SQL predicate over a session's `entry_page` and `exit_page`
@@ -467,7 +558,11 @@ fn parse_one(part: &[(char, bool)], whole: &str) -> Result<Filter, QueryError> {
             )
         })?;
     let dim_text = text_of(&part[..dim_len]);
-    let dim = Dim::parse(&dim_text).map_err(|e| refuse(e.message))?;
+    let dim = if dim_text == GOAL {
+        Dim::Goal
+    } else {
+        Dim::parse(&dim_text).map_err(|e| refuse(format!("{} or {GOAL}", e.message)))?
+    };
     let rest = &part[dim_len..];
     let rest_text = text_of(rest);
     let (op_text, op) = OPS
@@ -488,6 +583,11 @@ fn parse_one(part: &[(char, bool)], whole: &str) -> Result<Filter, QueryError> {
         return Err(refuse(
             "empty value (give one, or several joined by |)".to_owned(),
         ));
+    }
+    if dim == Dim::Goal && !matches!(op, Op::Is | Op::IsNot) {
+        return Err(refuse(format!(
+            "{GOAL} filters take == or != (goal names, joined by |)"
+        )));
     }
     if *op == Op::Matches {
         for v in &values {
@@ -664,6 +764,34 @@ mod tests {
         );
         assert_eq!(Filters::default().event_sql(&SqlContext::default()), "TRUE");
         assert!(!Filters::default().needs_sessions());
+    }
+
+    #[test]
+    fn goal_filters_read_the_sites_goals() {
+        let ctx = SqlContext {
+            goals: vec![beacon_core::Goal {
+                name: "Sign up".into(),
+                event: Some("signup".into()),
+                path: None,
+                props: Default::default(),
+            }],
+        };
+        let f = Filters::parse_text("goal==Sign up").expect("parse");
+        assert_eq!(f.event_sql(&ctx), "(COALESCE((name = 'signup'), FALSE))");
+        assert!(f.check_goals(&ctx).is_ok());
+        assert!(f.selects_goal("Sign up") && !f.selects_goal("Other"));
+        assert!(f.without_goals().is_empty());
+        let not = Filters::parse_text("goal!=Sign up").expect("parse");
+        assert_eq!(
+            not.event_sql(&ctx),
+            "NOT (COALESCE((name = 'signup'), FALSE))"
+        );
+        let unknown = Filters::parse_text("goal==Nope").expect("parse");
+        let e = unknown.check_goals(&ctx).expect_err("unknown");
+        assert!(e.message.contains("unknown goal \"Nope\""), "{e}");
+        let e = Filters::parse_text("goal*=Sign").expect_err("contains");
+        assert!(e.message.contains("take == or !="), "{e}");
+        assert!(Dim::parse(GOAL).is_err(), "goal is no breakdown dimension");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{Op, Params, QueryNode};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The routes, as written in the OpenAPI document.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 18] = [
     "/api/v1/openapi.json",
     "/api/v1/sites",
     "/api/v1/status",
@@ -35,6 +35,13 @@ pub const ROUTES: [&str; 11] = [
     "/api/v1/sites/{site}/sql",
     "/api/v1/sites/{site}/export",
     "/api/v1/sites/{site}/properties",
+    crate::manage::GOALS_ROUTE,
+    "/api/v1/sites/{site}/goals/report",
+    crate::manage::GOAL_ROUTE,
+    crate::manage::FUNNELS_ROUTE,
+    crate::manage::FUNNEL_ROUTE,
+    "/api/v1/sites/{site}/funnel",
+    "/api/v1/sites/{site}/retention",
 ];
 
 /// The query API's routes and the dashboard's, to serve alone or beside the
@@ -48,6 +55,7 @@ pub fn router(node: QueryNode) -> Router {
         .route(ROUTES[8], post(sql))
         .route(ROUTES[9], get(export))
         .route("/api/v1/sites/{site}/{op}", get(site_op))
+        .merge(crate::manage::routes())
         .with_state(node)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
 }
@@ -98,13 +106,13 @@ async fn site_op(
     match Op::parse(&op).filter(|op| op.per_site()) {
         Some(op) => respond(&node, op, &headers, Some(&site), query).await,
         None => QueryError::not_found(format!(
-            "no operation {op:?} (timeseries, breakdown, summary, properties, live, live/stream)"
+            "no operation {op:?} (timeseries, breakdown, summary, properties, live, live/stream, funnel, retention, goals, goals/report, funnels)"
         ))
         .into_response(),
     }
 }
 
-async fn respond(
+pub(crate) async fn respond(
     node: &QueryNode,
     op: Op,
     headers: &HeaderMap,

@@ -8,14 +8,17 @@
 //! stream's tail in memory). Nodes hold no state of their own: run as many as
 //! needed.
 
+pub mod analysis;
 pub mod auth;
 pub mod dashboard;
+pub mod definitions;
 pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod follow;
 pub mod http;
 pub mod live;
+pub mod manage;
 pub mod planner;
 pub mod service;
 pub mod status;
@@ -43,10 +46,14 @@ pub enum Op {
     Live,
     Status,
     Properties,
+    /// The goals report (HTTP `goals/report`).
+    Goals,
+    Funnel,
+    Retention,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 10] = [
         Op::Sites,
         Op::Timeseries,
         Op::Breakdown,
@@ -54,6 +61,9 @@ impl Op {
         Op::Live,
         Op::Status,
         Op::Properties,
+        Op::Goals,
+        Op::Funnel,
+        Op::Retention,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -65,6 +75,9 @@ impl Op {
             Op::Live => "live",
             Op::Status => "status",
             Op::Properties => "properties",
+            Op::Goals => "goals",
+            Op::Funnel => "funnel",
+            Op::Retention => "retention",
         }
     }
 
@@ -72,7 +85,14 @@ impl Op {
     pub const fn per_site(self) -> bool {
         matches!(
             self,
-            Op::Timeseries | Op::Breakdown | Op::Summary | Op::Live | Op::Properties
+            Op::Timeseries
+                | Op::Breakdown
+                | Op::Summary
+                | Op::Live
+                | Op::Properties
+                | Op::Goals
+                | Op::Funnel
+                | Op::Retention
         )
     }
 
@@ -89,6 +109,8 @@ pub struct QueryNode {
     rollups: Rollups,
     live: Live,
     keys: Arc<auth::Keys>,
+    /// Goals and manage keys from the config file, per site.
+    definitions: Arc<definitions::Config>,
     partitions: u32,
     shutdown: watch::Receiver<bool>,
     /// The event store's engine; `None` only if no cache directory could be made.
@@ -116,6 +138,7 @@ impl QueryNode {
             rollups: Rollups::default(),
             live: Live::default(),
             keys: Arc::new(auth::Keys::new(sites)),
+            definitions: Arc::new(definitions::Config::new(sites)),
             partitions,
             shutdown,
             store,
@@ -316,6 +339,9 @@ impl QueryNode {
             return status::status(self, now, scope)
                 .await
                 .map(|v| v.to_string());
+        }
+        if matches!(op, Op::Goals | Op::Funnel | Op::Retention) {
+            return analysis::answer(self, op, site, params, now).await;
         }
         if op == Op::Live {
             if *params != Params::default() {

@@ -198,6 +198,8 @@ pub fn write_starter_config(data_dir: &Path) -> std::io::Result<(PathBuf, Site)>
         rate_burst: 0,
         domains: vec![crate::sites::ANY_DOMAIN.to_owned()],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     };
     let text = format!(
         "# Created by `beacon up`. Edit freely (or with `beacon sites`): Beacon reads it at start-up.\n\
@@ -271,6 +273,34 @@ mod tests {
         .expect_err("config is refused");
         assert!(err.contains("store.flush_rows must be 1 to"), "{err}");
         assert!(err.contains("store.retention must be at least 1h"), "{err}");
+    }
+
+    #[test]
+    fn bad_goals_are_refused_with_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\n\
+             manage_keys = [\"wk_3f9c2a7b1e8d4c60a5b2\"]\n\
+             [[sites.goals]]\nname = \"Both\"\nevent = \"a\"\npath = \"/a\"\n\
+             [[sites.goals]]\nname = \"Twice\"\nevent = \"a\"\n\
+             [[sites.goals]]\nname = \"Twice\"\npath = \"pricing\"\n",
+        )
+        .expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        for expected in [
+            "goal \"Both\": give exactly one of event",
+            "goal \"Twice\" is defined twice",
+            "must start with / or *",
+            "a manage key is also a write key",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]
@@ -366,6 +396,16 @@ mod tests {
             .expect("the example reads");
         assert_eq!(config.query.sql.max_rows, 50_000);
         assert_eq!(config.query.sql.timeout, std::time::Duration::from_secs(10));
+        let shop = &config.sites[0];
+        let goals: Vec<&str> = shop.goals.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(goals, ["Signup", "Pricing", "Pro purchase"]);
+        assert_eq!(shop.goals[1].path.as_deref(), Some("/pricing*"));
+        assert_eq!(
+            shop.goals[2].props.get("plan").map(String::as_str),
+            Some("pro")
+        );
+        assert_eq!(shop.manage_keys.len(), 1);
+        assert!(beacon_core::site_problems(&config.sites).is_empty());
         assert_eq!(
             config.query_settings().segment_cache.dir,
             Some(PathBuf::from("/var/cache/beacon/segments"))

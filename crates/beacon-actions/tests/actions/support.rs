@@ -20,6 +20,8 @@ pub fn site() -> Site {
         rate_burst: 0,
         domains: vec![],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     }
 }
 

@@ -30,6 +30,8 @@ pub fn sites() -> Vec<Site> {
         rate_burst: 0,
         domains: vec![],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     }]
 }
 

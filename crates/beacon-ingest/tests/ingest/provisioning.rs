@@ -21,7 +21,9 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_REJECTS_UNAUTH: created",
             "BEACON_ROLLUPS: created",
             "KV_BEACON_STORE: created",
-            "OBJ_BEACON_SEGMENTS: created"
+            "OBJ_BEACON_SEGMENTS: created",
+            "KV_BEACON_GOALS: created",
+            "KV_BEACON_FUNNELS: created"
         ]
     );
     let second = provision(&js, &settings).await.expect("unchanged");
@@ -34,7 +36,9 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_REJECTS_UNAUTH: up to date",
             "BEACON_ROLLUPS: up to date",
             "KV_BEACON_STORE: up to date",
-            "OBJ_BEACON_SEGMENTS: up to date"
+            "OBJ_BEACON_SEGMENTS: up to date",
+            "KV_BEACON_GOALS: up to date",
+            "KV_BEACON_FUNNELS: up to date"
         ]
     );
 

@@ -52,6 +52,8 @@ impl Default for Setup {
                     rate_burst: 0,
                     domains: vec!["shop.example".into()],
                     keep_bots: false,
+                    manage_keys: vec![],
+                    goals: vec![],
                 },
                 Site {
                     id: "blog".into(),
@@ -61,6 +63,8 @@ impl Default for Setup {
                     rate_burst: 5,
                     domains: vec!["blog.example".into()],
                     keep_bots: false,
+                    manage_keys: vec![],
+                    goals: vec![],
                 },
             ],
             extra: axum::Router::new(),

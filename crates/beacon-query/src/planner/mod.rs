@@ -425,7 +425,14 @@ impl QueryNode {
 
     async fn ask_store(&self, q: &Question) -> Result<Value, QueryError> {
         let engine = self.engine()?;
-        let ctx = SqlContext::default();
+        // Goals are read only when a filter names one (a KV read).
+        let ctx = if q.filters.has_goals() {
+            let ctx = SqlContext::of(self, &q.site).await?;
+            q.filters.check_goals(&ctx)?;
+            ctx
+        } else {
+            SqlContext::default()
+        };
         let timeout_ms = self.session_timeout_ms();
         let mut out = Map::new();
         out.insert("site".into(), q.site.clone().into());

@@ -274,7 +274,21 @@ async fn the_openapi_document_matches_the_routes_and_parameters() {
             [&COMMON_PARAMS[..], &BREAKDOWN_PARAMS[..]].concat(),
         ),
     ];
-    for (op, mut want) in expected {
+    use beacon_query::analysis::{FUNNEL_PARAMS, RETENTION_PARAMS};
+    let common: Vec<&str> = COMMON_PARAMS.into_iter().filter(|p| *p != "tz").collect();
+    let analysis = [
+        (
+            "goals/report",
+            [
+                &common[..],
+                &beacon_query::analysis::goals::COMPARE_PARAMS[..],
+            ]
+            .concat(),
+        ),
+        ("funnel", [&common[..], &FUNNEL_PARAMS[..]].concat()),
+        ("retention", [&common[..], &RETENTION_PARAMS[..]].concat()),
+    ];
+    for (op, mut want) in expected.into_iter().chain(analysis) {
         let get = &paths[&format!("/api/v1/sites/{{site}}/{op}")]["get"];
         let mut got: Vec<String> = get["parameters"]
             .as_array()

@@ -2,6 +2,7 @@
 //! identical over HTTP, over NATS and from two replicas; live updates; every
 //! bad parameter and key; loading before ready; the OpenAPI document.
 
+mod analysis;
 mod answers;
 mod enriched;
 mod errors;

@@ -36,6 +36,8 @@ pub fn sites() -> Vec<Site> {
         rate_burst: 0,
         domains: vec![],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     };
     vec![
         site("site-0", WRITE, vec![READ_ALL]),
@@ -133,8 +135,13 @@ pub struct Node {
 }
 
 pub async fn node(client: &async_nats::Client) -> Node {
+    node_of(client, &sites()).await
+}
+
+/// A query node of `sites` in this process, its HTTP API on a free port.
+pub async fn node_of(client: &async_nats::Client, sites: &[Site]) -> Node {
     let (stop, shutdown) = watch::channel(false);
-    let node = QueryNode::new(client.clone(), &sites(), PARTITIONS, shutdown.clone());
+    let node = QueryNode::new(client.clone(), sites, PARTITIONS, shutdown.clone());
     tokio::spawn(node.clone().run());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -98,6 +98,8 @@ fn bench_config(urls: Vec<String>) -> anyhow::Result<Config> {
         rate_burst: 0,
         domains: vec![],
         keep_bots: false,
+        manage_keys: vec![],
+        goals: vec![],
     }];
     Ok(config)
 }

@@ -311,6 +311,18 @@ pub(super) async fn latencies(
             "breakdown by a property (store)",
             format!("{api}/breakdown?{range}&dimension=props.plan&metrics=users,events,revenue"),
         ),
+        (
+            FUNNEL,
+            "3-step funnel, 1-day window (store)",
+            format!(
+                "{api}/funnel?{range}&steps=path%3A%2F*%3Bevent%3Asignup%3Bevent%3Apurchase&window=1d"
+            ),
+        ),
+        (
+            RETENTION,
+            "retention table by day (store)",
+            format!("{api}/retention?{range}&period=day"),
+        ),
     ];
     let mut kinds: Vec<Kind> = requests
         .iter()
@@ -355,9 +367,11 @@ pub(super) async fn latencies(
 /// The filtered questions, answered from the event store.
 const FILTERED_SUMMARY: &str = "summary_two_filters_every_metric";
 const PROPERTY_BREAKDOWN: &str = "breakdown_property";
+const FUNNEL: &str = "funnel_three_steps";
+const RETENTION: &str = "retention_by_day";
 
 fn is_store(kind: &str) -> bool {
-    kind == FILTERED_SUMMARY || kind == PROPERTY_BREAKDOWN
+    [FILTERED_SUMMARY, PROPERTY_BREAKDOWN, FUNNEL, RETENTION].contains(&kind)
 }
 
 /// Whether an answer counts the whole day, so its time is that of a real answer.

@@ -18,7 +18,7 @@ export const KEYS = {
   wikiWrite: 'wk_browser_wiki_00000000',
 };
 
-/** "shop" gets the known events (and the tracker's, from pages on localhost); "wiki" stays empty. */
+/** "shop" gets the known events (and the tracker's, from pages on localhost) and three goals; "wiki" stays empty. */
 const CONFIG = `
 [[sites]]
 id = "shop"
@@ -26,6 +26,18 @@ write_keys = ["${KEYS.shopWrite}"]
 read_keys = ["${KEYS.team}"]
 rate_limit = 0
 domains = ["localhost"]
+
+[[sites.goals]]
+name = "Signup"
+event = "signup"
+
+[[sites.goals]]
+name = "Pricing"
+path = "/pricing*"
+
+[[sites.goals]]
+name = "Purchase"
+event = "purchase"
 
 [[sites]]
 id = "wiki"

@@ -20,6 +20,8 @@ const LISTS = ['path', 'entry_page', 'referrer_source', 'browser', 'os', 'device
 let beacon;
 let browser;
 let known;
+/** Whether this Beacon takes the `filters` parameter (every figure under any filters), from its OpenAPI document. */
+let richApi = false;
 
 before(async () => {
   beacon = await Beacon.start();
@@ -30,6 +32,8 @@ before(async () => {
     const s = await beacon.api('/api/v1/sites/shop/summary?from=-1h&metrics=events');
     return s.metrics.events.value === known.events;
   });
+  const doc = await beacon.api('/api/v1/openapi.json');
+  richApi = Object.values(doc.components.parameters || {}).some((p) => p.name === 'filters');
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
@@ -81,6 +85,11 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 }
 
+/** Save one part of the page (`selector`) as a PNG. */
+async function shotOf(page, selector, name) {
+  if (SHOTS) await page.locator(selector).screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
 /**
  * Wait until the dashboard shows a complete answer about `site` whose query
  * differs from `other`, holds `has` and lacks `lacks` (each if given).
@@ -130,6 +139,14 @@ function lists(page) {
   );
 }
 
+/**
+ * How a "dimension is value" filter shows in the question the page asked
+ * (main's data-query): inside `filters=` where the API takes it, else as a
+ * shorthand parameter. Without `value`, any such filter on the dimension.
+ */
+const asked = (dimension, value = '') =>
+  richApi ? `${dimension}%3D%3D${encodeURIComponent(value)}` : `${dimension}=${encodeURIComponent(value)}`;
+
 /** The value a card holds for an API figure. */
 const asCard = (metric, value) => {
   if (metric === 'revenue') return JSON.stringify(value);
@@ -141,7 +158,8 @@ const asCard = (metric, value) => {
 async function assertMatchesApi(page, query, filtered) {
   const site = '/api/v1/sites/shop';
   // Every card the page shows (more where the API offers engagement and bot figures).
-  const metrics = filtered ? 'events,pageviews' : await page.$$eval('.card', (all) => all.map((c) => c.dataset.metric).join(','));
+  const legacy = filtered && !richApi;
+  const metrics = legacy ? 'events,pageviews' : await page.$$eval('.card', (all) => all.map((c) => c.dataset.metric).join(','));
   const summary = await beacon.api(`${site}/summary?${query}&metrics=${metrics}`);
   const shown = await cards(page);
   for (const [metric, card] of Object.entries(shown)) {
@@ -160,13 +178,14 @@ async function assertMatchesApi(page, query, filtered) {
   for (const dimension of LISTS) assert.ok(shownLists.includes(dimension), `the ${dimension} list is shown`);
   for (const dimension of shownLists) {
     if (rows[dimension] === null) {
-      assert.ok(filtered, `${dimension} is available without a filter`);
+      assert.ok(legacy, `${dimension} is available without a filter, and with any filter where the API takes them`);
       continue;
     }
-    const answer = await beacon.api(`${site}/breakdown?${query}&dimension=${dimension}&limit=10`);
-    // A row shows its value and ranking figure; the API's rows carry every figure of `metrics` too.
-    const ranked = answer.rows.map(({ value, count }) => ({ value, count }));
-    assert.deepEqual(rows[dimension], ranked, `top list ${dimension}`);
+    // Visitors first where the API ranks by them; else the rollups' counts.
+    const ranking = richApi ? '&metric=users&metrics=users,events,pageviews' : '';
+    const answer = await beacon.api(`${site}/breakdown?${query}&dimension=${dimension}&limit=10${ranking}`);
+    const expected = answer.rows.map((r) => ({ value: r.value, count: Number(r.users ?? r.count) }));
+    assert.deepEqual(rows[dimension], expected, `top list ${dimension}`);
   }
   return summary;
 }
@@ -243,7 +262,7 @@ test('countries are named in the browser language, shaded on the world map, and 
   assert.equal(await page.textContent(`${germany} .row-label`), 'Germany');
   assert.equal(await page.textContent(`${list} .row[data-value="US"] .row-label`), 'United States');
   // Every counted country is shaded, the top one darkest, and named with its count.
-  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250`);
+  const answer = await beacon.api(`/api/v1/sites/shop/breakdown?${query}&dimension=country&limit=250${richApi ? '&metric=users' : ''}`);
   await page.waitForSelector(`${list} .map path#de[data-count]`);
   const shaded = await page.$$eval(`${list} .map path[data-count]`, (all) =>
     Object.fromEntries(all.map((p) => [p.id.toUpperCase(), { count: Number(p.dataset.count), level: p.dataset.level, title: p.querySelector('title').textContent }])),
@@ -254,12 +273,13 @@ test('countries are named in the browser language, shaded on the world map, and 
   const top = countries[0];
   assert.equal(shaded[top.value].level, '5');
   assert.equal(shaded[top.value].count, top.count);
-  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} events`);
+  // Visitors where the API ranks by them.
+  assert.equal(shaded.DE.title, `Germany: ${shaded.DE.count} ${richApi ? 'visitors' : 'events'}`);
   await page.evaluate(() => document.querySelector('.list[data-dimension="country"]').scrollIntoView());
   if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'countries.png'), fullPage: false });
   // A click on a country filters by its code; the chip names it.
   await page.click(`${list} .map path#de`);
-  await ready(page, { has: 'country=DE' });
+  await ready(page, { has: asked('country', 'DE') });
   assert.match(await page.textContent('.chip[data-filter="country"]'), /Country is Germany/);
   await close(page);
 });
@@ -272,13 +292,14 @@ test('clicking a top-list row filters the whole dashboard; its chip removes the 
   const unfiltered = await cards(page);
 
   await page.click('.list[data-dimension="path"] .row[data-value="/pricing"]');
-  query = await ready(page, { has: 'path=%2Fpricing' });
+  query = await ready(page, { has: asked('path', '/pricing') });
   assert.match(await page.textContent('.chip[data-filter="path"]'), /Page is \/pricing/);
   const summary = await assertMatchesApi(page, query, true);
   assert.equal(summary.metrics.pageviews.value, known.pageviewsOn('/pricing'));
   const filtered = await cards(page);
   assert.notEqual(filtered.pageviews.value, unfiltered.pageviews.value, 'the numbers changed');
-  assert.equal(await page.getAttribute('.list[data-dimension="browser"]', 'data-available'), 'false');
+  // Where the API takes `filters`, every list keeps its rows under a filter.
+  assert.equal(await page.getAttribute('.list[data-dimension="browser"]', 'data-available'), String(richApi));
   // The feed keeps only the events that pass the filter.
   const pages = await page.$$eval('#feed .feed-where', (all) => all.map((e) => e.textContent));
   assert.ok(pages.length > 0 && pages.every((p) => p.startsWith('/pricing')), pages.join(', '));
@@ -286,13 +307,13 @@ test('clicking a top-list row filters the whole dashboard; its chip removes the 
 
   // A second filter on the event name, then both removed.
   await page.click('.list[data-dimension="name"] .row[data-value="signup"]');
-  query = await ready(page, { has: 'name=signup' });
+  query = await ready(page, { has: asked('name', 'signup') });
   await assertMatchesApi(page, query, true);
   assert.equal(await page.locator('.chip').count(), 2);
   await page.click('.chip[data-filter="name"] .chip-remove');
-  query = await ready(page, { lacks: 'name=' });
+  query = await ready(page, { lacks: asked('name') });
   await page.click('.chip[data-filter="path"] .chip-remove');
-  query = await ready(page, { lacks: 'path=' });
+  query = await ready(page, { lacks: asked('path') });
   assert.equal(await page.locator('.chip').count(), 0);
   assert.deepEqual(await cards(page), unfiltered);
   await assertMatchesApi(page, query, false);
@@ -302,16 +323,22 @@ test('clicking a top-list row filters the whole dashboard; its chip removes the 
 test('realtime with a filter, a custom range and UTC all ask questions the API answers', { timeout: 60_000 }, async () => {
   const page = await open();
   let query = await signIn(page);
-  // Realtime filtered by a page: whole hours, said in a note.
+  // Realtime filtered by a page: the last 30 minutes where the store answers
+  // filters; else whole hours from the rollups, said in a note.
   await page.selectOption('#range', 'realtime');
   query = await ready(page, { other: query, has: 'from=-30m' });
   await page.click('.list[data-dimension="path"] .row[data-value="/docs"]');
-  query = await ready(page, { has: 'path=%2Fdocs' });
-  assert.match(query, /from=\d{4}-\d\d-\d\dT\d\d%3A00%3A00Z/, 'a whole hour');
-  assert.match(await page.textContent('#note'), /whole hour/);
+  query = await ready(page, { has: asked('path', '/docs') });
+  if (richApi) {
+    assert.match(query, /from=-30m/);
+    assert.equal(await page.isHidden('#note'), true);
+  } else {
+    assert.match(query, /from=\d{4}-\d\d-\d\dT\d\d%3A00%3A00Z/, 'a whole hour');
+    assert.match(await page.textContent('#note'), /whole hour/);
+  }
   await assertMatchesApi(page, query, true);
   await page.click('.chip[data-filter="path"] .chip-remove');
-  query = await ready(page, { lacks: 'path=' });
+  query = await ready(page, { lacks: asked('path') });
   // A custom range of two days, then in UTC.
   await page.selectOption('#range', 'custom');
   await page.waitForSelector('#custom:not([hidden])');
@@ -420,11 +447,11 @@ test('the keyboard reaches and works the sign-in, the chart, the top lists and t
   await page.waitForFunction((n) => document.querySelector('.card[data-metric="events"]').dataset.value === String(n + 1), events);
   assert.equal(await focused(), value, 'the focus stayed on the row');
   await page.keyboard.press('Enter');
-  await ready(page, { has: `path=${encodeURIComponent(value)}` });
+  await ready(page, { has: asked('path', value) });
   // The focus lands on the new chip's remove button; Enter removes it.
   await page.waitForFunction(() => document.activeElement?.classList.contains('chip-remove'));
   await page.keyboard.press('Enter');
-  await ready(page, { lacks: 'path=' });
+  await ready(page, { lacks: asked('path') });
   await close(page);
 });
 
@@ -440,7 +467,250 @@ test('on a phone-width screen nothing overflows and a row can be tapped', { time
   assert.deepEqual(outside, []);
   await shot(page, 'phone');
   await page.tap('.list[data-dimension="browser"] .row[data-value="Firefox"]');
-  await ready(page, { has: 'browser=Firefox' });
+  await ready(page, { has: asked('browser', 'Firefox') });
   await page.waitForSelector('.chip[data-filter="browser"]');
+  await close(page);
+});
+
+// ---- Issue 16: filters that keep every figure, the filter editor, comparison,
+// goals, properties, funnels, retention and the revenue card's currencies.
+
+/** Open the dashboard at `hash` after signing in; the question it asked. */
+async function openAt(hash, options = {}) {
+  const page = await open(options);
+  const first = await signIn(page);
+  await page.evaluate((h) => {
+    location.hash = h;
+  }, hash);
+  const query = await ready(page, { other: first });
+  return { page, query };
+}
+
+/** Wait for a panel (goals, properties, funnel, retention) to show an answer; the question it asked. */
+async function panelReady(page, id) {
+  await page.waitForSelector(`#${id}[data-state="ready"]`);
+  return page.$eval(`#${id}`, (p) => p.dataset.query);
+}
+
+test('under two filters every card and list keeps its numbers, equal to the API', { timeout: 90_000 }, async () => {
+  assert.ok(richApi, 'this Beacon takes the filters parameter');
+  const filters = 'path==/pricing|/docs;browser!=Firefox';
+  const { page, query } = await openAt(`site=shop&range=7d&filters=${encodeURIComponent(filters)}`);
+  assert.ok(query.includes(new URLSearchParams({ filters }).toString()), query);
+  const summary = await assertMatchesApi(page, query, true);
+  const shown = await cards(page);
+  for (const metric of ['users', 'sessions', 'bounce_rate', 'avg_session_duration', 'revenue']) {
+    assert.equal(shown[metric].available, true, `${metric} under two filters`);
+    assert.doesNotMatch(shown[metric].text, /not available/);
+    assert.notEqual(shown[metric].value, '', `${metric} shows a number`);
+  }
+  // The truth from the known events: page views on either page by a browser other than Firefox.
+  assert.ok(summary.metrics.pageviews.value > 0 && summary.metrics.pageviews.value < known.pageviews);
+  assert.equal(await page.locator('.chip').count(), 2);
+  assert.match(await page.textContent('.chip[data-filter="path"]'), /Page is \/pricing or \/docs/);
+  assert.match(await page.textContent('.chip[data-filter="browser"]'), /Browser is not Firefox/);
+  assert.equal(await page.locator('.list[data-available="false"]').count(), 0, 'no list is unavailable');
+  await close(page);
+});
+
+test('the filter editor adds several kinds of filter, shown as chips, and they round-trip through the address', { timeout: 90_000 }, async () => {
+  const { page } = await openAt('site=shop&range=7d');
+  const add = async (dimension, op, values, prop = '') => {
+    await page.click('#filter-add');
+    await page.selectOption('#filter-dimension', dimension);
+    if (prop) await page.fill('#filter-prop', prop);
+    await page.selectOption('#filter-op', op);
+    await page.fill('#filter-values', values.join('\n'));
+    await page.click('#filter-apply');
+  };
+  await add('path', '*=', ['pric', 'docs']);
+  await ready(page, { has: 'filters=path' });
+  await add('country', '!=', ['JP']);
+  let query = await ready(page, { has: 'country%21%3DJP' });
+  const expected = 'path*=pric|docs;country!=JP';
+  const hash = () => page.evaluate(() => new URLSearchParams(location.hash.slice(1)).get('filters'));
+  assert.equal(await hash(), expected);
+  assert.ok(query.includes(new URLSearchParams({ filters: expected }).toString()), query);
+  if (SHOTS) {
+    await page.click('#filter-add');
+    await page.selectOption('#filter-dimension', 'props.');
+    await page.selectOption('#filter-op', '~=');
+    await page.fill('#filter-prop', 'plan');
+    await page.fill('#filter-values', '^pro');
+    await shot(page, 'filter-editor');
+    await page.click('#filter-cancel');
+  }
+  const chips = () => page.$$eval('.chip', (all) => all.map((c) => [c.dataset.text, c.textContent.replace('×', '').trim()]));
+  assert.deepEqual(await chips(), [
+    ['path*=pric|docs', 'Page contains pric or docs'],
+    ['country!=JP', 'Country is not Japan'],
+  ]);
+  // A reload reads the same filters from the address, and asks the same question.
+  await page.reload();
+  const again = await ready(page);
+  assert.equal(again, query);
+  assert.equal(await hash(), expected);
+  assert.deepEqual((await chips()).map(([text]) => text), ['path*=pric|docs', 'country!=JP']);
+  await assertMatchesApi(page, again, true);
+  // The back button steps back to one filter; a chip's × removes it.
+  await page.goBack();
+  query = await ready(page, { lacks: 'country' });
+  assert.equal(await hash(), 'path*=pric|docs');
+  await page.click('.chip[data-filter="path"] .chip-remove');
+  await ready(page, { lacks: 'filters=' });
+  assert.equal(await page.locator('.chip').count(), 0);
+  await close(page);
+});
+
+test('the comparison choice lives in the address and reaches the summary', { timeout: 60_000 }, async () => {
+  const { page } = await openAt('site=shop&range=7d');
+  assert.equal(await page.isVisible('#compare'), true, 'the API takes compare');
+  const asks = [];
+  page.on('request', (r) => {
+    if (r.url().includes('/summary?')) asks.push(new URL(r.url()).searchParams.get('compare'));
+  });
+  await page.selectOption('#compare', 'previous_year');
+  await page.waitForFunction(() => location.hash.includes('compare=previous_year'));
+  await page.waitForFunction(() => /last year/.test(document.getElementById('period').textContent));
+  assert.ok(asks.includes('previous_year'), asks.join(','));
+  // The cards hold the comparison period's figures as the API answers them.
+  const query = await page.$eval('#main', (m) => m.dataset.query);
+  const answer = await beacon.api(`/api/v1/sites/shop/summary?${query}&metrics=users,pageviews&compare=previous_year`);
+  for (const metric of ['users', 'pageviews']) {
+    const card = await page.$eval(`.card[data-metric="${metric}"]`, (c) => ({ previous: c.dataset.previous, title: c.querySelector('.change').title }));
+    assert.equal(card.previous, String(answer.comparison.metrics[metric]), metric);
+    assert.match(card.title, /Then: /);
+  }
+  await page.reload();
+  await ready(page);
+  assert.equal(await page.inputValue('#compare'), 'previous_year');
+  await close(page);
+});
+
+test('the goals and properties panels show the API numbers', { timeout: 60_000 }, async () => {
+  const { page, query } = await openAt('site=shop&range=7d');
+  const goalsQuery = await panelReady(page, 'goals');
+  const report = await beacon.api(`/api/v1/sites/shop/goals/report?${goalsQuery}`);
+  const rows = await page.$$eval('#goals tbody tr', (all) =>
+    all.map((r) => ({ name: r.dataset.goal, users: Number(r.dataset.users), conversions: Number(r.dataset.conversions), rate: Number(r.dataset.rate) })),
+  );
+  assert.deepEqual(
+    rows,
+    report.goals.map((g) => ({ name: g.name, users: g.converting_users, conversions: g.conversions, rate: g.conversion_rate })),
+  );
+  assert.deepEqual(rows.map((r) => r.name), ['Signup', 'Pricing', 'Purchase'], 'the goals of the config');
+  // Independently of Beacon: every known visitor who signed up converted on Signup.
+  const signups = new Set(knownEvents(0).filter((e) => e.name === 'signup').map((e) => e.user_id)).size;
+  assert.equal(rows[0].users, signups);
+  // The panel counts the cards' range: the summary's exact instants.
+  const summary = await beacon.api(`/api/v1/sites/shop/summary?${query}&metrics=users`);
+  const asked = new URLSearchParams(goalsQuery);
+  assert.equal(asked.get('from'), (summary.range || summary).from);
+  assert.equal(asked.get('to'), (summary.range || summary).to);
+  await panelReady(page, 'properties');
+  await shotOf(page, '.panels', 'goals');
+  // A goal's name filters by it: then the visitors are the goal's converting visitors.
+  await page.click('#goals tr[data-goal="Signup"] .link');
+  const filtered = await ready(page, { has: 'goal%3D%3DSignup' });
+  assert.match(await page.textContent('.chip[data-filter="goal"]'), /Goal is Signup/);
+  const users = await page.$eval('.card[data-metric="users"]', (c) => Number(c.dataset.value));
+  assert.equal(users, rows[0].users);
+  await assertMatchesApi(page, filtered, true);
+  await close(page);
+});
+
+test('a funnel renders the numbers the API returns for the same question', { timeout: 60_000 }, async () => {
+  const steps = 'path:/pricing;event:signup;event:purchase';
+  const { page } = await openAt(`site=shop&range=7d&tab=funnel&steps=${encodeURIComponent(steps)}&window=1d`);
+  const asked = await panelReady(page, 'funnel');
+  const answer = await beacon.api(`/api/v1/sites/shop/funnel?${asked}`);
+  const shown = await page.$$eval('#funnel .funnel-step', (all) =>
+    all.map((s) => ({
+      step: s.dataset.step,
+      users: Number(s.dataset.users),
+      conversion_from_previous: Number(s.dataset.fromPrevious),
+      conversion_from_start: Number(s.dataset.fromStart),
+      median: s.dataset.median,
+    })),
+  );
+  assert.equal(shown.length, 3);
+  assert.deepEqual(
+    shown,
+    answer.steps.map((s) => ({
+      step: s.step,
+      users: s.users,
+      conversion_from_previous: Number(s.conversion_from_previous),
+      conversion_from_start: Number(s.conversion_from_start),
+      median: s.median_seconds_from_previous === null ? '' : String(s.median_seconds_from_previous),
+    })),
+  );
+  // Independently of Beacon: only those who signed up can reach the second step.
+  assert.ok(shown[1].users <= new Set(knownEvents(0).filter((e) => e.name === 'signup').map((e) => e.user_id)).size);
+  assert.ok(shown[0].users >= shown[1].users && shown[1].users >= shown[2].users);
+  // The editor holds the steps; adding one and showing the funnel asks again.
+  assert.deepEqual(await page.$$eval('#funnel-steps .step-value', (all) => all.map((i) => i.value)), ['/pricing', 'signup', 'purchase']);
+  await shotOf(page, '#funnel', 'funnel');
+  await page.click('#funnel-add-step');
+  await page.fill('#funnel-steps li:last-child .step-value', 'pageview');
+  await page.selectOption('#funnel-window', '7d');
+  await page.click('#funnel-show');
+  await page.waitForFunction(() => /window=7d/.test(document.getElementById('funnel').dataset.query) && document.getElementById('funnel').dataset.state === 'ready');
+  assert.equal(await page.locator('#funnel .funnel-step').count(), 4);
+  await close(page);
+});
+
+test('a retention table renders the numbers the API returns for the same question', { timeout: 60_000 }, async () => {
+  const { page } = await openAt('site=shop&range=7d&tab=retention&period=day');
+  const asked = await panelReady(page, 'retention');
+  const answer = await beacon.api(`/api/v1/sites/shop/retention?${asked}`);
+  const shown = await page.$$eval('#retention tbody tr', (all) =>
+    all.map((r) => ({
+      cohort: r.dataset.cohort,
+      users: Number(r.dataset.users),
+      returned: [...r.querySelectorAll('.retention-cell[data-returned]')].map((c) => Number(c.dataset.returned)),
+      shares: [...r.querySelectorAll('.retention-cell[data-returned]')].map((c) => c.textContent),
+    })),
+  );
+  assert.deepEqual(
+    shown.map(({ shares, ...rest }) => rest),
+    answer.cohorts.map((c) => ({ cohort: c.cohort, users: c.users, returned: c.returned })),
+  );
+  // The known visitors were all first seen today: one cohort with all of them, and period 0 is the cohort itself.
+  const today = shown.filter((row) => row.users > 0);
+  assert.equal(today.length, 1);
+  assert.equal(today[0].users, answer.cohorts.find((c) => c.users > 0).users);
+  assert.equal(today[0].shares[0], '100.0%');
+  await shotOf(page, '#retention', 'retention');
+  await close(page);
+});
+
+test('the revenue card shows every currency, in its own, none cut short', { timeout: 60_000 }, async () => {
+  const before = await beacon.api('/api/v1/sites/shop/summary?from=-1h&metrics=revenue');
+  await beacon.send([
+    { id: 'yen-1', name: 'purchase', user_id: 'u-yen', props: { path: '/checkout' }, revenue: { amount: '226200', currency: 'JPY' } },
+    { id: 'euro-1', name: 'purchase', user_id: 'u-euro', props: { path: '/checkout' }, revenue: { amount: '29.00', currency: 'EUR' } },
+    { id: 'dollar-1', name: 'purchase', user_id: 'u-dollar', props: { path: '/checkout' }, revenue: { amount: '8493.10', currency: 'USD' } },
+  ]);
+  await until('the new purchases to be counted', async () => {
+    const s = await beacon.api('/api/v1/sites/shop/summary?from=-1h&metrics=revenue');
+    return s.metrics.revenue.value.JPY === '226200' && Number(s.metrics.revenue.value.EUR || 0) === Number(before.metrics.revenue.value.EUR || 0) + 29;
+  });
+  const { page } = await openAt('site=shop&range=7d');
+  await page.waitForFunction(() => (document.querySelector('.card[data-metric="revenue"]').dataset.currencies || '').includes('JPY'));
+  const card = await page.$eval('.card[data-metric="revenue"]', (c) => ({
+    currencies: c.dataset.currencies.split(','),
+    main: c.querySelector('.value').textContent,
+    others: [...c.querySelectorAll('.currencies li')].map((li) => [li.dataset.currency, li.textContent]),
+    cut: [...c.querySelectorAll('.value, .currencies li')].some((e) => e.scrollWidth > e.clientWidth + 1),
+  }));
+  // Dollars first: ¥226,200 is less money than the dollars, though a larger number (the issue's case).
+  assert.deepEqual(card.currencies, ['USD', 'JPY', 'EUR']);
+  const usd = (Number(before.metrics.revenue.value.USD || 0) + 8493.1).toLocaleString('en-GB', { minimumFractionDigits: 2 });
+  assert.equal(card.main, `US$${usd}`);
+  assert.deepEqual(card.others.map(([c]) => c), ['JPY', 'EUR']);
+  assert.match(card.others[0][1], /226,200/);
+  assert.match(card.others[1][1], /€/);
+  assert.equal(card.cut, false, 'no amount is cut short');
+  await shotOf(page, '#cards', 'revenue');
   await close(page);
 });

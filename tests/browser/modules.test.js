@@ -1,11 +1,14 @@
 // The dashboard's modules that need no page: which range asks what, the
-// stream parser, and how changes and scales read.
+// stream parser, how changes and scales read, the filter syntax, funnel
+// steps and the revenue card's currencies.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { formatSteps, parseSteps, pct } from '../../crates/beacon-query/dashboard/analysis.js';
 import { SseParser } from '../../crates/beacon-query/dashboard/api.js';
 import { niceMax } from '../../crates/beacon-query/dashboard/chart.js';
+import { formatFilters, parseFilters, passes, withFilter } from '../../crates/beacon-query/dashboard/filters.js';
 import * as format from '../../crates/beacon-query/dashboard/format.js';
 import { level } from '../../crates/beacon-query/dashboard/map.js';
 import { addDays, dateIn, offsetMinutes, period } from '../../crates/beacon-query/dashboard/range.js';
@@ -92,4 +95,67 @@ test('countries read as names, filtered traffic as its total, and the map shades
   assert.equal(format.depth(null), '–');
   assert.deepEqual([0, 1, 4, 25, 100].map((n) => level(n, 100)), [0, 1, 1, 3, 5]);
   assert.equal(level(5, 0), 0);
+});
+
+test('filters round-trip through the API syntax, escapes included', () => {
+  const filters = [
+    { dimension: 'path', op: '==', values: ['/pricing', '/docs'] },
+    { dimension: 'country', op: '!=', values: ['DE'] },
+    { dimension: 'utm_campaign', op: '*=', values: ['black;friday', 'a|b', 'back\\slash'] },
+    { dimension: 'referrer', op: '!*=', values: ['spam'] },
+    { dimension: 'props.plan', op: '~=', values: ['^pro(-.*)?$'] },
+  ];
+  const text = formatFilters(filters);
+  assert.equal(text, 'path==/pricing|/docs;country!=DE;utm_campaign*=black\\;friday|a\\|b|back\\\\slash;referrer!*=spam;props.plan~=^pro(-.*)?$');
+  assert.deepEqual(parseFilters(text), filters);
+  assert.deepEqual(parseFilters(''), []);
+  // The longest operator wins: `!*=` is not `!` then `*=`.
+  assert.deepEqual(parseFilters('name!*=x'), [{ dimension: 'name', op: '!*=', values: ['x'] }]);
+  assert.throws(() => parseFilters('path=/x'), /dimension><operator/);
+  assert.throws(() => parseFilters('path==a||b'), /empty value/);
+  assert.throws(() => parseFilters('path==a\\'), /lone/);
+  // A row's click replaces the "is" filter on its dimension and keeps the others.
+  const next = withFilter(filters, { dimension: 'path', op: '==', values: ['/about'] });
+  assert.deepEqual(next.map((f) => formatFilters([f])).at(-1), 'path==/about');
+  assert.equal(next.filter((f) => f.dimension === 'path').length, 1);
+});
+
+test('the live feed keeps the events that pass every filter', () => {
+  const event = { name: 'pageview', path: '/Pricing/pro', country: 'DE', props: { plan: 'pro' } };
+  const ok = (text) => passes(event, parseFilters(text));
+  assert.equal(ok('path==/Pricing/pro'), true);
+  assert.equal(ok('path==/x|/Pricing/pro'), true);
+  assert.equal(ok('country!=DE'), false);
+  assert.equal(ok('path*=pricing'), true, 'contains ignores case');
+  assert.equal(ok('path!*=PRO'), false);
+  assert.equal(ok('path~=^/P.*o$'), true);
+  assert.equal(ok('props.plan==pro;country==DE'), true);
+  assert.equal(ok('props.plan==free'), false);
+  assert.equal(ok('browser==Firefox'), false, 'a missing value is (none)');
+  assert.equal(ok('entry_page==/'), true, 'session dimensions are not judged in the feed');
+});
+
+test('funnel steps round-trip, and percentages read with one decimal', () => {
+  const steps = [
+    { kind: 'path', value: '/pricing*' },
+    { kind: 'event', value: 'sign;up' },
+    { kind: 'goal', value: 'Purchase' },
+  ];
+  assert.equal(formatSteps(steps), 'path:/pricing*;event:sign\\;up;goal:Purchase');
+  assert.deepEqual(parseSteps(formatSteps(steps)), steps);
+  assert.deepEqual(parseSteps(''), []);
+  assert.equal(pct(41.666), '41.7%');
+  assert.equal(pct(null), '–');
+});
+
+test('the revenue card ranks currencies without cents at a hundredth, and names each unambiguously', () => {
+  // ¥226,200 is less than $8,493 in any year: raw numbers said the opposite.
+  const revenue = { JPY: '226200', USD: '8493.10', EUR: '120.00', GBP: '0' };
+  assert.deepEqual(format.currencies(revenue).map(([c]) => c), ['USD', 'JPY', 'EUR']);
+  assert.equal(format.mainCurrency(revenue), 'USD');
+  assert.equal(format.mainCurrency({}), null);
+  const money = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'JPY', currencyDisplay: 'symbol' }).format(226200);
+  assert.match(money, /226,200/);
+  assert.match(format.moneyLong('226200', 'JPY'), /226.200/, 'never shortened');
+  assert.notEqual(format.moneyLong('5', 'USD'), format.moneyLong('5', 'CAD'), 'two dollars read differently');
 });

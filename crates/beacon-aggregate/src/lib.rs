@@ -9,6 +9,7 @@ pub mod lease;
 pub mod metrics;
 pub mod owner;
 pub mod progress;
+pub mod segments;
 pub mod settings;
 pub mod store;
 
@@ -22,13 +23,14 @@ use beacon_nats::{EVENTS_STREAM, ROLLUPS_STREAM};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use self::progress::{Counted, Progress, progress, progress_of, view};
+pub use self::progress::{Counted, Progress, Stored, progress, progress_of, stored, view};
 pub use self::settings::AggregatorSettings;
 pub use self::store::{
     CURRENT_SUBJECT, Current, RollupSubject, StoreError, header, load, rollup_subject,
 };
 use crate::lease::Lease;
 use crate::owner::Shared;
+pub use beacon_store::StoreSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {
@@ -38,6 +40,8 @@ pub enum AggregateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    #[error("the event store's buckets: {0}")]
+    Segments(#[from] segments::WriteError),
 }
 
 /// A partition this process owns: its task, how to stop it, its lease, and
@@ -50,11 +54,13 @@ struct Owned {
 }
 
 /// Run an aggregator until `shutdown` resolves: join the members, own the
-/// partitions assigned to this member, follow membership changes, and on
-/// shutdown commit, release every partition and leave.
+/// partitions assigned to this member (counting their events into rollups
+/// and, with `store.enabled`, writing them into segments), follow membership
+/// changes, and on shutdown commit, release every partition and leave.
 pub async fn run(
     client: async_nats::Client,
     settings: AggregatorSettings,
+    store: StoreSettings,
     partitions: u32,
     replicas: usize,
     shutdown: impl Future<Output = ()>,
@@ -71,6 +77,11 @@ pub async fn run(
     let events = stream(EVENTS_STREAM).await?;
     let rollups = stream(ROLLUPS_STREAM).await?;
     let kv = lease::bucket(&js, settings.lease_ttl, replicas).await?;
+    let segments = if store.enabled {
+        Some(segments::Buckets::open(&js).await?)
+    } else {
+        None
+    };
     let id = format!(
         "{}-{}",
         settings.name,
@@ -84,6 +95,8 @@ pub async fn run(
         rollups,
         settings,
         id: id.clone(),
+        segments,
+        store,
     });
     let mut owned: HashMap<u32, Owned> = HashMap::new();
     let mut tick = tokio::time::interval(tick_every);

@@ -17,10 +17,12 @@ use tokio::sync::watch;
 
 use crate::metrics::{
     APPLIED, COMMIT_FAILURES, COMMIT_SECONDS, COMMITTED_SEQ, DROPPED_LATE, FRESHNESS, LAG,
-    SESSION_BYTES, SESSION_LATE, STATE_BYTES, UNREADABLE,
+    SESSION_BYTES, SESSION_LATE, STATE_BYTES, STORE_FLUSH_FAILURES, UNREADABLE,
 };
+use crate::segments::{Buckets, WriteError, Writer};
 use crate::settings::AggregatorSettings;
 use crate::store::{Log, StoreError, committed_seq, load};
+use beacon_store::StoreSettings;
 
 /// What every owner in a process shares.
 #[derive(Debug)]
@@ -31,6 +33,9 @@ pub struct Shared {
     pub settings: AggregatorSettings,
     /// This aggregator's member id; it also names the records it writes.
     pub id: String,
+    /// The event store's buckets, when owners write segments.
+    pub segments: Option<Buckets>,
+    pub store: StoreSettings,
 }
 
 /// How long a stopping owner keeps trying to commit while NATS is away. What
@@ -64,7 +69,17 @@ pub async fn own(
     partition: u32,
     stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let mut owner = Owner::take(shared, generation, partition).await?;
+    let mut owner = Owner::take(shared.clone(), generation, partition).await?;
+    if let Some(buckets) = &shared.segments {
+        let writer =
+            Writer::take(buckets.clone(), shared.store.clone(), partition, &shared.id).await?;
+        tracing::debug!(
+            partition,
+            through_seq = writer.reached(),
+            "took the partition's segments"
+        );
+        owner.segments = Some(writer);
+    }
     owner.consume(generation, partition, stop, None).await
 }
 
@@ -180,6 +195,8 @@ struct Owner {
     overshot: bool,
     /// Event readers opened so far (each gets a name of its own).
     readers: u32,
+    /// The event store's writer of this partition, if the store is on.
+    segments: Option<Writer>,
 }
 
 impl Owner {
@@ -220,6 +237,7 @@ impl Owner {
             until: None,
             overshot: false,
             readers: 0,
+            segments: None,
         };
         owner.publish_gauges();
         Ok(owner)
@@ -252,7 +270,13 @@ impl Owner {
             if owner.reached() {
                 break 'consume;
             }
-            let start = owner.working.through_seq() + 1;
+            // The rollups and the store each have their cursor: read from
+            // the lower, and give each output only what it lacks.
+            let start = owner
+                .working
+                .through_seq()
+                .min(owner.segments.as_ref().map_or(u64::MAX, Writer::reached))
+                + 1;
             // A reader left behind by a broken connection lingers on the server for
             // a while, and a consumer name cannot be reused with another start.
             owner.readers += 1;
@@ -290,11 +314,15 @@ impl Owner {
                 }
             };
             loop {
-                let full = owner.working.pending_events() >= shared.settings.commit_max_events;
+                let full = owner.working.pending_events() >= shared.settings.commit_max_events
+                    || owner.segments.as_ref().is_some_and(Writer::full);
                 tokio::select! {
                     biased;
                     _ = stopped(&mut stop) => break 'consume,
-                    _ = tick.tick() => owner.commit_if_due(&stopping).await?,
+                    _ = tick.tick() => {
+                        owner.commit_if_due(&stopping).await?;
+                        owner.flush_if_due(&stopping).await?;
+                    }
                     // A restarted server forgot this reader: open a new one now
                     // rather than after the client's missed-heartbeat timeouts.
                     _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
@@ -310,12 +338,16 @@ impl Owner {
                 if owner.working.pending_events() >= shared.settings.commit_max_events {
                     owner.commit(&stopping).await?;
                 }
+                if owner.segments.as_ref().is_some_and(Writer::full) {
+                    owner.flush(&stopping).await?;
+                }
                 if owner.reached() {
                     break 'consume;
                 }
             }
         }
         owner.commit(&stopping).await?;
+        owner.flush(&stopping).await?;
         tracing::debug!(
             partition,
             through_seq = owner.working.state.through_seq,
@@ -330,7 +362,11 @@ impl Owner {
         self.lag = info.pending;
         // A consumer recreated by the client before its first delivery starts
         // over from the stream's beginning: what is counted already is skipped.
-        if seq <= self.working.through_seq() {
+        // After a restart one output may be ahead of the other: each takes
+        // only the events it lacks.
+        let count = seq > self.working.through_seq();
+        let store = self.segments.as_ref().is_some_and(|w| seq > w.reached());
+        if !count && !store {
             return;
         }
         if self.until.is_some_and(|u| seq > u) {
@@ -347,24 +383,84 @@ impl Owner {
                 self.working.pass(&event, seq)
             }
             Ok(event) => {
-                if self.sites.is_some() {
-                    self.seen.insert(session_key(&event.site, event.user_key()));
+                if count {
+                    self.count(&event, seq);
                 }
-                match self.working.apply_event(&event, seq) {
-                    Outcome::Counted => metrics::counter!(APPLIED).increment(1),
-                    Outcome::SessionLate => {
-                        metrics::counter!(APPLIED).increment(1);
-                        metrics::counter!(SESSION_LATE).increment(1);
-                    }
-                    Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
+                if store && let Some(writer) = self.segments.as_mut() {
+                    writer.push(seq, &event, self.working.session_id(&event));
                 }
             }
             Err(e) => {
                 // Only Beacon writes BEACON_EVENTS; an unreadable event is a bug or
                 // a foreign writer. Skip it loudly rather than stall the partition.
-                metrics::counter!(UNREADABLE).increment(1);
-                tracing::error!(seq, error = %e, "skipping an unreadable event in BEACON_EVENTS");
-                self.working.skip(seq);
+                if count {
+                    metrics::counter!(UNREADABLE).increment(1);
+                    tracing::error!(seq, error = %e, "skipping an unreadable event in BEACON_EVENTS");
+                    self.working.skip(seq);
+                }
+                if let Some(writer) = self.segments.as_mut().filter(|_| store) {
+                    writer.skip(seq);
+                }
+            }
+        }
+    }
+
+    /// Count one event into the rollups.
+    fn count(&mut self, event: &Event, seq: u64) {
+        if self.sites.is_some() {
+            self.seen.insert(session_key(&event.site, event.user_key()));
+        }
+        match self.working.apply_event(event, seq) {
+            Outcome::Counted => metrics::counter!(APPLIED).increment(1),
+            Outcome::SessionLate => {
+                metrics::counter!(APPLIED).increment(1);
+                metrics::counter!(SESSION_LATE).increment(1);
+            }
+            Outcome::DroppedLate => metrics::counter!(DROPPED_LATE).increment(1),
+        }
+    }
+
+    /// Flush the segment buffer when it is due, and keep the segments in
+    /// shape (compaction, retention, clean-up) meanwhile.
+    async fn flush_if_due(&mut self, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+        let Some(writer) = self.segments.as_mut() else {
+            return Ok(());
+        };
+        if writer.due() {
+            return self.flush(stop).await;
+        }
+        match writer.maintain(now_ms()).await {
+            Ok(()) => Ok(()),
+            Err(WriteError::Unavailable(e)) => {
+                tracing::warn!(partition = %self.label, error = %e, "segment upkeep failed; will retry");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write the buffered rows as a segment and commit it; retry while NATS
+    /// is unavailable (bounded once stopping). Nothing counts as stored
+    /// before the manifest names it.
+    async fn flush(&mut self, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+        let Some(writer) = self.segments.as_mut() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match writer.flush().await {
+                Ok(()) => return Ok(()),
+                Err(WriteError::Unavailable(e)) => {
+                    metrics::counter!(STORE_FLUSH_FAILURES).increment(1);
+                    if *stop.borrow() && started.elapsed() > STOP_COMMIT_DEADLINE {
+                        return Err(StoreError::Unavailable(e));
+                    }
+                    tracing::warn!(partition = %self.label, error = %e, "segment flush failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

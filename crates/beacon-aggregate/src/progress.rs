@@ -10,6 +10,7 @@ use beacon_rollup::View;
 use serde::Serialize;
 
 use crate::lease;
+use crate::segments::{Buckets, read_manifest};
 use crate::store::{self, StoreError, last_seq, load};
 
 /// One partition's position.
@@ -100,6 +101,56 @@ pub async fn progress_of(
             owner,
             committed,
             last_event: last_seq(&events, &format!("{EVENTS_PREFIX}.{partition}.>")).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// One partition of the event store: what its manifest holds and reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stored {
+    pub partition: u32,
+    /// `BEACON_EVENTS` sequence the committed segments reach (0: none yet).
+    pub committed: u64,
+    /// Sequence of the partition's newest event in the stream (0: none).
+    pub last_event: u64,
+    pub segments: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl Stored {
+    /// Stream sequences between the newest event and the store's commit.
+    pub fn lag(&self) -> u64 {
+        self.last_event.saturating_sub(self.committed)
+    }
+}
+
+/// Every partition's committed segments and how far they reach; empty when
+/// the event store's buckets do not exist (a server provisioned by an older
+/// Beacon). As with [`progress_of`], the manifests are read before the
+/// newest events, so the lag is never under-reported.
+pub async fn stored(js: &Context, partitions: u32) -> Result<Vec<Stored>, StoreError> {
+    let Ok(buckets) = Buckets::open(js).await else {
+        return Ok(Vec::new());
+    };
+    let mut manifests = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        manifests.push(read_manifest(&buckets.manifests, partition).await?.0);
+    }
+    let events = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(StoreError::unavailable)?;
+    let mut out = Vec::with_capacity(manifests.len());
+    for m in manifests {
+        out.push(Stored {
+            partition: m.partition,
+            committed: m.through_seq,
+            last_event: last_seq(&events, &format!("{EVENTS_PREFIX}.{}.>", m.partition)).await?,
+            segments: m.segments.len(),
+            rows: m.rows(),
+            bytes: m.bytes(),
         });
     }
     Ok(out)

@@ -171,6 +171,23 @@ pub enum StoreError {
     /// A generation switch message that does not name a generation.
     #[error("{CURRENT_SUBJECT} at sequence {seq} has no valid {GENERATION_HEADER} header")]
     BadSwitch { seq: u64 },
+    /// The event store's manifest or segments cannot be read or written
+    /// (a format this release does not know, rows that do not encode).
+    #[error("event store: {0}")]
+    Segments(crate::segments::WriteError),
+}
+
+/// The store's fencing and unavailability are the rollups' kinds: an owner
+/// stops, or retries, the same way whichever output refused.
+impl From<crate::segments::WriteError> for StoreError {
+    fn from(e: crate::segments::WriteError) -> Self {
+        use crate::segments::WriteError;
+        match e {
+            WriteError::Fenced(partition) => StoreError::Fenced(partition),
+            WriteError::Unavailable(e) => StoreError::Unavailable(e),
+            other => StoreError::Segments(other),
+        }
+    }
 }
 
 impl StoreError {

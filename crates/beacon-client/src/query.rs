@@ -39,7 +39,18 @@ pub struct Params {
     pub metric: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Filters: an event name and at most one dimension.
+    /// Filters in Beacon's filter syntax, e.g. `country==US|DE;path*=/blog;props.plan!=free`
+    /// (docs/QUERY.md); combined by AND with the one-value filters below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<String>,
+    /// `previous_period`, `previous_year` or `custom` (with `compare_from`, `compare_to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_to: Option<String>,
+    /// One-value filters: `name=signup` is `filters=name==signup`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,17 +121,29 @@ pub struct Breakdown {
     #[serde(default)]
     pub filters: Map<String, Value>,
     pub dimension: String,
+    /// What the rows are ranked by (`users` unless asked otherwise).
     pub metric: String,
     pub rows: Vec<Row>,
-    /// Everything not in `rows`.
-    pub other: i64,
-    pub total: i64,
+    /// Everything not in `rows`, and the whole, for metrics that add up
+    /// (events, page views, sessions); none for users or rates.
+    pub other: Option<i64>,
+    pub total: Option<i64>,
+    /// How many values the dimension had in the range.
+    #[serde(default)]
+    pub total_rows: Option<u64>,
+    /// `rollups` or `store`: which of Beacon's engines answered.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Row {
     pub value: String,
-    pub count: i64,
+    /// The ranking metric's figure (a rate can have decimals).
+    pub count: f64,
+    /// Every figure asked for with `metrics`, by name.
+    #[serde(flatten)]
+    pub figures: Map<String, Value>,
 }
 
 /// `summary`: totals for the range and the change against the period before.

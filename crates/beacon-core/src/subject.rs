@@ -13,6 +13,11 @@ pub const REJECTS_PREFIX: &str = "beacon.rejects";
 /// Subjects of `BEACON_ROLLUPS`: `beacon.rollups.<partition>`.
 pub const ROLLUPS_PREFIX: &str = "beacon.rollups";
 
+/// Key-value bucket of the event store's manifests (one per partition).
+pub const MANIFEST_BUCKET: &str = "BEACON_STORE";
+/// Object store bucket of the event store's segment files.
+pub const SEGMENT_BUCKET: &str = "BEACON_SEGMENTS";
+
 /// Longest token Beacon puts in a subject; longer names are cut (the event keeps them whole).
 pub const MAX_TOKEN_CHARS: usize = 64;
 

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use beacon_core::subject::{
-    EVENTS_PREFIX, INGEST_PREFIX, REJECTS_PREFIX, ROLLUPS_PREFIX, UNAUTH_REJECTS_PREFIX,
+    EVENTS_PREFIX, INGEST_PREFIX, MANIFEST_BUCKET, REJECTS_PREFIX, ROLLUPS_PREFIX, SEGMENT_BUCKET,
+    UNAUTH_REJECTS_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -202,7 +203,7 @@ pub enum ProvisionError {
     },
 }
 
-/// Create missing streams and bring existing ones in line with `settings`.
+/// Create missing streams and buckets and bring existing ones in line with `settings`.
 pub async fn provision(
     js: &jetstream::Context,
     settings: &StreamSettings,
@@ -212,35 +213,102 @@ pub async fn provision(
         let line = ensure_stream(js, wanted).await?;
         report.lines.push(line);
     }
-    for (bucket, description) in DEFINITION_BUCKETS {
-        let line = ensure_kv(js, bucket, description, settings.replicas).await?;
+    for bucket in Bucket::ALL {
+        let line = ensure_bucket(js, bucket, settings.replicas).await?;
         report.lines.push(line);
     }
     Ok(report)
 }
 
-/// The KV buckets of definitions users make through the API, with the
-/// streams' replicas (they are the only copy of what users defined).
-const DEFINITION_BUCKETS: [(&str, &str); 2] = [
-    (
-        GOALS_BUCKET,
-        "Beacon goals made through the API: <site>.<goal name>",
-    ),
-    (
-        FUNNELS_BUCKET,
-        "Beacon funnels saved through the API: <site>.<funnel name>",
-    ),
-];
+/// The key-value and object store buckets: the event store's, and the
+/// definitions users make through the API (goals, saved funnels), of which
+/// they are the only copy. Their streams' layout is the client library's;
+/// Beacon manages only their replicas.
+#[derive(Debug, Clone, Copy)]
+enum Bucket {
+    /// `BEACON_STORE`: one manifest per partition.
+    Manifests,
+    /// `BEACON_SEGMENTS`: the segment files.
+    Segments,
+    /// `BEACON_GOALS`: goals made through the API, `<site>.<goal name>`.
+    Goals,
+    /// `BEACON_FUNNELS`: funnels saved through the API, `<site>.<funnel name>`.
+    Funnels,
+}
 
-/// Create the KV bucket `bucket` if it is missing, else bring its replicas in
-/// line; its stream's layout is the client library's.
-pub async fn ensure_kv(
+impl Bucket {
+    const ALL: [Bucket; 4] = [
+        Bucket::Manifests,
+        Bucket::Segments,
+        Bucket::Goals,
+        Bucket::Funnels,
+    ];
+
+    fn stream(self) -> String {
+        match self {
+            Bucket::Segments => format!("OBJ_{SEGMENT_BUCKET}"),
+            kv => format!("KV_{}", kv.key_value().map_or("", |(name, _)| name)),
+        }
+    }
+
+    /// A key-value bucket's name and description.
+    fn key_value(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Bucket::Manifests => Some((
+                MANIFEST_BUCKET,
+                "Beacon event store: the segments of each partition (p<N>)",
+            )),
+            Bucket::Segments => None,
+            Bucket::Goals => Some((
+                GOALS_BUCKET,
+                "Beacon goals made through the API: <site>.<goal name>",
+            )),
+            Bucket::Funnels => Some((
+                FUNNELS_BUCKET,
+                "Beacon funnels saved through the API: <site>.<funnel name>",
+            )),
+        }
+    }
+
+    async fn create(self, js: &jetstream::Context, replicas: usize) -> Result<(), String> {
+        match self.key_value() {
+            Some((bucket, description)) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    description: description.to_owned(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => js
+                .create_object_store(object_store::Config {
+                    bucket: SEGMENT_BUCKET.to_owned(),
+                    description: Some(
+                        "Beacon event store: Parquet segments, p<N>/<first>-<last>-<id>.parquet"
+                            .to_owned(),
+                    ),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Create a missing store bucket, or bring an existing one's replicas in line.
+async fn ensure_bucket(
     js: &jetstream::Context,
-    bucket: &str,
-    description: &str,
+    bucket: Bucket,
     replicas: usize,
 ) -> Result<String, ProvisionError> {
-    let name = format!("KV_{bucket}");
+    let name = bucket.stream();
     let api = |action: &'static str, message: String| ProvisionError::Api {
         stream: name.clone(),
         action,
@@ -257,6 +325,14 @@ pub async fn ensure_kv(
                     .map_err(|e| api("reading", e.to_string()))?
                     .config
                     .clone();
+                if current.storage != stream::StorageType::File {
+                    return Err(ProvisionError::Immutable {
+                        stream: name.clone(),
+                        setting: "storage",
+                        existing: format!("{:?}", current.storage),
+                        wanted: format!("{:?}", stream::StorageType::File),
+                    });
+                }
                 if current.num_replicas == replicas {
                     return Ok(format!("{name}: up to date"));
                 }
@@ -269,22 +345,10 @@ pub async fn ensure_kv(
                 .map_err(|e| api("updating", e.to_string()))?;
                 return Ok(format!("{name}: updated replicas {from} → {replicas}"));
             }
-            Err(e) if is_not_found(&e) => {
-                let created = js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.to_owned(),
-                        description: description.to_owned(),
-                        history: 1,
-                        storage: stream::StorageType::File,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await;
-                match created {
-                    Ok(_) => return Ok(format!("{name}: created")),
-                    Err(e) => failed = e.to_string(),
-                }
-            }
+            Err(e) if is_not_found(&e) => match bucket.create(js, replicas).await {
+                Ok(()) => return Ok(format!("{name}: created")),
+                Err(e) => failed = e,
+            },
             Err(e) => return Err(api("reading", e.to_string())),
         }
     }

@@ -1,20 +1,24 @@
 // The dashboard page: sign-in with a read key, then the headline cards, the
-// trend chart, the top lists and the live panel of one site. What is looked
-// at (site, range, zone, chart metric, filters) lives in the address's
+// trend chart, the top lists, goals, properties, funnels, retention and the
+// live panel of one site. What is looked at (site, range, zone, comparison,
+// chart metric, filters, the view and its questions) lives in the address's
 // #fragment, so it survives a reload and the back button steps through
 // filters; the key lives in sessionStorage only and travels as a header.
 // The live stream's `rollups` notices trigger a refetch, so the numbers move
 // without a reload.
 
+import { renderFunnel, renderGoals, renderRetention, formatSteps, parseSteps, STEP_KINDS } from './analysis.js';
 import { ApiError, getJson, readStream } from './api.js';
 import { drawChart } from './chart.js';
+import { $, el, message } from './dom.js';
+import { OPERATORS, formatFilters, operatorLabel, parseFilters, passes as passesFilters, withFilter } from './filters.js';
 import * as format from './format.js';
 import { drawMap } from './map.js';
-import { RANGES, addDays, dateIn, knownZone, period } from './range.js';
+import { COMPARISONS, RANGES, addDays, dateIn, knownZone, period } from './range.js';
 
 const KEY_STORE = 'beacon.readKey';
 const BROWSER_TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
-/** What the rollups answer under a filter. */
+/** What an API without the `filters` parameter (rollups only) answers under a filter. */
 const FILTERABLE = ['events', 'pageviews'];
 /** The freshness indicator warns once the numbers are this far behind. */
 const WARN_MS = 5000;
@@ -22,12 +26,14 @@ const WARN_MS = 5000;
 const REFRESH_GAP_MS = 1000;
 /** Ranges that end "now" move on even when nothing arrives. */
 const REFRESH_EVERY_MS = 60_000;
+/** Goals, properties, funnels and retention are read from the event store: live refreshes ask them this seldom. */
+const PANELS_EVERY_MS = 10_000;
 const FEED_SHOWN = 25;
 const FEED_KEPT = 50;
 
 /** Every card the dashboard knows; those the API does not offer (openapi.json) are left out. */
 const ALL_CARDS = [
-  { metric: 'users', label: 'Unique users', show: format.count, integer: true },
+  { metric: 'users', label: 'Visitors', show: format.count, integer: true },
   { metric: 'pageviews', label: 'Page views', show: format.count, integer: true },
   { metric: 'events', label: 'Events', show: format.count, integer: true },
   { metric: 'sessions', label: 'Sessions', show: format.count, integer: true },
@@ -42,10 +48,15 @@ const ALL_CARDS = [
 ];
 let CARDS = ALL_CARDS;
 
-/** Every top list the dashboard knows; `filter` is the parameter a click on a row sets. */
+/**
+ * Every top list the dashboard knows; `filter` is the dimension a click on a
+ * row filters by (`legacyFilter` where the API reads single-value shorthands
+ * only), `unit` what an API without visitor rankings counts.
+ */
 const ALL_LISTS = [
   { title: 'Pages', dimension: 'path', filter: 'path', unit: 'events' },
-  { title: 'Entry pages', dimension: 'entry_page', filter: 'path', unit: 'sessions' },
+  { title: 'Entry pages', dimension: 'entry_page', filter: 'entry_page', legacyFilter: 'path', unit: 'sessions' },
+  { title: 'Exit pages', dimension: 'exit_page', filter: 'exit_page', legacyFilter: 'path', unit: 'sessions' },
   { title: 'Channels', dimension: 'channel', filter: 'channel', unit: 'events' },
   { title: 'Referrer sources', dimension: 'referrer_source', filter: 'referrer_source', unit: 'events' },
   { title: 'Campaigns', dimension: 'utm_campaign', filter: 'utm_campaign', unit: 'events' },
@@ -63,11 +74,15 @@ let LISTS = ALL_LISTS;
 /** Rows asked for a list with a map: enough to shade every country that has any. */
 const MAP_ROWS = 250;
 
-/** Filter parameters, as a chip names them. */
+/** Filter dimensions, as a chip and the filter editor name them. */
 const ALL_FILTERS = {
   name: 'Event',
+  goal: 'Goal',
   path: 'Page',
+  entry_page: 'Entry page',
+  exit_page: 'Exit page',
   channel: 'Channel',
+  referrer: 'Referrer',
   referrer_source: 'Source',
   utm_campaign: 'Campaign',
   utm_source: 'Campaign source',
@@ -75,53 +90,72 @@ const ALL_FILTERS = {
   utm_term: 'Campaign term',
   utm_content: 'Campaign content',
   browser: 'Browser',
+  browser_version: 'Browser version',
   os: 'OS',
+  os_version: 'OS version',
   device: 'Device',
   country: 'Country',
   region: 'Region',
   city: 'City',
 };
+/** Those an API without the `filters` parameter takes as single-value shorthands. */
+const LEGACY_FILTERS = ['name', 'path', 'channel', 'referrer_source', 'utm_campaign', 'utm_source', 'utm_medium', 'utm_term', 'utm_content', 'browser', 'os', 'device', 'country', 'region', 'city'];
 let FILTERS = ALL_FILTERS;
-let DIMENSION_FILTERS = Object.keys(FILTERS).filter((f) => f !== 'name');
+
+/** What the API offers beyond the rollups' questions, from its OpenAPI document. */
+const api = {
+  /** The `filters` parameter: every card and list under any filters. */
+  filters: false,
+  /** The `compare` parameter: previous period, previous year or custom. */
+  compare: false,
+  /** Breakdowns ranked by any metric, each row with several figures. */
+  rankByUsers: false,
+  /** Whether `goal` is a filter dimension (the `filters` parameter's documentation names it). */
+  goalFilter: false,
+};
+
+/** How a filter's dimension reads: its label, or the property's key. */
+function dimensionLabel(dimension) {
+  if (dimension.startsWith('props.')) return `Property ${dimension.slice(6)}`;
+  return FILTERS[dimension] || ALL_FILTERS[dimension] || dimension;
+}
 
 /**
- * Keep the cards, lists and filters the API offers, as its OpenAPI document
- * lists its metrics and dimensions: a newer dashboard asks an older API
- * nothing it would refuse. Without the document, the original seven cards
- * and nine dimensions.
+ * Learn what the API offers from its OpenAPI document: the cards, lists and
+ * filters whose metric or dimension it lists, and which parameters and
+ * operations it has, so a newer dashboard asks an older API nothing it would
+ * refuse. Without the document, the original seven cards and nine dimensions.
  */
 async function learnApi(key) {
   let metrics = ['events', 'users', 'pageviews', 'sessions', 'bounce_rate', 'avg_session_duration', 'revenue'];
   let dimensions = ['name', 'path', 'referrer_source', 'browser', 'os', 'device', 'country', 'entry_page', 'exit_page'];
+  let doc = null;
   try {
-    const doc = await getJson('/api/v1/openapi.json', key);
+    doc = await getJson('/api/v1/openapi.json', key);
     metrics = doc.components.schemas.Metric.enum;
     dimensions = doc.components.schemas.Dimension.enum;
   } catch {
     // The built-in lists.
   }
+  const parameters = new Set(Object.values(doc?.components?.parameters || {}).map((p) => p.name));
+  for (const op of Object.values(doc?.paths || {})) {
+    for (const p of op.get?.parameters || []) if (p.name) parameters.add(p.name);
+  }
+  api.filters = parameters.has('filters');
+  const filtersDoc = Object.values(doc?.components?.parameters || {}).find((p) => p.name === 'filters')?.description || '';
+  api.goalFilter = /\bgoal\b/.test(filtersDoc);
+  api.compare = parameters.has('compare');
+  api.rankByUsers = api.filters;
   CARDS = ALL_CARDS.filter((c) => metrics.includes(c.metric));
   LISTS = ALL_LISTS.filter((l) => dimensions.includes(l.dimension));
-  FILTERS = Object.fromEntries(Object.entries(ALL_FILTERS).filter(([f]) => dimensions.includes(f)));
-  DIMENSION_FILTERS = Object.keys(FILTERS).filter((f) => f !== 'name');
+  // With `filters`, every dimension of the contract filters (`goal` once the goals report answers).
+  FILTERS = Object.fromEntries(
+    Object.entries(ALL_FILTERS).filter(([f]) => (api.filters ? true : LEGACY_FILTERS.includes(f) && dimensions.includes(f))),
+  );
 }
 
 /** A card's figure as one number (the total of a count per reason). */
 const figureValue = (card, value) => (card.byReason ? format.total(value) : value);
-
-const $ = (id) => document.getElementById(id);
-
-/** An element with attributes and children (strings become text, never HTML). */
-function el(tag, attrs = {}, ...children) {
-  const n = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') n.className = v;
-    else n.setAttribute(k, v === true ? '' : String(v));
-  }
-  n.append(...children.filter((c) => c !== null && c !== undefined));
-  return n;
-}
 
 const state = {
   key: null,
@@ -131,6 +165,10 @@ const state = {
   /** The latest complete answer: {q, filtered, summary, series, ranked}. */
   answer: null,
   gen: 0,
+  /** Bumped whenever the panels are asked again, so a late answer is dropped. */
+  panelGen: 0,
+  /** When the panels were last asked. */
+  panelsAt: 0,
   busy: 0,
   dirty: false,
   pending: null,
@@ -143,29 +181,56 @@ const state = {
   statusAsked: 0,
 };
 
+/** A filter list as single-value shorthands (`{path: '/pricing'}`), for an API without `filters`. */
+function legacyParams(filters) {
+  return Object.fromEntries(filters.map((f) => [f.dimension, f.values[0]]));
+}
+
 /**
- * Whether the API can rank `list` under `filters`: the rollups count events
- * per name, per single dimension value and per name × dimension value, and
- * sessions (entry pages) only without a filter (docs/QUERY.md).
+ * Whether an API without `filters` can rank `list` under `filters`: the
+ * rollups count events per name, per single dimension value and per name ×
+ * dimension value, and sessions (entry and exit pages) only without a filter
+ * (docs/QUERY.md). With `filters`, every list under any filters.
  */
 function rankable(list, filters) {
-  const dim = DIMENSION_FILTERS.find((f) => f in filters);
-  if (!dim && !('name' in filters)) return true;
-  if (list.dimension === 'entry_page') return false;
+  if (api.filters || !filters.length) return true;
+  if (list.dimension === 'entry_page' || list.dimension === 'exit_page') return false;
   if (list.dimension === 'name') return true;
-  if (dim) return !('name' in filters) && dim === list.dimension;
+  const dim = filters.find((f) => f.dimension !== 'name');
+  const name = filters.some((f) => f.dimension === 'name');
+  if (dim) return !name && dim.dimension === list.dimension;
   return true;
 }
 
 // ---- The view in the address ------------------------------------------------
 
+const TABS = ['overview', 'funnel', 'retention'];
+const WINDOWS = ['30m', '1h', '1d', '7d', '30d'];
+
+/** The filters in the address: `filters=` (the API's syntax), or an old link's `name=` and dimension shorthands. */
+function hashFilters(h) {
+  let filters = [];
+  try {
+    filters = parseFilters(h.get('filters') || '');
+  } catch {
+    // A hand-edited address the page cannot read: no filters rather than a broken page.
+  }
+  for (const d of LEGACY_FILTERS) {
+    if (h.get(d)) filters = withFilter(filters, { dimension: d, op: '==', values: [h.get(d)] });
+  }
+  // Without `filters` the API takes an event name and one dimension, each one value, "is".
+  if (!api.filters) {
+    const plain = filters.filter((f) => f.op === '==' && f.values.length === 1 && LEGACY_FILTERS.includes(f.dimension));
+    const name = plain.find((f) => f.dimension === 'name');
+    const dim = plain.find((f) => f.dimension !== 'name');
+    filters = [name, dim].filter(Boolean);
+  }
+  return filters;
+}
+
 function readHash() {
   const h = new URLSearchParams(location.hash.slice(1));
   const pick = (value, ok, fallback) => (value !== null && ok(value) ? value : fallback);
-  const filters = {};
-  if (h.get('name')) filters.name = h.get('name');
-  const dim = DIMENSION_FILTERS.find((f) => h.get(f));
-  if (dim) filters[dim] = h.get(dim);
   return {
     site: pick(h.get('site'), (s) => state.sites.includes(s), state.sites[0]),
     range: pick(h.get('range'), (r) => RANGES.some((x) => x.id === r), 'today'),
@@ -173,21 +238,48 @@ function readHash() {
     to: h.get('to') || '',
     tz: pick(h.get('tz'), knownZone, BROWSER_TZ),
     metric: pick(h.get('metric'), (m) => CARDS.some((c) => c.metric === m), 'users'),
-    filters,
+    filters: hashFilters(h),
+    compare: pick(h.get('compare'), (c) => COMPARISONS.some((x) => x.id === c), 'previous_period'),
+    compareFrom: h.get('compare_from') || '',
+    compareTo: h.get('compare_to') || '',
+    tab: pick(h.get('tab'), (t) => TABS.includes(t), 'overview'),
+    prop: h.get('prop') || '',
+    steps: h.get('steps') || '',
+    funnel: h.get('funnel') || '',
+    window: pick(h.get('window'), (w) => /^\d{1,4}[mhd]$/.test(w), '1d'),
+    period: pick(h.get('period'), (p) => p === 'day' || p === 'week', 'week'),
+    cohortEvent: h.get('cohort_event') || '',
+    returnEvent: h.get('return_event') || '',
   };
 }
 
 function writeHash(view) {
   const h = new URLSearchParams();
+  const put = (k, v, fallback = '') => {
+    if (v && v !== fallback) h.set(k, v);
+  };
   h.set('site', view.site);
   h.set('range', view.range);
   if (view.range === 'custom') {
     h.set('from', view.from);
     h.set('to', view.to);
   }
-  if (view.tz !== BROWSER_TZ) h.set('tz', view.tz);
-  if (view.metric !== 'users') h.set('metric', view.metric);
-  for (const [k, v] of Object.entries(view.filters)) h.set(k, v);
+  put('tz', view.tz, BROWSER_TZ);
+  put('metric', view.metric, 'users');
+  put('filters', formatFilters(view.filters));
+  put('compare', view.compare, 'previous_period');
+  if (view.compare === 'custom') {
+    put('compare_from', view.compareFrom);
+    put('compare_to', view.compareTo);
+  }
+  put('tab', view.tab, 'overview');
+  put('prop', view.prop);
+  put('funnel', view.funnel);
+  put('steps', view.steps);
+  put('window', view.window, '1d');
+  put('period', view.period, 'week');
+  put('cohort_event', view.cohortEvent);
+  put('return_event', view.returnEvent);
   const next = `#${h}`;
   if (location.hash === next) apply();
   else location.hash = next;
@@ -198,11 +290,12 @@ function go(patch) {
   writeHash({ ...state.view, ...patch });
 }
 
-function sameQuestion(a, b) {
-  const { metric: _a, ...restA } = a;
-  const { metric: _b, ...restB } = b;
-  return JSON.stringify(restA) === JSON.stringify(restB);
-}
+/** What the cards, chart and lists depend on: a change asks them again. */
+const overviewQuestion = (v) =>
+  JSON.stringify([v.site, v.range, v.from, v.to, v.tz, v.filters, v.compare, v.compareFrom, v.compareTo]);
+/** What the open view's own panels depend on beyond that. */
+const panelQuestion = (v) =>
+  JSON.stringify([overviewQuestion(v), v.tab, v.prop, v.funnel, v.steps, v.window, v.period, v.cohortEvent, v.returnEvent]);
 
 /** Take the view from the address and show it. */
 function apply() {
@@ -212,32 +305,59 @@ function apply() {
   state.view = view;
   syncControls();
   renderChips();
+  showTab();
   if (!before || before.site !== view.site) startStream();
-  if (before && sameQuestion(before, view) && state.answer) {
+  if (before && overviewQuestion(before) === overviewQuestion(view) && state.answer) {
     renderCards();
     renderChart();
+    if (panelQuestion(before) !== panelQuestion(view)) refreshPanels();
     return;
   }
   renderFeed();
   refresh(true);
 }
 
-function addFilter(param, value) {
-  const filters = { ...state.view.filters };
-  if (param !== 'name') for (const d of DIMENSION_FILTERS) delete filters[d];
-  filters[param] = value;
-  state.focusChip = param;
+/** Filter by `dimension` is `value` (a row's click): it replaces an "is" filter on that dimension. */
+function addFilter(dimension, value) {
+  let filters = withFilter(state.view.filters, { dimension, op: '==', values: [value] });
+  // Without `filters`, a dimension filter replaces another one: the rollups count per single dimension.
+  if (!api.filters && dimension !== 'name') filters = filters.filter((f) => f.dimension === 'name' || f.dimension === dimension);
+  state.focusChip = formatFilters([filters.at(-1)]);
   go({ filters });
 }
 
-function removeFilter(param) {
-  const filters = { ...state.view.filters };
-  delete filters[param];
-  state.focusChip = Object.keys(filters)[0] || '';
+function removeFilter(index) {
+  const filters = state.view.filters.filter((_, i) => i !== index);
+  state.focusChip = filters.length ? formatFilters([filters[0]]) : '';
   go({ filters });
 }
 
 // ---- Fetching the numbers ------------------------------------------------------
+
+/** The question's range and filters as parameters (with the comparison for summaries). */
+function baseParams(q, view) {
+  const filters = api.filters ? (view.filters.length ? { filters: formatFilters(view.filters) } : {}) : legacyParams(view.filters);
+  return { from: q.from, to: q.to, tz: q.tz, ...filters };
+}
+
+/**
+ * The panels' range: the exact instants the summary covered (with their
+ * offset), so goals, funnels and retention count the same stretch as the
+ * cards without a `tz` (the analysis operations take none).
+ */
+function panelParams(answer, view) {
+  const { summary, q } = answer;
+  const range = summary.range || { from: summary.from, to: summary.to };
+  const { from, to, tz, ...filters } = baseParams(q, view);
+  return { from: range.from, to: range.to, ...filters };
+}
+
+function compareParams(view) {
+  if (!api.compare) return {};
+  if (view.compare !== 'custom') return { compare: view.compare };
+  if (!view.compareFrom || !view.compareTo) return { compare: 'previous_period' };
+  return { compare: 'custom', compare_from: view.compareFrom, compare_to: view.compareTo };
+}
 
 /** Ask for everything the view shows; `navigated` shows the loading state. */
 async function refresh(navigated = false) {
@@ -247,10 +367,12 @@ async function refresh(navigated = false) {
   const gen = ++state.gen;
   const view = state.view;
   const main = $('main');
-  const filtered = Object.keys(view.filters).length > 0;
+  // Only an API without `filters` needs filtered questions shaped for the rollups.
+  const filtered = view.filters.length > 0;
+  const legacyFiltered = filtered && !api.filters;
   let q;
   try {
-    q = period(view.range, { now: Date.now(), tz: view.tz, filtered, custom: { from: view.from, to: view.to } });
+    q = period(view.range, { now: Date.now(), tz: view.tz, filtered: legacyFiltered, custom: { from: view.from, to: view.to } });
   } catch (e) {
     showNote(e.message);
     main.dataset.state = 'error';
@@ -258,27 +380,30 @@ async function refresh(navigated = false) {
   }
   showNote(q.note);
   if (navigated) main.dataset.state = 'loading';
-  const base = { from: q.from, to: q.to, tz: q.tz, ...view.filters };
-  const metrics = (filtered ? FILTERABLE : CARDS.map((c) => c.metric)).join(',');
+  const base = baseParams(q, view);
+  const metrics = (legacyFiltered ? FILTERABLE : CARDS.map((c) => c.metric)).join(',');
   const lists = LISTS.filter((l) => rankable(l, view.filters));
-  const site = `/api/v1/sites/${encodeURIComponent(view.site)}`;
-  const ask = (op, extra) => getJson(`${site}/${op}`, state.key, { ...base, ...extra });
+  const ask = (op, extra) => getJson(`${sitePath(view.site)}/${op}`, state.key, { ...base, ...extra });
+  const rows = (l) => (l.map && !filtered ? MAP_ROWS : 10);
+  const ranking = (l) => (api.rankByUsers ? { metric: 'users', metrics: 'users,events,pageviews' } : {});
   state.busy++;
   state.lastStart = Date.now();
   try {
     const [summary, series, ...ranked] = await Promise.all([
-      ask('summary', { metrics }),
+      ask('summary', { metrics, ...compareParams(view) }),
       ask('timeseries', { interval: q.interval, metrics }),
-      ...lists.map((l) => ask('breakdown', { dimension: l.dimension, limit: l.map && !filtered ? MAP_ROWS : 10 })),
+      ...lists.map((l) => ask('breakdown', { dimension: l.dimension, limit: rows(l), ...ranking(l) })),
     ]);
     if (gen !== state.gen) return;
-    state.answer = { q, filtered, summary, series, ranked: new Map(lists.map((l, i) => [l.dimension, ranked[i]])) };
+    state.answer = { q, filtered: legacyFiltered, summary, series, ranked: new Map(lists.map((l, i) => [l.dimension, ranked[i]])) };
     state.retry.delay = 0;
     hideBanner();
     main.dataset.site = view.site;
     main.dataset.query = new URLSearchParams(base).toString();
     render();
     main.dataset.state = 'ready';
+    // The panels read the event store: a live refresh asks them again at most every PANELS_EVERY_MS.
+    if (navigated || Date.now() - state.panelsAt >= PANELS_EVERY_MS) refreshPanels();
   } catch (e) {
     if (gen === state.gen) failed(e, () => refresh(navigated));
   } finally {
@@ -289,6 +414,8 @@ async function refresh(navigated = false) {
     }
   }
 }
+
+const sitePath = (site) => `/api/v1/sites/${encodeURIComponent(site)}`;
 
 /** Refetch soon: at most once a second, and never two at once. */
 function scheduleRefresh() {
@@ -366,11 +493,12 @@ function showNote(text) {
 
 function render() {
   const a = state.answer;
-  $('period').textContent = `${format.span(a.summary.from, a.summary.to, a.q.tz)} (${a.q.tz}), compared with the period before`;
+  $('period').textContent = `${format.span(a.summary.from, a.summary.to, a.q.tz)} (${a.q.tz}), ${comparedWith(a.summary)}`;
+  $('period').title = sourceNote(a.summary);
   renderCards();
   renderChart();
   renderLists();
-  const empty = !a.filtered && a.summary.metrics.events.value === 0;
+  const empty = !state.view.filters.length && a.summary.metrics.events?.value === 0;
   $('main').dataset.empty = String(empty);
   $('empty').hidden = !empty;
   $('chart').hidden = empty;
@@ -378,10 +506,57 @@ function render() {
   $('lists').hidden = empty;
 }
 
-/** The metric the chart shows: the chosen card's, or page views when a filter rules it out. */
+/** The metric the chart shows: the chosen card's, or page views when the API cannot filter it. */
 function chartMetric() {
   const { metric, filters } = state.view;
-  return Object.keys(filters).length && !FILTERABLE.includes(metric) ? 'pageviews' : metric;
+  return !api.filters && filters.length && !FILTERABLE.includes(metric) ? 'pageviews' : metric;
+}
+
+/** What the cards' changes are measured against, as the line above them says. */
+function comparedWith(summary) {
+  const range = summary.comparison?.range || summary.previous;
+  const label = COMPARISONS.find((c) => c.id === (api.compare ? state.view.compare : 'previous_period'))?.text || 'the period before';
+  return range?.from && range?.to ? `compared with ${label} (${format.span(range.from, range.to, state.answer.q.tz)})` : `compared with ${label}`;
+}
+
+/** Where the numbers came from, for a tooltip: the API says rollups or store, and how fresh. */
+function sourceNote(answer) {
+  if (!answer?.source) return '';
+  const fresh = answer.fresh_through ? `, counting events up to ${format.clock(answer.fresh_through, state.view.tz)}` : '';
+  return `Answered from the ${answer.source === 'store' ? 'event store' : 'rollups'}${fresh}.`;
+}
+
+/**
+ * A card's figure in the comparison period and its change: from the answer's
+ * `comparison` where the API compares as asked, else from the figure's own
+ * `previous` and `change` (the period before). `known` is false when the
+ * comparison period is past retention.
+ */
+function compared(summary, metric) {
+  const figure = summary.metrics[metric];
+  const c = summary.comparison;
+  if (!c) return { known: summary.previous?.available !== false, previous: figure?.previous ?? null, change: figure?.change ?? null };
+  // The comparison's figures are plain values (`comparison.metrics.users = 28`); the change is worked out here.
+  const other = c.metrics ? c.metrics[metric] : c[metric];
+  const previous = other && typeof other === 'object' && 'value' in other ? other.value : other ?? null;
+  return { known: c.available !== false, previous, change: null };
+}
+
+/** A card's figure in the comparison period as the card would show it, or ''. */
+function comparedFigure(card, prior, value) {
+  if (prior === null || prior === undefined) return '';
+  if (card.metric === 'revenue') {
+    const currency = format.mainCurrency(value);
+    return currency ? format.moneyLong(prior?.[currency] ?? 0, currency) : '';
+  }
+  return card.show(card.byReason ? format.total(prior) : prior);
+}
+
+/** The relative change from `previous` to `value` (the difference for rates), or null. */
+function changeOf(card, value, previous) {
+  if (previous === null || previous === undefined || value === null || value === undefined) return null;
+  if (card.isRate) return Number(value) - Number(previous);
+  return Number(previous) ? (Number(value) - Number(previous)) / Number(previous) : null;
 }
 
 function buildCards() {
@@ -407,17 +582,18 @@ function renderCards() {
   const a = state.answer;
   if (!a) return;
   const shown = chartMetric();
-  const previousKnown = a.summary.previous.available;
   for (const card of CARDS) {
     const button = document.querySelector(`.card[data-metric="${card.metric}"]`);
     const [, valueEl, changeEl] = button.children;
     button.setAttribute('aria-pressed', String(card.metric === shown));
     const figure = a.summary.metrics[card.metric];
+    const extra = button.querySelector('.currencies');
+    if (extra) extra.remove();
     if (!figure) {
       button.dataset.available = 'false';
       button.dataset.value = '';
       button.setAttribute('aria-disabled', 'true');
-      button.title = 'With a filter Beacon counts events and page views only: the rollups do not keep users, sessions or revenue per filter value.';
+      button.title = 'With a filter this Beacon counts events and page views only: its rollups do not keep users, sessions or revenue per filter value.';
       valueEl.textContent = '—';
       changeEl.textContent = 'not available with a filter';
       changeEl.dataset.tone = 'none';
@@ -426,27 +602,28 @@ function renderCards() {
     }
     button.dataset.available = 'true';
     button.removeAttribute('aria-disabled');
-    button.title = `Show ${card.label.toLowerCase()} in the chart`;
+    button.title = [`Show ${card.label.toLowerCase()} in the chart.`, sourceNote(a.summary)].filter(Boolean).join(' ');
+    const { known: previousKnown, previous: prior, change: given } = compared(a.summary, card.metric);
     let change;
     if (card.metric === 'revenue') {
-      const currency = format.mainCurrency(figure.value);
-      const others = Object.keys(figure.value).length - 1;
+      // Every currency, each in its own: the largest big, the others below it, none cut short.
+      const all = format.currencies(figure.value);
+      const currency = all[0]?.[0] ?? null;
       button.dataset.value = JSON.stringify(figure.value);
-      valueEl.textContent = currency ? format.money(figure.value[currency], currency) : '0';
-      if (others > 0) {
-        valueEl.append(' ', el('small', {}, `+${others} more`));
-        button.title = Object.entries(figure.value)
-          .map(([c, v]) => format.money(v, c))
-          .join(', ');
+      button.dataset.currencies = all.map(([c]) => c).join(',');
+      valueEl.textContent = currency ? format.moneyLong(figure.value[currency], currency) : '0';
+      if (all.length > 1) {
+        valueEl.after(
+          el('ul', { class: 'currencies' }, all.slice(1).map(([c, v]) => el('li', { 'data-currency': c }, format.moneyLong(v, c)))),
+        );
       }
-      change = format.change(currency ? figure.change?.[currency] : null, {
-        previousKnown,
-        previous: currency ? Number(figure.previous?.[currency] ?? 0) : 0,
-        value: currency ? figure.value[currency] : 0,
-      });
+      button.title = [all.map(([c, v]) => format.moneyLong(v, c)).join(' · '), sourceNote(a.summary)].filter(Boolean).join('. ');
+      const previous = currency ? Number(prior?.[currency] ?? 0) : 0;
+      const relative = given && typeof given === 'object' ? given[currency] : changeOf(card, figure.value?.[currency], previous);
+      change = format.change(currency ? relative : null, { previousKnown, previous, value: currency ? figure.value[currency] : 0 });
     } else if (card.byReason) {
       const value = format.total(figure.value);
-      const previous = figure.previous ? format.total(figure.previous) : null;
+      const previous = prior ? format.total(prior) : null;
       button.dataset.value = String(value);
       valueEl.textContent = card.show(value);
       const reasons = Object.entries(figure.value || {}).map(([r, n]) => `${r} ${format.count(n)}`);
@@ -458,17 +635,21 @@ function renderCards() {
     } else {
       button.dataset.value = figure.value === null ? '' : String(figure.value);
       valueEl.textContent = card.show(figure.value);
-      change = format.change(figure.change, {
+      change = format.change(given ?? changeOf(card, figure.value, prior), {
         isRate: card.isRate,
         lowerIsBetter: card.lowerIsBetter,
         previousKnown,
-        previous: figure.previous,
+        previous: prior,
         value: figure.value,
       });
     }
     changeEl.textContent = change.text;
     changeEl.dataset.tone = change.tone;
-    changeEl.title = change.title;
+    changeEl.title = change.title.replace('the period before', COMPARISONS.find((c) => c.id === state.view.compare)?.text || 'the period before');
+    // The comparison period's own figure, beside the change.
+    const then = comparedFigure(card, prior, figure.value);
+    if (then) changeEl.title += ` Then: ${then}.`;
+    button.dataset.previous = prior === null || prior === undefined ? '' : typeof prior === 'object' ? JSON.stringify(prior) : String(prior);
   }
 }
 
@@ -504,12 +685,30 @@ function buildLists() {
       el(
         'section',
         { class: `panel list${list.map ? ' with-map' : ''}`, 'data-dimension': list.dimension, 'aria-labelledby': id },
-        el('h2', { id }, list.title, ' ', el('span', { class: 'muted unit' }, list.unit)),
+        el('h2', { id }, list.title, ' ', el('span', { class: 'muted unit' }, api.rankByUsers ? 'visitors' : list.unit)),
         list.map ? el('div', { class: 'map' }) : null,
         el('div', { class: 'rows' }),
       ),
     );
   }
+}
+
+/** A row's ranked figure: visitors where the API ranks by them, else its count. */
+const rowCount = (row) => Number(row.users ?? row.count ?? 0);
+
+/** What the rows leave out, in the ranked figure. */
+function otherCount(answer) {
+  const other = answer.other;
+  if (other && typeof other === 'object') return Number(other.users ?? other.count ?? 0);
+  return Number(other || 0);
+}
+
+/** A row's other figures, for its tooltip. */
+function rowDetail(row) {
+  const parts = [];
+  if (row.events !== undefined) parts.push(`${format.count(row.events)} events`);
+  if (row.pageviews !== undefined) parts.push(`${format.count(row.pageviews)} page views`);
+  return parts.length ? ` (${parts.join(', ')})` : '';
 }
 
 function renderLists() {
@@ -521,7 +720,9 @@ function renderLists() {
     const panel = document.querySelector(`.list[data-dimension="${list.dimension}"]`);
     const rows = panel.querySelector('.rows');
     const answer = a.ranked.get(list.dimension);
-    const drawn = JSON.stringify([answer?.rows, answer?.other, state.view.filters[list.filter]]);
+    const param = api.filters ? list.filter : list.legacyFilter || list.filter;
+    const active = state.view.filters.find((f) => f.dimension === param && f.op === '==' && f.values.length === 1)?.values[0];
+    const drawn = JSON.stringify([answer?.rows, answer?.other, active, api.rankByUsers]);
     if (panel.dataset.drawn === drawn) continue;
     panel.dataset.drawn = drawn;
     if (!answer) {
@@ -529,7 +730,7 @@ function renderLists() {
       const map = panel.querySelector('.map');
       if (map) map.hidden = true;
       rows.replaceChildren(
-        el('p', { class: 'muted unavailable' }, list.dimension === 'entry_page'
+        el('p', { class: 'muted unavailable' }, list.dimension === 'entry_page' || list.dimension === 'exit_page'
           ? 'Not available with a filter: sessions are not kept per filter value.'
           : 'Not available with this filter: the rollups count events per single dimension.'),
       );
@@ -540,35 +741,36 @@ function renderLists() {
     const map = panel.querySelector('.map');
     if (map) {
       map.hidden = false;
-      drawMap(map, answer.rows, { name: label, unit: list.unit, pick: (code) => addFilter(list.filter, code) });
+      const counted = answer.rows.map((r) => ({ ...r, count: rowCount(r) }));
+      drawMap(map, counted, { name: label, unit: api.rankByUsers ? 'visitors' : list.unit, pick: (code) => addFilter(param, code) });
     }
     if (!answer.rows.length) {
       rows.replaceChildren(el('p', { class: 'muted' }, 'Nothing in this period.'));
       continue;
     }
-    const top = answer.rows[0].count || 1;
-    const active = state.view.filters[list.filter];
+    const top = Math.max(1, ...answer.rows.map(rowCount));
     // A list with a map asks for every country; it shows the top ten, the rest as Other.
     const shown = answer.rows.slice(0, 10);
-    const other = answer.other + answer.rows.slice(10).reduce((sum, r) => sum + r.count, 0);
+    const other = otherCount(answer) + answer.rows.slice(10).reduce((sum, r) => sum + rowCount(r), 0);
     const items = shown.map((row) => {
       const fill = el('span', { class: 'fill' });
-      fill.style.width = `${Math.max(1, (row.count / top) * 100).toFixed(1)}%`;
+      fill.style.width = `${Math.max(1, (rowCount(row) / top) * 100).toFixed(1)}%`;
       const button = el(
         'button',
         {
           type: 'button',
           class: 'row',
           'data-value': row.value,
-          'data-count': row.count,
+          'data-count': rowCount(row),
+          'data-events': row.events ?? null,
           'aria-current': active === row.value ? 'true' : null,
-          title: `Filter the dashboard by ${FILTERS[list.filter].toLowerCase()} ${row.value}`,
+          title: `Filter the dashboard by ${dimensionLabel(param).toLowerCase()} ${row.value}${rowDetail(row)}`,
         },
         fill,
         el('span', { class: 'row-label' }, label(row.value)),
-        el('span', { class: 'row-count' }, format.count(row.count)),
+        el('span', { class: 'row-count' }, format.count(rowCount(row))),
       );
-      button.addEventListener('click', () => addFilter(list.filter, row.value));
+      button.addEventListener('click', () => addFilter(param, row.value));
       return el('li', {}, button);
     });
     if (other > 0) {
@@ -586,19 +788,315 @@ function renderLists() {
 }
 
 function renderChips() {
-  const chips = Object.entries(state.view.filters).map(([param, value]) => {
-    const remove = el('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove filter ${FILTERS[param]} is ${value}` }, '×');
-    remove.addEventListener('click', () => removeFilter(param));
-    return el('span', { class: 'chip', 'data-filter': param }, `${FILTERS[param]} is `, el('strong', {}, param === 'country' ? format.country(value) : value), remove);
+  const chips = state.view.filters.map((f, i) => {
+    const shown = f.values.map((v) => (f.dimension === 'country' ? format.country(v) : v));
+    const what = `${dimensionLabel(f.dimension)} ${operatorLabel(f.op)}`;
+    const remove = el('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove filter ${what} ${shown.join(' or ')}` }, '×');
+    remove.addEventListener('click', () => removeFilter(i));
+    const values = shown.flatMap((v, k) => (k ? [' or ', el('strong', {}, v)] : [el('strong', {}, v)]));
+    return el('span', { class: 'chip', 'data-filter': f.dimension, 'data-op': f.op, 'data-text': formatFilters([f]) }, `${what} `, ...values, remove);
   });
   $('chips').replaceChildren(...chips);
   if (state.focusChip !== undefined) {
     const target = state.focusChip
-      ? document.querySelector(`.chip[data-filter="${state.focusChip}"] .chip-remove`)
+      ? [...document.querySelectorAll('.chip')].find((c) => c.dataset.text === state.focusChip)?.querySelector('.chip-remove')
       : document.querySelector('.card');
     target?.focus();
     state.focusChip = undefined;
   }
+}
+
+// ---- Goals, properties, funnels and retention ---------------------------------
+
+/** Which view is open: the overview's lists and panels, the funnel or the retention table. */
+function showTab() {
+  const tab = state.view.tab;
+  for (const t of TABS) {
+    $(`tab-${t}`).setAttribute('aria-selected', String(t === tab));
+    $(`view-${t}`).hidden = t !== tab;
+  }
+}
+
+/**
+ * Ask one panel's question and draw the answer into `box` (its `.panel-body`);
+ * the panel says briefly why it is empty when this Beacon has no such
+ * operation (an older node: no `filters` parameter, or a 404) or refuses
+ * the question.
+ */
+async function askPanel(box, op, params, draw, { missing }) {
+  const body = box.querySelector('.panel-body');
+  const view = state.view;
+  const query = new URLSearchParams(params).toString();
+  // A node without `filters` predates goals, properties, funnels and retention: nothing to ask.
+  if (!api.filters) {
+    box.dataset.state = 'unavailable';
+    body.replaceChildren(message(missing));
+    return;
+  }
+  if (box.dataset.query !== query) box.dataset.state = 'loading';
+  const pg = state.panelGen;
+  try {
+    const answer = await getJson(`${sitePath(view.site)}/${op}`, state.key, params);
+    if (pg !== state.panelGen) return;
+    draw(answer, body);
+    box.dataset.query = query;
+    box.dataset.state = 'ready';
+    box.title = sourceNote(answer);
+  } catch (e) {
+    if (pg !== state.panelGen || e.name === 'AbortError') return;
+    box.dataset.query = query;
+    if (e.status === 404 && !/no site/.test(e.message)) {
+      box.dataset.state = 'unavailable';
+      body.replaceChildren(message(missing));
+    } else if (e.status === 400) {
+      box.dataset.state = 'refused';
+      body.replaceChildren(message(`Beacon refused the question: ${e.message}.`, 'error'));
+    } else {
+      box.dataset.state = 'error';
+      body.replaceChildren(message(`No answer: ${e.message}.`, 'error'));
+    }
+  }
+}
+
+/** Ask the open view's panels (goals and properties, the funnel, or the retention table). */
+function refreshPanels() {
+  const a = state.answer;
+  if (!a) return;
+  state.panelGen++;
+  state.panelsAt = Date.now();
+  const view = state.view;
+  const base = panelParams(a, view);
+  if (view.tab === 'overview') {
+    askPanel($('goals'), 'goals/report', base, (answer, body) => renderGoals(body, answer, { pick: api.goalFilter ? (name) => addFilter('goal', name) : null }), {
+      missing: 'This Beacon does not report goals yet.',
+    });
+    askPanel($('properties'), 'properties', base, (answer, body) => drawProperties(body, answer, base), {
+      missing: 'This Beacon does not list custom properties yet.',
+    });
+  } else if (view.tab === 'funnel') {
+    askFunnel(base);
+  } else if (view.tab === 'retention') {
+    const params = { ...base, period: view.period };
+    if (view.cohortEvent) params.cohort_event = view.cohortEvent;
+    if (view.returnEvent) params.return_event = view.returnEvent;
+    askPanel($('retention'), 'retention', params, (answer, body) => renderRetention(body, answer, { period: view.period }), {
+      missing: 'This Beacon does not answer retention questions yet.',
+    });
+  }
+}
+
+/** The property keys of the range, and a breakdown by the chosen one (the first by default). */
+async function drawProperties(body, answer, base) {
+  const keys = (answer.properties || answer.keys || []).map((p) => (typeof p === 'string' ? { key: p } : p));
+  if (!keys.length) {
+    body.replaceChildren(message('No event in this range has custom properties.'));
+    return;
+  }
+  const chosen = keys.some((k) => k.key === state.view.prop) ? state.view.prop : keys[0].key;
+  const picker = el(
+    'div',
+    { class: 'prop-keys', role: 'group', 'aria-label': 'Property keys' },
+    keys.map((k) =>
+      el(
+        'button',
+        {
+          type: 'button',
+          class: 'prop-key',
+          'data-key': k.key,
+          'aria-pressed': String(k.key === chosen),
+          title: [k.events !== undefined ? `${format.count(k.events)} events` : null, k.users !== undefined ? `${format.count(k.users)} visitors` : null].filter(Boolean).join(', '),
+        },
+        k.key,
+      ),
+    ),
+  );
+  picker.addEventListener('click', (e) => {
+    const key = e.target.closest('.prop-key')?.dataset.key;
+    if (key) go({ prop: key });
+  });
+  const rows = el('div', { class: 'rows' }, message('…'));
+  body.replaceChildren(picker, rows);
+  const pg = state.panelGen;
+  try {
+    const dimension = `props.${chosen}`;
+    const ranked = await getJson(`${sitePath(state.view.site)}/breakdown`, state.key, { ...base, dimension, limit: 10, metric: 'users', metrics: 'users,events' });
+    if (pg !== state.panelGen) return;
+    const top = Math.max(1, ...ranked.rows.map(rowCount));
+    const items = ranked.rows.map((row) => {
+      const fill = el('span', { class: 'fill' });
+      fill.style.width = `${Math.max(1, (rowCount(row) / top) * 100).toFixed(1)}%`;
+      const button = el(
+        'button',
+        { type: 'button', class: 'row', 'data-value': row.value, 'data-count': rowCount(row), title: `Filter the dashboard by ${chosen} ${row.value}${rowDetail(row)}` },
+        fill,
+        el('span', { class: 'row-label' }, row.value),
+        el('span', { class: 'row-count' }, format.count(rowCount(row))),
+      );
+      button.addEventListener('click', () => addFilter(dimension, row.value));
+      return el('li', {}, button);
+    });
+    rows.dataset.key = chosen;
+    rows.replaceChildren(items.length ? el('ol', {}, items) : message('Nothing in this period.'));
+  } catch (e) {
+    if (pg === state.panelGen) rows.replaceChildren(message(`No breakdown: ${e.message}.`, 'error'));
+  }
+}
+
+/** The funnel: a saved one by name, or the steps in the editor. */
+function askFunnel(base) {
+  const view = state.view;
+  drawStepsEditor();
+  const box = $('funnel');
+  if (api.filters) loadSavedFunnels();
+  const steps = parseSteps(view.steps);
+  if (!view.funnel && steps.length < 2) {
+    box.dataset.state = 'idle';
+    box.querySelector('.panel-body').replaceChildren(message('Add two to eight steps (events, pages or goals), then show the funnel.'));
+    return;
+  }
+  const params = { ...base, window: view.window, ...(view.funnel ? { funnel: view.funnel } : { steps: view.steps }) };
+  askPanel(box, 'funnel', params, (answer, body) => renderFunnel(body, answer), {
+    missing: 'This Beacon does not answer funnel questions yet.',
+  });
+}
+
+/** The saved funnels, in the picker (asked once per site). */
+async function loadSavedFunnels() {
+  const select = $('funnel-saved');
+  if (select.dataset.site === state.view.site) {
+    select.value = state.view.funnel;
+    return;
+  }
+  select.dataset.site = state.view.site;
+  try {
+    const answer = await getJson(`${sitePath(state.view.site)}/funnels`, state.key);
+    const funnels = (answer.funnels || []).map((f) => (typeof f === 'string' ? { name: f } : f));
+    select.replaceChildren(el('option', { value: '' }, 'Ad hoc (the steps below)'), funnels.map((f) => el('option', { value: f.name }, f.name)));
+    select.dataset.funnels = JSON.stringify(funnels);
+  } catch {
+    select.replaceChildren(el('option', { value: '' }, 'Ad hoc (the steps below)'));
+  }
+  select.value = state.view.funnel;
+}
+
+/** The steps editor, from the address (or a saved funnel's steps when one is picked). */
+function drawStepsEditor() {
+  const list = $('funnel-steps');
+  // A live refresh must not undo steps being typed: redraw only when the address changed them.
+  const drawn = JSON.stringify([state.view.steps, state.view.window]);
+  if (list.dataset.drawn === drawn) return;
+  list.dataset.drawn = drawn;
+  const steps = parseSteps(state.view.steps);
+  while (steps.length < 2) steps.push({ kind: steps.length ? 'event' : 'path', value: '' });
+  list.replaceChildren(...steps.map((s, i) => stepRow(s, i)));
+  const windows = $('funnel-window');
+  // A saved funnel's window may be one the picker does not offer.
+  if (![...windows.options].some((o) => o.value === state.view.window)) windows.append(el('option', { value: state.view.window }, state.view.window));
+  windows.value = state.view.window;
+}
+
+function stepRow(step, i) {
+  const kind = el('select', { class: 'step-kind', 'aria-label': `Step ${i + 1} kind` }, STEP_KINDS.map((k) => el('option', { value: k.kind }, k.label)));
+  kind.value = step.kind;
+  const value = el('input', { class: 'step-value', type: 'text', value: step.value, 'aria-label': `Step ${i + 1}`, placeholder: 'signup, /pricing*, Signup…', spellcheck: 'false' });
+  const remove = el('button', { type: 'button', class: 'button quiet step-remove', 'aria-label': `Remove step ${i + 1}` }, '×');
+  remove.addEventListener('click', () => {
+    remove.closest('li').remove();
+    renumberSteps();
+  });
+  return el('li', { class: 'step' }, kind, value, remove);
+}
+
+function renumberSteps() {
+  [...$('funnel-steps').children].forEach((li, i) => {
+    li.querySelector('.step-kind').setAttribute('aria-label', `Step ${i + 1} kind`);
+    li.querySelector('.step-value').setAttribute('aria-label', `Step ${i + 1}`);
+    li.querySelector('.step-remove').setAttribute('aria-label', `Remove step ${i + 1}`);
+  });
+}
+
+/** The steps as the editor holds them. */
+function editedSteps() {
+  return [...$('funnel-steps').children]
+    .map((li) => ({ kind: li.querySelector('.step-kind').value, value: li.querySelector('.step-value').value.trim() }))
+    .filter((s) => s.value);
+}
+
+// ---- The filter editor ------------------------------------------------------------
+
+function openEditor() {
+  const form = $('filter-editor');
+  $('filter-dimension').replaceChildren(
+    ...Object.entries(FILTERS)
+      .filter(([d]) => d !== 'goal' || api.goalFilter)
+      .map(([d, label]) => el('option', { value: d }, label)),
+    api.filters ? el('option', { value: 'props.' }, 'Property…') : null,
+  );
+  setOperators('');
+  $('filter-values').value = '';
+  $('filter-prop').value = '';
+  $('filter-error').hidden = true;
+  $('filter-prop-field').hidden = true;
+  $('filter-values-hint').textContent = api.filters ? 'One value per line: any of them.' : 'One value: this Beacon filters by one value of one dimension.';
+  form.hidden = false;
+  $('filter-add').setAttribute('aria-expanded', 'true');
+  $('filter-dimension').focus();
+}
+
+/** The conditions the editor offers for `dimension`: "is" alone on an older node, "is" and "is not" for goals. */
+function setOperators(dimension) {
+  const select = $('filter-op');
+  const before = select.value || '==';
+  const ops = OPERATORS.filter((o) => (!api.filters ? o.op === '==' : dimension !== 'goal' || o.op === '==' || o.op === '!='));
+  select.replaceChildren(...ops.map((o) => el('option', { value: o.op }, o.label)));
+  select.value = ops.some((o) => o.op === before) ? before : '==';
+}
+
+function closeEditor() {
+  $('filter-editor').hidden = true;
+  $('filter-add').setAttribute('aria-expanded', 'false');
+}
+
+/** The editor's filter, or an Error saying what to fix. */
+function editedFilter() {
+  let dimension = $('filter-dimension').value;
+  if (dimension === 'props.') {
+    const key = $('filter-prop').value.trim();
+    if (!/^[A-Za-z0-9_.:$-]{1,64}$/.test(key)) throw new Error('A property key is 1 to 64 letters, digits or _ . : $ -');
+    dimension = `props.${key}`;
+  }
+  const values = $('filter-values').value.split('\n').map((v) => v.trim()).filter(Boolean);
+  if (!values.length) throw new Error('Give at least one value.');
+  if (!api.filters && values.length > 1) throw new Error('This Beacon filters by one value at a time.');
+  return { dimension, op: $('filter-op').value, values };
+}
+
+function wireEditor() {
+  $('filter-add').addEventListener('click', () => ($('filter-editor').hidden ? openEditor() : closeEditor()));
+  $('filter-dimension').addEventListener('change', (e) => {
+    $('filter-prop-field').hidden = e.target.value !== 'props.';
+    setOperators(e.target.value);
+  });
+  $('filter-cancel').addEventListener('click', () => {
+    closeEditor();
+    $('filter-add').focus();
+  });
+  $('filter-editor').addEventListener('submit', (e) => {
+    e.preventDefault();
+    let filter;
+    try {
+      filter = editedFilter();
+    } catch (err) {
+      $('filter-error').textContent = err.message;
+      $('filter-error').hidden = false;
+      return;
+    }
+    closeEditor();
+    let filters = withFilter(state.view.filters, filter);
+    if (!api.filters && filter.dimension !== 'name') filters = filters.filter((f) => f.dimension === 'name' || f.dimension === filter.dimension);
+    state.focusChip = formatFilters([filter]);
+    go({ filters });
+  });
 }
 
 // ---- Live ----------------------------------------------------------------------
@@ -697,7 +1195,7 @@ function renderLive(live) {
 
 /** Whether a feed event passes the dashboard's filters. */
 function passes(event) {
-  return Object.entries(state.view.filters).every(([k, v]) => (event[k] ?? '(none)') === v);
+  return passesFilters(event, state.view.filters);
 }
 
 function renderFeed() {
@@ -839,6 +1337,16 @@ function syncControls() {
   );
   $('tz').value = v.tz;
   $('custom').hidden = v.range !== 'custom';
+  $('compare-field').hidden = !api.compare;
+  $('compare').value = v.compare;
+  $('compare-custom').hidden = !api.compare || v.compare !== 'custom';
+  if (v.compare === 'custom') {
+    $('compare-from').value = v.compareFrom;
+    $('compare-to').value = v.compareTo;
+  }
+  $('period-select').value = v.period;
+  $('cohort-event').value = v.cohortEvent;
+  $('return-event').value = v.returnEvent;
   if (v.range === 'custom') {
     $('custom-from').value = v.from;
     $('custom-to').value = v.to;
@@ -870,6 +1378,51 @@ function wireControls() {
   $('custom').addEventListener('submit', (e) => {
     e.preventDefault();
     go({ range: 'custom', from: $('custom-from').value, to: $('custom-to').value });
+  });
+  $('compare').replaceChildren(...COMPARISONS.map((c) => el('option', { value: c.id }, c.label)));
+  $('compare').addEventListener('change', (e) => {
+    if (e.target.value !== 'custom') {
+      go({ compare: e.target.value });
+      return;
+    }
+    // A custom comparison waits for its dates; start from the same length just before.
+    $('compare-custom').hidden = false;
+    $('compare-from').focus();
+  });
+  $('compare-custom').addEventListener('submit', (e) => {
+    e.preventDefault();
+    go({ compare: 'custom', compareFrom: $('compare-from').value, compareTo: $('compare-to').value });
+  });
+  for (const tab of TABS) $(`tab-${tab}`).addEventListener('click', () => go({ tab }));
+  wireEditor();
+  $('funnel-window').replaceChildren(...WINDOWS.map((w) => el('option', { value: w }, w)));
+  $('funnel-add-step').addEventListener('click', () => {
+    const list = $('funnel-steps');
+    if (list.children.length >= 8) return;
+    list.append(stepRow({ kind: 'event', value: '' }, list.children.length));
+    list.lastElementChild.querySelector('.step-value').focus();
+  });
+  $('funnel-saved').addEventListener('change', (e) => {
+    const funnels = JSON.parse(e.target.dataset.funnels || '[]');
+    const saved = funnels.find((f) => f.name === e.target.value);
+    // A saved funnel's steps fill the editor, so it can be changed into an ad hoc one.
+    // Saved steps are a list of `kind:value`; the address holds them as one `steps` string.
+    const list = Array.isArray(saved?.steps) ? saved.steps.flatMap((step) => parseSteps(step.replace(/[;\\]/g, (c) => `\\${c}`))) : null;
+    const steps = list ? formatSteps(list) : saved?.steps || state.view.steps;
+    go({ funnel: e.target.value, steps, window: saved?.window || state.view.window });
+  });
+  $('funnel-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const steps = editedSteps();
+    if (steps.length < 2 || steps.length > 8) {
+      $('funnel').querySelector('.panel-body').replaceChildren(message('A funnel has two to eight steps.', 'error'));
+      return;
+    }
+    go({ funnel: '', steps: formatSteps(steps), window: $('funnel-window').value });
+  });
+  $('retention-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    go({ period: $('period-select').value, cohortEvent: $('cohort-event').value.trim(), returnEvent: $('return-event').value.trim() });
   });
   $('copy-curl').addEventListener('click', async () => {
     try {

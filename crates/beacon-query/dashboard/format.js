@@ -41,13 +41,40 @@ export function rate(n) {
   return n < 10 ? n.toFixed(1) : counts.format(n);
 }
 
-/** The currency with the largest amount in a revenue object, if any. */
-export function mainCurrency(revenue) {
-  let best = null;
-  for (const [currency, amount] of Object.entries(revenue || {})) {
-    if (best === null || Number(amount) > Number(revenue[best])) best = currency;
+/** Digits after the decimal point of `currency` (2 for USD, 0 for JPY). */
+function minorDigits(currency) {
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits;
+  } catch {
+    return 2;
   }
-  return best;
+}
+
+/**
+ * A revenue object's currencies, largest first: `[[currency, amount]]`.
+ * Amounts in different currencies cannot be compared without rates, so a
+ * currency without cents (JPY, KRW) counts at a hundredth: ¥226,200 ranks
+ * below $8,493, not above it as raw numbers would.
+ */
+export function currencies(revenue) {
+  const weight = ([currency, amount]) => Number(amount) / 10 ** Math.max(0, 2 - minorDigits(currency));
+  return Object.entries(revenue || {})
+    .filter(([, amount]) => Number(amount) !== 0)
+    .sort((a, b) => weight(b) - weight(a) || a[0].localeCompare(b[0]));
+}
+
+/** The currency the revenue card shows large, if any. */
+export function mainCurrency(revenue) {
+  return currencies(revenue)[0]?.[0] ?? null;
+}
+
+/** An amount in its currency with an unambiguous symbol (US$ and CA$, not two $), never shortened. */
+export function moneyLong(amount, currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: 'currency', currency, currencyDisplay: 'symbol' }).format(Number(amount));
+  } catch {
+    return `${amount} ${currency}`;
+  }
 }
 
 /**

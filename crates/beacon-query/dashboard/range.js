@@ -121,3 +121,10 @@ export function period(range, { now, tz, filtered = false, custom = {} }) {
       throw new Error(`unknown range ${range}`);
   }
 }
+
+/** What the cards' changes are measured against (the API's `compare`). */
+export const COMPARISONS = [
+  { id: 'previous_period', label: 'Previous period', text: 'the period before' },
+  { id: 'previous_year', label: 'Same period last year', text: 'the same period last year' },
+  { id: 'custom', label: 'Custom…', text: 'the chosen period' },
+];

@@ -1,7 +1,7 @@
 //! How current the numbers are: per partition the sequence this node's view
 //! counts up to, the lag behind the stream and how old the oldest uncounted
-//! event is; the streams' sizes; and when the newest counted event became
-//! queryable on this node.
+//! event is, and the event store's segments and lag beside them; the streams'
+//! sizes; and when the newest counted event became queryable on this node.
 //!
 //! Partitions and streams are shared by every site, so their sizes and
 //! sequences tell one site's key holder about the others' traffic. A key that
@@ -55,6 +55,9 @@ pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, Q
     )
     .await
     .map_err(|e| unavailable(&e))?;
+    let stored = beacon_aggregate::stored(&node.js, node.partitions)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let events = node
         .js
         .get_stream(EVENTS_STREAM)
@@ -81,6 +84,8 @@ pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, Q
             }
         };
         behind_max = behind_max.max(behind_ms);
+        // The store's sizes measure every site's traffic; its lag does not.
+        let store = stored.iter().find(|s| s.partition == p.partition);
         partitions.push(match scope {
             Scope::Everything => json!({
                 "partition": p.partition,
@@ -89,11 +94,19 @@ pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, Q
                 "last_event": p.last_event,
                 "lag": p.lag(),
                 "behind_ms": behind_ms,
+                "store": store.map(|s| json!({
+                    "segments": s.segments,
+                    "rows": s.rows,
+                    "bytes": s.bytes,
+                    "committed": s.committed,
+                    "lag": s.lag(),
+                })),
             }),
             Scope::Freshness => json!({
                 "partition": p.partition,
                 "lag": p.lag(),
                 "behind_ms": behind_ms,
+                "store": store.map(|s| json!({"lag": s.lag()})),
             }),
         });
     }
@@ -128,6 +141,7 @@ pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, Q
             "scope": "freshness",
             "ready": ready,
             "lag": progress.iter().map(|p| p.lag()).sum::<u64>(),
+            "store_lag": stored.iter().map(|s| s.lag()).sum::<u64>(),
             "behind_ms": behind_max,
             "partitions": partitions,
             "newest_queryable": queryable,
@@ -138,6 +152,7 @@ pub async fn status(node: &QueryNode, now: i64, scope: Scope) -> Result<Value, Q
         "scope": "everything",
         "ready": ready,
         "lag": progress.iter().map(|p| p.lag()).sum::<u64>(),
+        "store_lag": stored.iter().map(|s| s.lag()).sum::<u64>(),
         "behind_ms": behind_max,
         "partitions": partitions,
         "streams": streams,

@@ -485,6 +485,21 @@ impl Working {
         Outcome::Counted
     }
 
+    /// The id of the session `event` is in as counted so far (pending or
+    /// committed), if it is in one: none for an event placed in no session
+    /// (session-late or dropped-late) or whose user is forgotten.
+    pub fn session_id(&self, event: &Event) -> Option<u64> {
+        let user = session_key(&event.site, event.user_key());
+        let sessions = self
+            .pending
+            .users
+            .get(&user)
+            .or_else(|| self.state.users.get(&user))?;
+        sessions
+            .session_at(event.ts.timestamp_millis())
+            .map(|s| s.id(user))
+    }
+
     /// Move past `event` without counting it (a replay of other sites): the
     /// sequence and the newest times advance as [`Working::apply_event`]
     /// would move them, so the session horizon of the sites that are counted
@@ -633,6 +648,25 @@ mod tests {
             .filter_map(|(_, c)| c.counters.revenue.get("EUR"))
             .sum();
         assert_eq!(revenue, Decimal::new(1999 * 100, 2));
+    }
+
+    #[test]
+    fn session_ids_are_found_before_and_after_a_commit() {
+        let mut w = Working::new(PartitionState::default(), RollupSettings::default(), NOW);
+        let a = event("u1", "pageview", NOW - 600_000, "/");
+        let b = event("u1", "click", NOW - 300_000, "/");
+        let far = event("u1", "pageview", NOW + 3_600_000, "/");
+        w.apply_event(&a, 1);
+        let pending = w.session_id(&a).expect("in a session");
+        w.apply_event(&b, 2);
+        assert_eq!(w.session_id(&b), Some(pending), "same session");
+        let d = w.take_delta();
+        w.committed(&d, NOW);
+        assert_eq!(w.session_id(&a), Some(pending), "committed state");
+        w.apply_event(&far, 3);
+        let other = w.session_id(&far).expect("a new session");
+        assert_ne!(other, pending);
+        assert_eq!(w.session_id(&event("u2", "click", NOW, "/")), None);
     }
 
     #[test]

@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the manifest document this build writes. A reader refuses a newer one.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 
-/// Key-value bucket of the manifests.
-pub const MANIFEST_BUCKET: &str = "BEACON_STORE";
-/// Object store bucket of the segment files.
-pub const SEGMENT_BUCKET: &str = "BEACON_SEGMENTS";
+/// The buckets: named in `beacon_core` so provisioning (in `beacon-nats`)
+/// creates them without depending on the store.
+pub use beacon_core::subject::{MANIFEST_BUCKET, SEGMENT_BUCKET};
 
 /// The manifest key of a partition.
 pub fn manifest_key(partition: u32) -> String {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::kernels::aggregate::{max, min};
 use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt64Type};
+use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -24,6 +25,8 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 pub enum SegmentError {
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
     #[error(
         "segment has format {found}; this build reads up to {SEGMENT_FORMAT_VERSION}: upgrade beacon"
     )]

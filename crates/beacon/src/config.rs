@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use beacon_actions::ActionsSettings;
-use beacon_aggregate::AggregatorSettings;
+use beacon_aggregate::{AggregatorSettings, StoreSettings};
 use beacon_core::{Limits, Site, site_problems};
 use beacon_ingest::{CollectorSettings, EnrichSettings, NormalizerSettings};
 use beacon_nats::{NatsConfig, RetryPolicy, StreamSettings};
@@ -31,6 +31,7 @@ pub struct Config {
     pub normalizer: NormalizerSettings,
     pub aggregator: AggregatorSettings,
     pub query: QuerySettings,
+    pub store: StoreSettings,
     pub actions: ActionsSettings,
     pub sites: Vec<Site>,
 }
@@ -48,6 +49,7 @@ impl Default for Config {
             normalizer: NormalizerSettings::default(),
             aggregator: AggregatorSettings::default(),
             query: QuerySettings::default(),
+            store: StoreSettings::default(),
             actions: ActionsSettings::default(),
             sites: Vec::new(),
         }
@@ -147,6 +149,7 @@ impl Config {
         problems.extend(self.streams.problems());
         problems.extend(site_problems(&self.sites));
         problems.extend(self.aggregator.problems());
+        problems.extend(self.store.problems());
         problems.extend(self.collector.problems());
         problems.extend(self.actions.problems(&self.sites));
         if self.actions.grace >= self.streams.duplicate_window {
@@ -236,6 +239,40 @@ mod tests {
         assert!(err.contains("not a valid site id"), "{err}");
         assert!(err.contains("at least 16"), "{err}");
         assert!(err.contains("trusted_proxies: \"lb.local\""), "{err}");
+    }
+
+    #[test]
+    fn store_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("beacon.toml");
+        std::fs::write(
+            &path,
+            "[store]\nflush_rows = 50000\nflush_interval = \"10s\"\nretention = \"400days\"\n",
+        )
+        .expect("write config");
+        let loaded = load(&Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        })
+        .expect("config loads");
+        let store = &loaded.config.store;
+        assert!(store.enabled && store.compaction);
+        assert_eq!(store.flush_rows, 50_000);
+        assert_eq!(store.flush_interval, std::time::Duration::from_secs(10));
+        assert_eq!(
+            store.retention,
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+
+        std::fs::write(&path, "[store]\nflush_rows = 0\nretention = \"5m\"\n")
+            .expect("write config");
+        let err = load(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .expect_err("config is refused");
+        assert!(err.contains("store.flush_rows must be 1 to"), "{err}");
+        assert!(err.contains("store.retention must be at least 1h"), "{err}");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub async fn run(mut config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         rollups: rollups.clone(),
         settings: config.aggregator.clone(),
         id: id.clone(),
+        // A replay rebuilds rollups only: the segments already hold every event.
+        segments: None,
+        store: config.store.clone(),
     });
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);

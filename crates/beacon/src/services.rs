@@ -171,7 +171,7 @@ pub async fn start(
         });
     }
     if roles.aggregator {
-        let settings = config.aggregator.clone();
+        let (settings, store) = (config.aggregator.clone(), config.store.clone());
         let (client, partitions, replicas) = (
             client.clone(),
             config.streams.partitions,
@@ -179,7 +179,7 @@ pub async fn start(
         );
         let stop = stopped(shutdown.clone());
         tasks.spawn(async move {
-            beacon_aggregate::run(client, settings, partitions, replicas, stop)
+            beacon_aggregate::run(client, settings, store, partitions, replicas, stop)
                 .await
                 .context("aggregator failed")
         });

@@ -1,5 +1,6 @@
 //! `beacon status`: the NATS server, Beacon's streams and their consumers, and
-//! each partition's owner and how far its aggregation lags behind the stream.
+//! each partition's owner, how far its aggregation lags behind the stream, and
+//! what the event store holds of it (segments, rows, bytes, its own lag).
 
 use anyhow::Context as _;
 use beacon_nats::{
@@ -82,6 +83,10 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         Some(p) => beacon_aggregate::progress(&js, p).await?,
         None => Vec::new(),
     };
+    let stored = match partitions {
+        Some(p) => beacon_aggregate::stored(&js, p).await?,
+        None => Vec::new(),
+    };
     let jobs = beacon_actions::counts(&js)
         .await
         .map_err(|e| anyhow::anyhow!("cannot count action jobs: {e}"))?;
@@ -89,10 +94,16 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
         "actions": jobs,
         "server": {"version": info.version, "name": info.server_name, "url": beacon_nats::connect::printable_urls(&config.nats.urls), "jetstream": true},
         "streams": streams,
-        "partitions": progress.iter().map(|p| json!({
-            "partition": p.partition, "owner": p.owner, "committed": p.committed,
-            "last_event": p.last_event, "lag": p.lag(),
-        })).collect::<Vec<_>>(),
+        "partitions": progress.iter().map(|p| {
+            let store = stored.iter().find(|s| s.partition == p.partition).map(|s| json!({
+                "segments": s.segments, "rows": s.rows, "bytes": s.bytes,
+                "committed": s.committed, "lag": s.lag(),
+            }));
+            json!({
+                "partition": p.partition, "owner": p.owner, "committed": p.committed,
+                "last_event": p.last_event, "lag": p.lag(), "store": store,
+            })
+        }).collect::<Vec<_>>(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -159,17 +170,34 @@ pub async fn run(mut config: Config, as_json: bool) -> anyhow::Result<()> {
     }
     if !progress.is_empty() {
         println!(
-            "\n{:<10} {:<22} {:>12} {:>12} {:>8}",
-            "PARTITION", "OWNER", "COMMITTED", "LAST EVENT", "LAG"
+            "\n{:<10} {:<22} {:>12} {:>12} {:>8}  {:>9} {:>12} {:>12} {:>12} {:>9}",
+            "PARTITION",
+            "OWNER",
+            "COMMITTED",
+            "LAST EVENT",
+            "LAG",
+            "SEGMENTS",
+            "ROWS",
+            "BYTES",
+            "STORED",
+            "STORE LAG"
         );
         for p in &progress {
+            let store = stored.iter().find(|s| s.partition == p.partition);
+            let field =
+                |f: fn(&beacon_aggregate::Stored) -> String| store.map_or("-".to_owned(), f);
             println!(
-                "{:<10} {:<22} {:>12} {:>12} {:>8}",
+                "{:<10} {:<22} {:>12} {:>12} {:>8}  {:>9} {:>12} {:>12} {:>12} {:>9}",
                 p.partition,
                 p.owner.as_deref().unwrap_or("(none)"),
                 p.committed,
                 p.last_event,
-                p.lag()
+                p.lag(),
+                field(|s| s.segments.to_string()),
+                field(|s| s.rows.to_string()),
+                field(|s| s.bytes.to_string()),
+                field(|s| s.committed.to_string()),
+                field(|s| s.lag().to_string()),
             );
         }
     }

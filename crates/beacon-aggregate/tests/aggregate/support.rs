@@ -49,6 +49,7 @@ pub fn aggregator(client: &async_nats::Client, settings: AggregatorSettings) -> 
     let task = tokio::spawn(beacon_aggregate::run(
         client.clone(),
         settings,
+        store_settings(),
         PARTITIONS,
         1,
         async move {
@@ -89,4 +90,15 @@ pub async fn wait_committed(js: &jetstream::Context, within: Duration) {
 /// Every partition's committed state, loaded as a new owner would.
 pub async fn view(js: &jetstream::Context) -> View {
     beacon_aggregate::view(js, PARTITIONS).await.expect("view")
+}
+
+/// Small segments flushed often, merged three at a time: a test's few
+/// thousand events make several segments and several merges.
+pub fn store_settings() -> beacon_aggregate::StoreSettings {
+    beacon_aggregate::StoreSettings {
+        flush_rows: 1_000,
+        flush_interval: Duration::from_secs(1),
+        compaction_fan_in: 3,
+        ..beacon_aggregate::StoreSettings::default()
+    }
 }

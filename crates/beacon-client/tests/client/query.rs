@@ -23,6 +23,7 @@ async fn published_events_come_back_through_typed_queries() {
             commit_interval: Duration::from_millis(100),
             ..Default::default()
         },
+        beacon_aggregate::StoreSettings::default(),
         PARTITIONS,
         1,
         async move {
@@ -65,20 +66,43 @@ async fn published_events_come_back_through_typed_queries() {
             SITE,
             &Params {
                 dimension: Some("name".into()),
+                metric: Some("events".into()),
                 ..Params::range("-1h", "now")
             },
         )
         .await
         .expect("breakdown");
-    let rows: Vec<(String, i64)> = by_name
+    let rows: Vec<(String, f64)> = by_name
         .rows
         .iter()
         .map(|r| (r.value.clone(), r.count))
         .collect();
     assert_eq!(
         rows,
-        vec![("pageview".to_owned(), 6), ("purchase".to_owned(), 1)]
+        vec![("pageview".to_owned(), 6.0), ("purchase".to_owned(), 1.0)]
     );
+    assert_eq!((by_name.other, by_name.total), (Some(0), Some(7)));
+    // Ranked by visitors (the default), under a filter: the event store answers.
+    let visitors = query
+        .breakdown(
+            SITE,
+            &Params {
+                dimension: Some("name".into()),
+                filters: Some("props.path==/pricing|/checkout".into()),
+                ..Params::range("-1h", "now")
+            },
+        )
+        .await
+        .expect("visitors");
+    assert_eq!(visitors.metric, "users");
+    assert_eq!(visitors.source.as_deref(), Some("store"));
+    let rows: Vec<(String, f64)> = visitors
+        .rows
+        .iter()
+        .map(|r| (r.value.clone(), r.count))
+        .collect();
+    assert_eq!(rows, vec![("pageview".to_owned(), 3.0)]);
+    assert_eq!(visitors.total, None);
     let series = query
         .timeseries(
             SITE,

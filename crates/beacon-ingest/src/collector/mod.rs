@@ -31,6 +31,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use beacon_core::{Batch, IdSource, Item, Origin, Reason, Rejection, Secret, Site, parse_body};
 use beacon_nats::{PublishFailed, RejectRecord, Salts};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -437,7 +438,48 @@ pub(crate) struct Compat<'a> {
     pub headers: &'a HeaderMap,
 }
 
-impl Compat<'_> {
+impl<'a> Compat<'a> {
+    /// A request to `protocol`'s endpoint, received now.
+    pub fn new(protocol: Protocol, headers: &'a HeaderMap) -> Self {
+        Compat {
+            protocol,
+            received_at: Utc::now(),
+            headers,
+        }
+    }
+
+    /// Read the body (bounded, gunzipped, kept for the reject record) and
+    /// decode it with `parse`; what cannot be read or parsed is refused, and
+    /// the refusal answered, here.
+    pub async fn read<T>(
+        &self,
+        c: &Collector,
+        body: Body,
+        slot: &RawSlot,
+        parse: impl FnOnce(serde_json::Value) -> Result<T, Rejection>,
+    ) -> Result<(Bytes, T), Response> {
+        let raw = match body::read_body(self.headers, body, &c.settings, slot).await {
+            Ok(raw) => raw,
+            Err(e) => return Err(self.refuse(c, e, b"").await),
+        };
+        match beacon_core::compat::parse_json(&raw).and_then(parse) {
+            Ok(parsed) => Ok((raw, parsed)),
+            Err(r) => Err(self.refuse(c, ApiError::from_rejection(r), &raw).await),
+        }
+    }
+
+    /// The day's salt for hashed visitor ids, or the 503 that says to retry.
+    pub async fn salt(&self, c: &Collector) -> Result<Arc<[u8]>, Response> {
+        c.salts
+            .for_day(self.received_at.date_naive())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "answering 503: no visitor salt");
+                self.protocol
+                    .refusal(c.unavailable(format!("{e}; retry later")))
+            })
+    }
+
     /// Record a whole-request refusal, then answer it in the protocol's shape.
     pub async fn refuse(&self, c: &Collector, error: ApiError, raw: &[u8]) -> Response {
         self.protocol

@@ -9,12 +9,11 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use beacon_core::compat::{parse_json, plausible, translate_all};
+use beacon_core::compat::{plausible, translate_all};
 use beacon_core::{Reason, Rejection};
-use chrono::Utc;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, RawSlot, body, user_agent};
+use super::{ApiError, Collector, Compat, RawSlot, user_agent};
 
 pub async fn event(
     State(c): State<Arc<Collector>>,
@@ -23,19 +22,10 @@ pub async fn event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received_at = Utc::now();
-    let compat = Compat {
-        protocol: Protocol::Plausible,
-        received_at,
-        headers: &headers,
-    };
-    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
-        Ok(raw) => raw,
-        Err(e) => return compat.refuse(&c, e, b"").await,
-    };
-    let request = match parse_json(&raw).and_then(plausible::request) {
-        Ok(request) => request,
-        Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
+    let compat = Compat::new(Protocol::Plausible, &headers);
+    let (raw, request) = match compat.read(&c, body, &slot, plausible::request).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let Some((site, key)) = c.site_of_domain(&request.domains) else {
         let r = Rejection::new(
@@ -47,14 +37,9 @@ pub async fn event(
         );
         return compat.refuse(&c, ApiError::from_rejection(r), &raw).await;
     };
-    let salt = match c.salts.for_day(received_at.date_naive()).await {
+    let salt = match compat.salt(&c).await {
         Ok(salt) => salt,
-        Err(e) => {
-            tracing::warn!(error = %e, "answering 503: no visitor salt");
-            return compat
-                .protocol
-                .refusal(c.unavailable(format!("{e}; retry later")));
-        }
+        Err(refused) => return refused,
     };
     let agent = user_agent(&headers);
     let visitor = plausible::visitor_id(

@@ -11,7 +11,6 @@ use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use beacon_core::compat::{parse_json, posthog, translate_all};
-use chrono::Utc;
 use serde_json::{Map, Value, json};
 
 use super::answer::Protocol;
@@ -44,12 +43,7 @@ pub async fn capture(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received_at = Utc::now();
-    let request = Compat {
-        protocol: Protocol::PostHog,
-        received_at,
-        headers: &headers,
-    };
+    let request = Compat::new(Protocol::PostHog, &headers);
     let limit = c.settings.max_body_bytes;
     let raw = if method == Method::GET {
         Bytes::from(query.get("data").cloned().unwrap_or_default())
@@ -88,7 +82,7 @@ pub async fn capture(
         .key
         .or_else(|| query.get("token").or(query.get("api_key")).cloned());
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, raw| {
-        posthog::translate(event, raw, sent_at.as_ref(), received_at)
+        posthog::translate(event, raw, sent_at.as_ref(), request.received_at)
     });
     let ip = c.client_ip(&headers, peer);
     request
@@ -107,19 +101,10 @@ pub async fn capture_v1(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received_at = Utc::now();
-    let request = Compat {
-        protocol: Protocol::PostHog,
-        received_at,
-        headers: &headers,
-    };
-    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
-        Ok(raw) => raw,
-        Err(e) => return request.refuse(&c, e, b"").await,
-    };
-    let payload = match parse_json(&raw).and_then(posthog::payload) {
-        Ok(payload) => payload,
-        Err(r) => return request.refuse(&c, ApiError::from_rejection(r), &raw).await,
+    let request = Compat::new(Protocol::PostHog, &headers);
+    let (raw, payload) = match request.read(&c, body, &slot, posthog::payload).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     // Each event's `uuid` keys its result; one without (no SDK sends that) by position.
     let keys: Vec<String> = payload
@@ -136,7 +121,7 @@ pub async fn capture_v1(
         .and_then(|v| v.to_str().ok());
     // v1 has no `sent_at`: its timestamps are taken as sent.
     let translated = translate_all(payload.events, c.pipeline.limits(), |event, raw| {
-        posthog::translate(posthog::from_v1(event, sdk), raw, None, received_at)
+        posthog::translate(posthog::from_v1(event, sdk), raw, None, request.received_at)
     });
     let items = match translated {
         Ok(items) => items,
@@ -150,7 +135,7 @@ pub async fn capture_v1(
             items,
         },
         raw: &raw,
-        received_at,
+        received_at: request.received_at,
         user_agent: super::user_agent(&headers),
         ip: Some(&ip),
     };

@@ -10,12 +10,11 @@ use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use beacon_core::compat::segment::{self, Call};
-use beacon_core::compat::{parse_json, translate_all};
-use chrono::Utc;
+use beacon_core::compat::translate_all;
 use serde_json::json;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, RawSlot, bearer_key, body};
+use super::{Collector, Compat, RawSlot, bearer_key};
 
 pub async fn calls(
     State(c): State<Arc<Collector>>,
@@ -35,18 +34,13 @@ pub async fn calls(
         )
             .into_response();
     };
-    let request = Compat {
-        protocol: Protocol::Segment,
-        received_at: Utc::now(),
-        headers: &headers,
-    };
-    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
-        Ok(raw) => raw,
-        Err(e) => return request.refuse(&c, e, b"").await,
-    };
-    let payload = match parse_json(&raw).and_then(|value| segment::payload(value, call)) {
-        Ok(payload) => payload,
-        Err(r) => return request.refuse(&c, ApiError::from_rejection(r), &raw).await,
+    let request = Compat::new(Protocol::Segment, &headers);
+    let (raw, payload) = match request
+        .read(&c, body, &slot, |value| segment::payload(value, call))
+        .await
+    {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     // The SDKs send the key as the Basic user; the body's `writeKey` is the fallback.
     let header_key = headers

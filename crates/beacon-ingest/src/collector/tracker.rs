@@ -12,13 +12,12 @@ use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use beacon_core::compat::tracker::{self, SiteRef};
-use beacon_core::compat::{parse_json, plausible, translate_all};
+use beacon_core::compat::{plausible, translate_all};
 use beacon_core::site::ANY_DOMAIN;
 use beacon_core::{Reason, Rejection, Secret};
-use chrono::Utc;
 
 use super::answer::Protocol;
-use super::{ApiError, Collector, Compat, RawSlot, body, user_agent};
+use super::{ApiError, Collector, Compat, RawSlot, user_agent};
 
 /// The script, as kept in the repository.
 const SCRIPT: &str = include_str!("../../tracker/beacon.js");
@@ -103,39 +102,25 @@ pub async fn track(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received_at = Utc::now();
-    let compat = Compat {
-        protocol: Protocol::Native,
-        received_at,
-        headers: &headers,
-    };
-    let raw = match body::read_body(&headers, body, &c.settings, &slot).await {
-        Ok(raw) => raw,
-        Err(e) => return compat.refuse(&c, e, b"").await,
-    };
-    let request = match parse_json(&raw).and_then(tracker::request) {
-        Ok(request) => request,
-        Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
+    let compat = Compat::new(Protocol::Native, &headers);
+    let (raw, request) = match compat.read(&c, body, &slot, tracker::request).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let (site, key) = match c.tracked_site(&request.site, page_host(&headers).as_deref()) {
         Ok(found) => found,
         Err(r) => return compat.refuse(&c, ApiError::from_rejection(r), &raw).await,
     };
-    let salt = match c.salts.for_day(received_at.date_naive()).await {
+    let salt = match compat.salt(&c).await {
         Ok(salt) => salt,
-        Err(e) => {
-            tracing::warn!(error = %e, "answering 503: no visitor salt");
-            return compat
-                .protocol
-                .refusal(c.unavailable(format!("{e}; retry later")));
-        }
+        Err(refused) => return refused,
     };
     let ip = c.client_ip(&headers, peer);
     let visitor =
         plausible::visitor_id(&salt, &site, &ip, user_agent(&headers).unwrap_or_default());
     let sent_at = request.sent_at;
     let translated = translate_all(request.events, c.pipeline.limits(), |event, _| {
-        tracker::translate(event, visitor.clone(), sent_at.as_ref(), received_at)
+        tracker::translate(event, visitor.clone(), sent_at.as_ref(), compat.received_at)
     });
     compat
         .submit(&c, Some(key.expose()), translated, &raw, Some(&ip))

@@ -20,6 +20,8 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_REJECTS: created",
             "BEACON_REJECTS_UNAUTH: created",
             "BEACON_ROLLUPS: created",
+            "KV_BEACON_STORE: created",
+            "OBJ_BEACON_SEGMENTS: created",
             "KV_BEACON_GOALS: created",
             "KV_BEACON_FUNNELS: created"
         ]
@@ -33,6 +35,8 @@ async fn provisioning_is_idempotent_and_reports_changes() {
             "BEACON_REJECTS: up to date",
             "BEACON_REJECTS_UNAUTH: up to date",
             "BEACON_ROLLUPS: up to date",
+            "KV_BEACON_STORE: up to date",
+            "OBJ_BEACON_SEGMENTS: up to date",
             "KV_BEACON_GOALS: up to date",
             "KV_BEACON_FUNNELS: up to date"
         ]
@@ -58,6 +62,15 @@ async fn provisioning_is_idempotent_and_reports_changes() {
         .clone();
     assert_eq!(info.max_age, Duration::from_secs(7 * 86_400));
     assert_eq!(info.duplicate_window, Duration::from_secs(600));
+    // The event store's buckets are usable as what they are.
+    let kv = js
+        .get_key_value("BEACON_STORE")
+        .await
+        .expect("manifest bucket");
+    assert_eq!(kv.create("p0", "{}".into()).await.expect("create"), 1);
+    js.get_object_store("BEACON_SEGMENTS")
+        .await
+        .expect("segment bucket");
 
     let repartitioned = StreamSettings {
         partitions: 32,

@@ -103,6 +103,12 @@ async fn status_shows_a_one_site_key_only_how_current_the_numbers_are() {
         "{all}"
     );
     assert!(all["partitions"][0].get("committed").is_some(), "{all}");
+    // The event store beside the rollups: its sizes and sequence, and its lag.
+    let store = all["partitions"][0]["store"].as_object().expect("store");
+    for field in ["segments", "rows", "bytes", "committed", "lag"] {
+        assert!(store[field].is_u64(), "{field}: {all}");
+    }
+    assert!(all["store_lag"].is_u64(), "{all}");
 
     let (status, one) = n.get("/api/v1/status", Some(READ_ONE)).await;
     assert_eq!(status, 200, "{one}");
@@ -113,8 +119,16 @@ async fn status_shows_a_one_site_key_only_how_current_the_numbers_are() {
     let partition = one["partitions"][0].as_object().expect("partitions");
     let mut fields: Vec<&str> = partition.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["behind_ms", "lag", "partition"], "{one}");
+    assert_eq!(fields, ["behind_ms", "lag", "partition", "store"], "{one}");
+    // Of the store, only how current it is: its sizes measure every site.
+    let store: Vec<&String> = one["partitions"][0]["store"]
+        .as_object()
+        .expect("store")
+        .keys()
+        .collect();
+    assert_eq!(store, ["lag"], "{one}");
     assert!(one["lag"].is_u64() && one["ready"].is_boolean(), "{one}");
+    assert!(one["store_lag"].is_u64(), "{one}");
     // Over NATS the same key gets the same scope.
     let asked = ask_nats(&s.client, "status", json!({"key": READ_ONE}))
         .await

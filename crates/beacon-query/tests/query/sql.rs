@@ -44,23 +44,30 @@ async fn publish_with_seqs(js: &jetstream::Context, events: &[Event]) -> Vec<(u6
     out
 }
 
-/// The store's buckets, as the write side provisions them.
+/// The store's buckets: the ones the services provisioned, or made here the
+/// way provisioning makes them when no service has started yet.
 async fn store_buckets(js: &jetstream::Context) -> (kv::Store, object_store::ObjectStore) {
-    let manifests = js
-        .create_key_value(kv::Config {
-            bucket: MANIFEST_BUCKET.into(),
-            history: 5,
-            ..Default::default()
-        })
-        .await
-        .expect("manifest bucket");
-    let segments = js
-        .create_object_store(object_store::Config {
-            bucket: SEGMENT_BUCKET.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("segment bucket");
+    let manifests = match js.get_key_value(MANIFEST_BUCKET).await {
+        Ok(bucket) => bucket,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: MANIFEST_BUCKET.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("manifest bucket"),
+    };
+    let segments = match js.get_object_store(SEGMENT_BUCKET).await {
+        Ok(bucket) => bucket,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: SEGMENT_BUCKET.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("segment bucket"),
+    };
     (manifests, segments)
 }
 

@@ -86,6 +86,7 @@ pub async fn setup_with(events: Vec<Event>) -> Setup {
     tokio::spawn(beacon_aggregate::run(
         client.clone(),
         settings,
+        beacon_aggregate::StoreSettings::default(),
         PARTITIONS,
         1,
         async move {

@@ -181,6 +181,7 @@ async fn write_the_golden_log_of_this_format() {
         let task = tokio::spawn(beacon_aggregate::run(
             client.clone(),
             settings.clone(),
+            beacon_aggregate::StoreSettings::default(),
             PARTITIONS,
             1,
             async move {

@@ -32,6 +32,9 @@ pub struct AggregateArgs {
     /// A short run (50,000 events from 5,000 users) that checks every figure can be measured.
     #[arg(long)]
     pub quick: bool,
+    /// Write no event store segments, to measure what writing them costs.
+    #[arg(long)]
+    pub no_store: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -56,8 +59,9 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         .len();
     let mut out_of_order = in_order.clone();
     arrive_late(&mut out_of_order);
-    let a = measure(&in_order, nats_urls, "in order").await?;
-    let b = measure(&out_of_order, nats_urls, "out of order").await?;
+    let store = !args.no_store;
+    let a = measure(&in_order, nats_urls, "in order", store).await?;
+    let b = measure(&out_of_order, nats_urls, "out of order", store).await?;
     // Both orders hold the same events, so event-time sessions must agree.
     if a.sessions != b.sessions {
         bail!(
@@ -80,6 +84,9 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         "state_bytes_estimate_mb": mb(a.state_bytes),
         "session_bytes_estimate_mb": mb(a.session_bytes),
         "sessions": a.sessions.0,
+        "store": store,
+        "segment_bytes_per_event": a.segment_bytes_per_event.map(|b| (b * 10.0).round() / 10.0),
+        "segments": a.segments,
         "unique_users_exact": exact_users, "unique_users_estimated": a.estimated_users.round(),
         "unique_users_error_pct": (user_error * 10000.0).round() / 100.0,
         "out_of_order": {
@@ -137,6 +144,13 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
         a.sessions.0.to_string(),
         b.sessions.0.to_string(),
     );
+    let per_event = |m: &Measured| {
+        m.segment_bytes_per_event
+            .map_or("store off".to_owned(), |b| {
+                format!("{b:.1} B ({} seg.)", m.segments)
+            })
+    };
+    row("segment bytes per event", per_event(&a), per_event(&b));
     println!(
         "{:<44} {:>16}",
         "unique users: sketch / exact",
@@ -163,11 +177,19 @@ struct Measured {
     /// Sessions started, bounces, total duration (ms) and page views, over the day.
     sessions: (i64, i64, i64, i64),
     session_late: u64,
+    /// Bytes of committed segments per event (with the store on).
+    segment_bytes_per_event: Option<f64>,
+    segments: usize,
 }
 
 /// Publish `events` in their order to a fresh nats-server, then time an
 /// aggregator process until it has committed them all.
-async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow::Result<Measured> {
+async fn measure(
+    events: &[Event],
+    nats_urls: &[String],
+    order: &str,
+    store: bool,
+) -> anyhow::Result<Measured> {
     let nats = BenchNats::own(nats_urls, "aggregation").await?;
     let (client, js) = nats.provisioned().await?;
     let published = publish_events(&js, events).await?;
@@ -176,14 +198,24 @@ async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow:
         events.len()
     );
 
-    let config = nats.process_config()?;
+    let config = nats.process_config(store)?;
     let (mut child, metrics_url) = spawn_aggregator(&config, &nats.urls.join(",")).await?;
     let pid = child.id().context("aggregator pid")?;
     let started = Instant::now();
+    let mut stored = Vec::new();
     loop {
+        // With the store on, every event must be in a committed segment too
+        // (the last rows wait up to `store.flush_interval`; the CPU time
+        // measured is what counts then, not the wall clock).
         let progress = beacon_aggregate::progress(&js, PARTITIONS).await?;
         if progress.iter().all(|p| p.lag() == 0) {
-            break;
+            if !store {
+                break;
+            }
+            stored = beacon_aggregate::stored(&js, PARTITIONS).await?;
+            if stored.iter().all(|s| s.lag() == 0) {
+                break;
+            }
         }
         if started.elapsed() > Duration::from_secs(1800) {
             bail!("the aggregator did not catch up within 30 minutes: {progress:?}");
@@ -196,6 +228,14 @@ async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow:
     let elapsed = started.elapsed().as_secs_f64();
     let memory = proc_status(pid)?;
     let cpu_seconds = proc_cpu_seconds(pid)?;
+    let segment_rows: u64 = stored.iter().map(|s| s.rows).sum();
+    let segment_bytes: u64 = stored.iter().map(|s| s.bytes).sum();
+    if store && segment_rows != events.len() as u64 {
+        bail!(
+            "the segments hold {segment_rows} of {} events",
+            events.len()
+        );
+    }
     // Owners estimate their state's size every 10 s: wait for a fresh estimate.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let metrics = reqwest::get(&metrics_url).await?.text().await?;
@@ -235,6 +275,8 @@ async fn measure(events: &[Event], nats_urls: &[String], order: &str) -> anyhow:
         estimated_users,
         sessions: (s.started, s.bounces, s.duration_ms, s.pageviews),
         session_late,
+        segment_bytes_per_event: store.then(|| segment_bytes as f64 / segment_rows.max(1) as f64),
+        segments: stored.iter().map(|s| s.segments).sum(),
     })
 }
 

@@ -44,6 +44,9 @@ pub struct AllArgs {
     /// A short run (20,000 events, 3 s of load) that checks every figure can be measured.
     #[arg(long)]
     pub quick: bool,
+    /// Run the aggregator without writing event store segments, to measure what they cost.
+    #[arg(long)]
+    pub no_store: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -94,7 +97,7 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     drop(canonical);
     eprintln!("raw JetStream publish: {raw:.0} events/s ({payload_bytes} bytes each)");
 
-    let config = nats.process_config()?;
+    let config = nats.process_config(!args.no_store)?;
     let (collector, line) = spawn_service(
         &config,
         &url,

@@ -224,7 +224,7 @@ struct EnrichmentCpu {
 /// list compiles on first use) before its CPU is read.
 async fn enrichment_cpu(nats: &BenchNats, args: &IngestArgs) -> anyhow::Result<EnrichmentCpu> {
     let geoip_db = beacon_ingest::enrich::geoip_path(&beacon_ingest::EnrichSettings::default());
-    let base = std::fs::read_to_string(nats.process_config()?)?;
+    let base = std::fs::read_to_string(nats.process_config(false)?)?;
     let url = nats.urls.join(",");
     let mut spent = Vec::new();
     for (name, enrich) in [
@@ -440,13 +440,15 @@ impl BenchNats {
     }
 
     /// A config file for Beacon processes started against this server: the
-    /// partitions and the bench site with its keys, without a rate limit.
-    fn process_config(&self) -> anyhow::Result<std::path::PathBuf> {
+    /// partitions and the bench site with its keys, without a rate limit;
+    /// `store` turns the event store's segments on or off (`--no-store`
+    /// measures their cost).
+    fn process_config(&self, store: bool) -> anyhow::Result<std::path::PathBuf> {
         let path = self.scratch.path().join("beacon.toml");
         std::fs::write(
             &path,
             format!(
-                "[streams]\npartitions = {}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n",
+                "[streams]\npartitions = {}\n\n[store]\nenabled = {store}\n\n[[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"{WRITE_KEY}\"]\nread_keys = [\"{READ_KEY}\"]\nrate_limit = 0\n",
                 aggregate::PARTITIONS
             ),
         )?;

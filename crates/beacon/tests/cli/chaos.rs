@@ -1,8 +1,11 @@
 //! Aggregator processes killed, paused, joining and leaving while events
 //! stream in, and the nats-server restarted under them: at the end every
 //! number equals a ground truth computed by the test, exactly, also with
-//! events arriving out of event-time order.
+//! events arriving out of event-time order; and the event store's segments
+//! hold every event exactly once, and SQL through a query node's API counts
+//! every event, name, user and revenue exactly.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,11 +14,16 @@ use beacon_testing::TestServer;
 use beacon_testing::truth::{Shape, Truth, arrive_late, generate, publish};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde_json::{Value, json};
 use tokio::process::Child;
 
-use super::process::{beacon, sigterm, spawn_until};
+use super::process::{beacon, sigterm, spawn_until, url_in};
+use super::stored;
 
 const PARTITIONS: u32 = 8;
+/// The site whose events the SQL API is asked about.
+const SITE: &str = "site-0";
+const READ_KEY: &str = "rk_test_site_000000000";
 
 fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("beacon.toml");
@@ -25,7 +33,8 @@ fn write_config(dir: &Path) -> PathBuf {
             "[streams]\npartitions = {PARTITIONS}\n\
              [aggregator]\ncommit_interval = \"100ms\"\nlease_ttl = \"3s\"\n\
              [aggregator.retention]\nminute = \"40days\"\n\
-             [[sites]]\nid = \"site-0\"\nwrite_keys = [\"wk_test_site_000000000\"]\n"
+             [store]\nflush_rows = 5000\nflush_interval = \"1s\"\ncompaction_fan_in = 3\n\
+             [[sites]]\nid = \"{SITE}\"\nwrite_keys = [\"wk_test_site_000000000\"]\nread_keys = [\"{READ_KEY}\"]\n"
         ),
     )
     .expect("write config");
@@ -62,8 +71,15 @@ fn shape(seed: u64) -> Shape {
     }
 }
 
-/// Wait until no partition lags, then compare every cell with the truth.
-async fn assert_truth(nats: &TestServer, truth: &Truth) {
+/// Wait until no partition lags, then compare every cell with the truth, and
+/// every stored row with the events sent.
+async fn assert_truth(
+    dir: &Path,
+    config: &Path,
+    nats: &TestServer,
+    truth: &Truth,
+    events: &[beacon_core::Event],
+) {
     let js = async_nats::jetstream::new(nats.client().await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
@@ -87,6 +103,147 @@ async fn assert_truth(nats: &TestServer, truth: &Truth) {
         diffs.len(),
         &diffs[..diffs.len().min(10)]
     );
+    stored::wait_stored(&js, PARTITIONS, Duration::from_secs(180)).await;
+    let (summary, _) = stored::read(&js, PARTITIONS).await;
+    let diffs = summary.differences(&stored::Summary::of_events(events));
+    assert!(diffs.is_empty(), "segments: {diffs:#?}");
+    assert_sql_truth(dir, config, nats, events).await;
+}
+
+/// What SQL over the site's `events` should answer, computed from the events sent.
+#[derive(Debug, PartialEq)]
+struct SqlTruth {
+    rows: u64,
+    names: BTreeMap<String, u64>,
+    users: u64,
+    /// Revenue per currency in units of 10^-18.
+    revenue: BTreeMap<String, i128>,
+}
+
+impl SqlTruth {
+    fn of(events: &[beacon_core::Event]) -> SqlTruth {
+        let mine: Vec<_> = events.iter().filter(|e| e.site == SITE).collect();
+        let mut names = BTreeMap::new();
+        let mut revenue = BTreeMap::new();
+        for e in &mine {
+            *names.entry(e.name.clone()).or_default() += 1;
+            if let Some(r) = &e.revenue {
+                *revenue.entry(r.currency.clone()).or_default() += units(&r.amount.to_string());
+            }
+        }
+        let users: BTreeSet<&str> = mine.iter().map(|e| e.user_key()).collect();
+        SqlTruth {
+            rows: mine.len() as u64,
+            names,
+            users: users.len() as u64,
+            revenue,
+        }
+    }
+}
+
+/// A decimal's text in units of 10^-18, exactly.
+fn units(text: &str) -> i128 {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    assert!(fraction.len() <= 18, "{text}");
+    let value = format!("{whole}{fraction:0<18}")
+        .parse::<i128>()
+        .expect("a decimal");
+    if negative { -value } else { value }
+}
+
+/// Ask a fresh `beacon query` node, over its SQL API, for the rows, names,
+/// users and revenue of one site, and compare them with the events sent.
+async fn assert_sql_truth(
+    dir: &Path,
+    config: &Path,
+    nats: &TestServer,
+    events: &[beacon_core::Event],
+) {
+    let mut command = beacon(dir);
+    command
+        .args([
+            "query",
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--data-dir", "query-data", "--config"])
+        .arg(config);
+    let (node, line) = spawn_until(command, "query API on http://").await;
+    let base = url_in(&line).trim_end_matches("/api/v1/").to_owned();
+    let http = reqwest::Client::new();
+    let post = async |sql: &str| -> (reqwest::StatusCode, Value) {
+        let response = http
+            .post(format!("{base}/api/v1/sites/{SITE}/sql"))
+            .bearer_auth(READ_KEY)
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("asked");
+        let status = response.status();
+        (status, response.json().await.expect("JSON"))
+    };
+    let ask = async |sql: &str| -> Vec<Value> {
+        let (status, body) = post(sql).await;
+        assert!(status.is_success(), "{sql}: {status} {body}");
+        body["rows"].as_array().expect("rows").clone()
+    };
+    let want = SqlTruth::of(events);
+    // The node loads the manifests and reads the stream's tail on its own
+    // (answering 503 until it has loaded): wait, bounded, until it has read
+    // as many rows as were sent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = post("SELECT count(*) AS n FROM events").await;
+        if status.is_success() && body["rows"][0]["n"] == want.rows {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SQL answers {status} {body}; {} rows were sent",
+            want.rows
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let names = ask("SELECT name, count(*) AS n FROM events GROUP BY name").await;
+    let users = ask("SELECT count(DISTINCT user_key) AS n FROM events").await;
+    let revenue = ask(
+        "SELECT revenue_currency AS currency, sum(revenue_amount) AS total FROM events \
+         WHERE revenue_amount IS NOT NULL GROUP BY revenue_currency",
+    )
+    .await;
+    let got = SqlTruth {
+        rows: want.rows,
+        names: names
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().expect("name").to_owned(),
+                    r["n"].as_u64().expect("n"),
+                )
+            })
+            .collect(),
+        users: users[0]["n"].as_u64().expect("n"),
+        revenue: revenue
+            .iter()
+            .map(|r| {
+                (
+                    r["currency"].as_str().expect("currency").to_owned(),
+                    units(r["total"].as_str().expect("decimal text")),
+                )
+            })
+            .collect(),
+    };
+    assert_eq!(got, want);
+    assert!(!want.revenue.is_empty(), "the generator sends revenue");
+    sigterm(&node);
+    let mut node = node;
+    let _ = tokio::time::timeout(Duration::from_secs(30), node.wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +288,7 @@ async fn aggregators_killed_paused_joining_and_leaving_count_each_event_once() {
             _ => {}
         }
     }
-    assert_truth(&nats, &truth).await;
+    assert_truth(dir.path(), &config, &nats, &truth, &events).await;
     sigterm(&a);
     let stopped = a.wait().await.expect("exit");
     assert!(stopped.success(), "a clean stop exits 0: {stopped:?}");
@@ -166,7 +323,7 @@ async fn a_nats_server_restarted_mid_stream_loses_and_doubles_nothing() {
             _ => {}
         }
     }
-    assert_truth(&nats, &truth).await;
+    assert_truth(dir.path(), &config, &nats, &truth, &events).await;
     for child in [a, b] {
         sigterm(&child);
         let _ = tokio::time::timeout(Duration::from_secs(30), async move {

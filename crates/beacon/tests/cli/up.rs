@@ -78,7 +78,9 @@ async fn up_starts_everything_and_stops_cleanly() {
         let counted = partitions
             .iter()
             .any(|p| p["last_event"].as_u64() > Some(0) && p["lag"] == 0);
-        if owned && counted {
+        // The event store is reported beside the rollups for every partition.
+        let stored = partitions.iter().all(|p| p["store"]["lag"].is_u64());
+        if owned && counted && stored {
             caught_up = true;
             break;
         }
@@ -86,7 +88,7 @@ async fn up_starts_everything_and_stops_cleanly() {
     }
     assert!(
         caught_up,
-        "the event was aggregated and every partition has an owner"
+        "the event was aggregated, every partition has an owner and the store is reported"
     );
 
     // The query API shares the collector's address; a separate `beacon query`

@@ -80,7 +80,7 @@ pub async fn serve(node: QueryNode) -> anyhow::Result<()> {
     let service = node
         .client
         .service_builder()
-        .description("Beacon analytics queries: timeseries, breakdown, summary, properties, live, status, sql")
+        .description("Beacon analytics queries: timeseries, breakdown, summary, properties, goals, funnel, retention, live, status, sql")
         .queue_group(QUEUE_GROUP)
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await

@@ -11,8 +11,9 @@ use crate::error::QueryError;
 use crate::filter::{Filters, SqlContext};
 use crate::{Params, QueryNode};
 
-/// Parameters of the goals report beside the range and filters.
-pub const COMPARE_PARAMS: [&str; 3] = ["compare", "compare_from", "compare_to"];
+/// Parameters of the goals report beside the range and filters (`tz`: how
+/// dates in `from` and `to` are read).
+pub const COMPARE_PARAMS: [&str; 4] = ["tz", "compare", "compare_from", "compare_to"];
 
 /// Where a goal is defined: its config goals are read-only through the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

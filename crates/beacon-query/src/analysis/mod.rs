@@ -13,6 +13,7 @@ pub mod retention;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::engine::{Clock, parse_tz};
 use crate::error::QueryError;
 use crate::filter::{Filters, SqlContext};
 use crate::{Op, Params, QueryNode};
@@ -72,24 +73,15 @@ pub struct Range {
 }
 
 impl Range {
-    /// `from` and `to` as the other operations read them (UTC); `to` defaults
-    /// to now and `from` to `default_span_ms` before `to`.
+    /// `from` and `to` as the other operations read them (dates in `tz`);
+    /// `to` defaults to now and `from` to `default_span_ms` before `to`.
     pub fn of(params: &Params, now: i64, default_span_ms: i64) -> Result<Range, QueryError> {
-        let to = crate::engine::span("1970-01-01", params.to.as_deref().unwrap_or("now"), now)?.to;
-        let from = match params.from.as_deref() {
-            Some(from) => {
-                crate::engine::span(from, params.to.as_deref().unwrap_or("now"), now)?.from
-            }
-            None => to.saturating_sub(default_span_ms).max(0),
-        };
-        if from >= to {
-            return Err(QueryError::bad_request(format!(
-                "from ({}) must be before to ({})",
-                rfc3339(from),
-                rfc3339(to)
-            )));
-        }
-        Ok(Range { from, to })
+        let clock = Clock::new(parse_tz(params)?, now);
+        let span = clock.range(params, default_span_ms)?;
+        Ok(Range {
+            from: span.from,
+            to: span.to,
+        })
     }
 
     /// The range `compare` (`compare_from`, `compare_to`) asks to compare
@@ -117,11 +109,17 @@ impl Range {
                         "compare=custom needs compare_from and compare_to",
                     ));
                 };
-                let span = crate::engine::span(from, to, now)?;
-                Range {
-                    from: span.from,
-                    to: span.to,
+                let clock = Clock::new(parse_tz(params)?, now);
+                let range = Range {
+                    from: clock.instant("compare_from", from, false)?,
+                    to: clock.instant("compare_to", to, true)?,
+                };
+                if range.from >= range.to {
+                    return Err(QueryError::bad_request(
+                        "compare_from must be before compare_to",
+                    ));
                 }
+                range
             }
             Some(other) => {
                 return Err(QueryError::bad_request(format!(
@@ -182,9 +180,10 @@ pub fn decimal_text(text: &str) -> String {
 }
 
 /// Parameters of the analysis operations beside `from`, `to`, `filters` and
-/// the filter shorthands (every one of [`crate::engine::COMMON_PARAMS`] but `tz`:
-/// days and weeks are UTC).
-pub const FUNNEL_PARAMS: [&str; 3] = ["steps", "window", "funnel"];
+/// the filter shorthands (every one of [`crate::engine::COMMON_PARAMS`] but
+/// `tz`, which funnels and the goals report take for dates in `from` and `to`;
+/// retention's days and weeks are UTC).
+pub const FUNNEL_PARAMS: [&str; 4] = ["steps", "window", "funnel", "tz"];
 pub const RETENTION_PARAMS: [&str; 4] = ["period", "periods", "cohort_event", "return_event"];
 
 /// Refuse parameters the operation does not take.

@@ -654,6 +654,29 @@ async fn goals_report_conversions_users_rates_and_revenue_equal_the_truth() {
         "{summary}"
     );
 
+    // Dates are read in `tz`: a day in Berlin starts before UTC's.
+    let date = rfc(day0() + 10 * DAY)[..10].to_owned();
+    let (status, berlin) = w
+        .node
+        .query(
+            &path,
+            &[("from", &date), ("to", &date), ("tz", "Europe/Berlin")],
+            Some(READ),
+        )
+        .await;
+    assert_eq!(status, 200, "{berlin}");
+    let midnight = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+        .expect("date")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight");
+    let local = chrono::TimeZone::from_local_datetime(&chrono_tz::Europe::Berlin, &midnight)
+        .single()
+        .expect("one midnight");
+    assert_eq!(
+        berlin["range"]["from"],
+        json!(rfc(local.timestamp_millis()))
+    );
+
     // An unknown goal in a filter is a 400 naming it.
     let (status, body) = w
         .node

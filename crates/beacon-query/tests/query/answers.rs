@@ -257,8 +257,8 @@ async fn http_nats_and_two_replicas_give_the_truth() {
         .expect("info");
     let info: Value = serde_json::from_slice(&info.payload).expect("info");
     let endpoints = info["endpoints"].as_array().expect("endpoints");
-    // The seven operations and SQL.
-    assert_eq!(endpoints.len(), 8, "{info}");
+    // The ten operations (goals, funnel and retention among them) and SQL.
+    assert_eq!(endpoints.len(), 11, "{info}");
     for e in endpoints {
         assert_eq!(e["queue_group"], "beacon-query", "{e}");
         assert!(

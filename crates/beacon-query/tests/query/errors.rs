@@ -35,7 +35,7 @@ async fn bad_parameters_and_keys_get_their_status_and_reason() {
             "no site",
         ),
         (
-            format!("{site}/funnels"),
+            format!("{site}/cohorts"),
             Some(READ_ALL),
             404,
             "no operation",

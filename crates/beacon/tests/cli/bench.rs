@@ -91,9 +91,15 @@ async fn the_query_benchmark_measures_every_figure() {
     let kinds = report["by_request"]
         .as_object()
         .expect("figures per request");
-    assert_eq!(kinds.len(), 6, "{report}");
-    // The filtered questions, answered from the event store, beside the rollups'.
-    for kind in ["summary_two_filters_every_metric", "breakdown_property"] {
+    assert_eq!(kinds.len(), 8, "{report}");
+    // The filtered questions, a funnel and a retention table, answered from
+    // the event store, beside the rollups'.
+    for kind in [
+        "summary_two_filters_every_metric",
+        "breakdown_property",
+        "funnel_three_steps",
+        "retention_by_day",
+    ] {
         assert!(kinds.contains_key(kind), "{kind}: {report}");
     }
     for (kind, figures) in kinds {

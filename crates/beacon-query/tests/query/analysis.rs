@@ -476,7 +476,7 @@ impl Node {
 
     /// Wait (bounded) until the store holds `n` events of `site`.
     async fn holds(&self, site: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
             let response = self
                 .http

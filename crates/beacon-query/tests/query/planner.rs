@@ -162,6 +162,13 @@ async fn ready() -> (Setup, Node, Vec<Event>) {
         |b| b["metrics"]["events"]["value"] == json!(n),
     )
     .await;
+    // The store follows the stream on its own, and may still be behind the
+    // rollups: a filter every event passes makes the store answer.
+    node.until(
+        "/api/v1/sites/site-0/summary?metrics=events&from=-10d&filters=name~%3D.",
+        |b| b["source"] == "store" && b["metrics"]["events"]["value"] == json!(n),
+    )
+    .await;
     let events = s.events.clone();
     (s, node, events)
 }

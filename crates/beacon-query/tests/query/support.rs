@@ -195,7 +195,7 @@ impl Node {
     /// Wait (bounded) until `path`'s answer satisfies `done`, e.g. until the
     /// node's view has caught up with the aggregator's commits.
     pub async fn until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
             let (status, body) = self.get(path, Some(READ_ALL)).await;
             if status == 200 && done(&body) {

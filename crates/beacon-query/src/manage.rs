@@ -134,8 +134,14 @@ async fn get_goal(
     )
 }
 
-/// A definition's body: an object whose `name`, if given, is the path's.
-fn named_body(body: &[u8], name: &str, what: &str) -> Result<Value, QueryError> {
+/// A definition's body: an object whose `name`, if given, is the path's,
+/// read as a `T`; what does not read says the `shape` a `what` has.
+fn named_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    name: &str,
+    what: &str,
+    shape: &str,
+) -> Result<T, QueryError> {
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| QueryError::bad_request(format!("the body must be a JSON {what}: {e}")))?;
     let Some(fields) = value.as_object_mut() else {
@@ -154,7 +160,8 @@ fn named_body(body: &[u8], name: &str, what: &str) -> Result<Value, QueryError> 
             )));
         }
     }
-    Ok(value)
+    serde_json::from_value(value)
+        .map_err(|e| QueryError::bad_request(format!("a {what} is {shape}: {e}")))
 }
 
 async fn put_goal(
@@ -166,12 +173,12 @@ async fn put_goal(
     respond(
         async {
             node.manage(bearer(&headers), &site)?;
-            let goal: Goal = serde_json::from_value(named_body(&body, &name, "goal")?)
-                .map_err(|e| {
-                    QueryError::bad_request(format!(
-                        "a goal is {{\"event\": \"signup\"}} or {{\"path\": \"/pricing*\"}}, optionally with \"props\": {{\"plan\": \"pro\"}}: {e}"
-                    ))
-                })?;
+            let goal: Goal = named_body(
+                &body,
+                &name,
+                "goal",
+                r#"{"event": "signup"} or {"path": "/pricing*"}, optionally with "props": {"plan": "pro"}"#,
+            )?;
             let problems = goal.problems();
             if !problems.is_empty() {
                 return Err(QueryError::bad_request(problems.join("; ")));
@@ -273,12 +280,12 @@ async fn put_funnel(
     respond(
         async {
             node.manage(bearer(&headers), &site)?;
-            let saved: SavedFunnel = serde_json::from_value(named_body(&body, &name, "funnel")?)
-                .map_err(|e| {
-                    QueryError::bad_request(format!(
-                        "a funnel is {{\"steps\": [\"event:signup\", \"path:/pricing*\"], \"window\": \"1d\"}}: {e}"
-                    ))
-                })?;
+            let saved: SavedFunnel = named_body(
+                &body,
+                &name,
+                "funnel",
+                r#"{"steps": ["event:signup", "path:/pricing*"], "window": "1d"}"#,
+            )?;
             let blank = name.trim().is_empty() || name.trim() != name;
             if blank || name.chars().count() > beacon_core::goal::MAX_NAME_CHARS {
                 return Err(QueryError::bad_request(

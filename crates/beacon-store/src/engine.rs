@@ -33,8 +33,8 @@ use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
-    Between, BinaryExpr, Expr, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
-    TableType, col, lit,
+    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
+    TableProviderFilterPushDown, TableType, col, lit,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
@@ -182,8 +182,10 @@ impl Footers {
     fn new() -> Self {
         Footers {
             metadata: Arc::new(
-                DefaultCache::<datafusion::object_store::path::Path, CachedFileMetadataEntry>::new(FOOTER_CACHE_BYTES)
-                    .with_name("beacon segment footers"),
+                DefaultCache::<datafusion::object_store::path::Path, CachedFileMetadataEntry>::new(
+                    FOOTER_CACHE_BYTES,
+                )
+                .with_name("beacon segment footers"),
             ),
             statistics: Arc::new(
                 DefaultCache::<TableScopedPath, CachedFileMetadata>::new(STATISTICS_CACHE_BYTES)
@@ -279,20 +281,7 @@ impl Engine {
         let max_rows = self.limits.max_rows;
         let run = async {
             let (ctx, _pins) = self.session(site)?;
-            let state = ctx.state();
-            let dialect = state.config().options().sql_parser.dialect;
-            let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
-            let is_query = matches!(&statement, Statement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
-            if !is_query {
-                return Err(read_only());
-            }
-            let plan = state.statement_to_plan(statement).await.map_err(classify)?;
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-                .verify_plan(&plan)
-                .map_err(|_| read_only())?;
+            let plan = read_only_plan(&ctx, sql).await?;
             let frame = ctx
                 .execute_logical_plan(plan)
                 .await
@@ -336,6 +325,36 @@ impl Engine {
                 ),
             )),
         }
+    }
+
+    /// How `sql` (a read-only query, as for [`Engine::sql`]) runs: DataFusion's
+    /// `EXPLAIN ANALYZE`, each operator with its rows and time. For
+    /// benchmarks and profiling; it runs the query once, under the same limits.
+    pub async fn explain(&self, site: &str, sql: &str) -> Result<String, SqlError> {
+        self.ready()?;
+        let run = async {
+            let (ctx, _pins) = self.session(site)?;
+            let plan = read_only_plan(&ctx, sql).await?;
+            let batches = ctx
+                .execute_logical_plan(plan)
+                .await
+                .and_then(|f| f.explain(false, true))
+                .map_err(classify)?
+                .collect()
+                .await
+                .map_err(classify)?;
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .map(|t| t.to_string())
+                .map_err(|e| SqlError::new(SqlErrorKind::Invalid, e.to_string()))
+        };
+        tokio::time::timeout(self.limits.timeout, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SqlError::new(
+                    SqlErrorKind::TimeLimit,
+                    "explain ran out of time",
+                ))
+            })
     }
 
     /// Every row of `site` with event time in `[from_ms, to_ms)`, encoded in
@@ -504,6 +523,27 @@ impl TableProvider for SiteRows {
         inputs.push(tail.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(inputs)
     }
+}
+
+/// The plan of `sql` in `ctx` if it is a single read-only query: anything
+/// else (DDL, DML, `SET`, `COPY`, several statements) is refused.
+async fn read_only_plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+    let is_query =
+        matches!(&statement, Statement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
+    if !is_query {
+        return Err(read_only());
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(classify)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| read_only())?;
+    Ok(plan)
 }
 
 /// `[from, to)` in Unix ms that the conjunctive `filters` allow for `ts`; the

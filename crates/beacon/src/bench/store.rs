@@ -51,6 +51,9 @@ pub struct StoreArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also print how Beacon's engine runs each question (`EXPLAIN ANALYZE`), to stderr.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// Partitions the events are spread over, as a small deployment has.
@@ -402,6 +405,15 @@ async fn measure(args: &StoreArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     let engine = Engine::new(js, view, cache, limits);
     let questions = questions(written.first_day_ms, args.days);
     let (beacon, answers) = time_beacon(&engine, &questions, args.runs).await?;
+    if args.explain {
+        for (name, sql, _) in &questions {
+            let plan = engine
+                .explain(SITE, sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            eprintln!("== {name}\n{plan}");
+        }
+    }
     let duck = match &args.duckdb_python {
         Some(python) => Some(time_duckdb(python, dir.path(), &questions, args.runs).await?),
         None => None,

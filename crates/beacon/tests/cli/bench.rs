@@ -187,8 +187,28 @@ async fn the_client_benchmark_measures_both_rates() {
 /// The JSON report of `beacon bench [<stage>] --quick --json`, which must succeed.
 #[tokio::test]
 async fn the_store_benchmark_times_every_question_and_sizes_the_segments() {
-    let report = quick_report("store").await;
+    let (report, stderr) = quick_run("store", &["--explain"]).await;
     assert_eq!(report["events"], 60_000, "{report}");
+    // Where the bytes go: every column's share, together the file's size but the footers.
+    let columns = report["column_bytes_per_event"]
+        .as_array()
+        .expect("bytes per column");
+    let names: Vec<&str> = columns
+        .iter()
+        .filter_map(|c| c["column"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"user_key") && names.contains(&"ts"),
+        "{report}"
+    );
+    let sum: f64 = columns
+        .iter()
+        .filter_map(|c| c["bytes_per_event"].as_f64())
+        .sum();
+    let total = report["bytes_per_event"].as_f64().unwrap_or(0.0);
+    assert!(sum > 0.0 && sum <= total, "{sum} of {total}: {report}");
+    // `--explain` shows how each question ran, operator by operator.
+    assert_eq!(stderr.matches("Plan with Metrics").count(), 4, "{stderr}");
     assert!(
         report["bytes_per_event"]
             .as_f64()
@@ -213,12 +233,18 @@ async fn the_store_benchmark_times_every_question_and_sizes_the_segments() {
 }
 
 async fn quick_report(stage: &str) -> serde_json::Value {
+    quick_run(stage, &[]).await.0
+}
+
+/// The JSON report and the standard error of `beacon bench [<stage>] --quick --json [extra…]`.
+async fn quick_run(stage: &str, extra: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = beacon(dir.path())
         .env("PATH", path_with_nats())
         .args(
             ["bench", stage, "--quick", "--json"]
                 .into_iter()
+                .chain(extra.iter().copied())
                 .filter(|a| !a.is_empty()),
         )
         .output()
@@ -229,7 +255,10 @@ async fn quick_report(stage: &str) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("JSON report")
+    (
+        serde_json::from_slice(&out.stdout).expect("JSON report"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The bench finds nats-server like `beacon up` does: put the test's binary first on PATH.

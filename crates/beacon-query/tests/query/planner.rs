@@ -486,6 +486,58 @@ async fn a_bad_filter_is_a_400_naming_it_over_http_and_nats() {
 }
 
 #[tokio::test]
+async fn filters_past_their_caps_are_a_400_naming_the_cap_over_http_and_nats() {
+    let s = setup_with(Vec::new()).await;
+    let node = node(&s.client).await;
+    node.ready().await;
+    let values = (0..101).map(|i| format!("C{i}")).collect::<Vec<_>>().join("|");
+    let many_values = format!("country=={values}");
+    let many_filters = vec!["path==/"; 21].join(";");
+    let long = format!("path=={}", "a".repeat(4096));
+    for (filters, expected) in [
+        (many_values.as_str(), "at most 100 values"),
+        (many_filters.as_str(), "at most 20 filters"),
+        (long.as_str(), "at most 4096 bytes"),
+    ] {
+        let (status, body) = node
+            .get(
+                &format!(
+                    "/api/v1/sites/site-0/summary?filters={}",
+                    urlencode(filters)
+                ),
+                Some(READ_ALL),
+            )
+            .await;
+        assert_eq!(status, 400, "{expected}: {body}");
+        let message = body["error"].as_str().expect("error");
+        assert!(message.contains(expected), "{message}");
+        let (code, message) = ask_nats(
+            &s.client,
+            "breakdown",
+            json!({"key": READ_ALL, "site": "site-0", "params": {"dimension": "path", "filters": filters}}),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(code, "400", "{expected}");
+        assert!(message.contains(expected), "{message}");
+    }
+    // At the caps, a question is answered.
+    let at_caps = (0..100).map(|i| format!("C{i}")).collect::<Vec<_>>().join("|");
+    let (status, body) = node
+        .get(
+            &format!(
+                "/api/v1/sites/site-0/summary?filters={}",
+                urlencode(&format!("country=={at_caps}"))
+            ),
+            Some(READ_ALL),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.stop_aggregator();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
 async fn entry_pages_series_and_conversion_rates_equal_the_truth() {
     let (_s, node, all) = ready().await;
     let end = end_ms();

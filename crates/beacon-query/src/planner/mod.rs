@@ -18,6 +18,8 @@ use crate::error::{NOT_IN_ROLLUPS, QueryError};
 use crate::filter::{Dim, Filters, Op as FilterOp, SqlContext};
 use crate::{Op, QueryNode};
 
+use beacon_store::Step;
+
 use self::sql::{Key, Plan};
 
 /// Parameters each operation takes beyond the common ones.
@@ -712,25 +714,52 @@ async fn run_sql(
     let answer = engine
         .sql(site, sql, beacon_store::SqlFormat::Json)
         .await
+        .map_err(|e| planner_error(e, sql))?;
+    rows_of(&answer)
+}
+
+/// Run `steps`, then `queries` over them, in one session; the rows of each query.
+async fn run_staged(
+    engine: &beacon_store::Engine,
+    site: &str,
+    steps: &[Step],
+    queries: &[String],
+) -> Result<Vec<Vec<Value>>, QueryError> {
+    let answers = engine
+        .staged(site, steps, queries, beacon_store::SqlFormat::Json)
+        .await
         .map_err(|e| {
-            // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
-            let mut e = QueryError::from(e);
-            match e.status {
-                400 => {
-                    tracing::error!(error = %e.message, sql, "the planner's SQL failed");
-                    e.status = 500;
-                }
-                // Said in the question's terms, not the SQL's.
-                413 => {
-                    e.message = format!(
-                        "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
-                        e.message
-                    );
-                }
-                _ => {}
-            }
-            e
+            let sql: Vec<&str> = steps
+                .iter()
+                .map(|s| s.sql.as_str())
+                .chain(queries.iter().map(String::as_str))
+                .collect();
+            planner_error(e, &sql.join(";\n"))
         })?;
+    answers.iter().map(rows_of).collect()
+}
+
+/// A failure of the planner's SQL, said in the question's terms.
+fn planner_error(e: beacon_store::SqlError, sql: &str) -> QueryError {
+    let mut e = QueryError::from(e);
+    match e.status {
+        // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
+        400 => {
+            tracing::error!(error = %e.message, sql, "the planner's SQL failed");
+            e.status = 500;
+        }
+        413 => {
+            e.message = format!(
+                "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
+                e.message
+            );
+        }
+        _ => {}
+    }
+    e
+}
+
+fn rows_of(answer: &beacon_store::Answer) -> Result<Vec<Value>, QueryError> {
     let mut body: Value = serde_json::from_slice(&answer.body)
         .map_err(|e| QueryError::internal(format!("unreadable SQL answer: {e}")))?;
     Ok(match body["rows"].take() {
@@ -764,27 +793,23 @@ async fn figures(
     let has = |list: &[Metric]| metrics.iter().any(|m| list.contains(m));
     let sessions = sql::needs_sessions(metrics, plan.filters, plan.key);
     let none = || async { Ok::<Vec<Value>, QueryError>(Vec::new()) };
-    let events_sql = plan.events_sql(sessions);
-    let (events, sess, revenue, engagement, filtered, all_users) = futures::try_join!(
-        run_sql(engine, site, &events_sql),
-        async {
-            if has(&[
-                Metric::Sessions,
-                Metric::BounceRate,
-                Metric::AvgSessionDuration,
-            ]) {
-                run_sql(engine, site, &plan.sessions_sql()).await
-            } else {
-                none().await
-            }
-        },
-        async {
-            if has(&[Metric::Revenue]) {
-                run_sql(engine, site, &plan.revenue_sql(sessions)).await
-            } else {
-                none().await
-            }
-        },
+    // The selected events and their sessions are cut once; the figures that
+    // read them are queries of the same run.
+    let steps = plan.steps(sessions);
+    let mut queries = vec![plan.events_sql()];
+    let wants_sessions = has(&[
+        Metric::Sessions,
+        Metric::BounceRate,
+        Metric::AvgSessionDuration,
+    ]);
+    if wants_sessions {
+        queries.push(plan.sessions_sql());
+    }
+    if has(&[Metric::Revenue]) {
+        queries.push(plan.revenue_sql());
+    }
+    let (staged, engagement, filtered, all_users) = futures::try_join!(
+        run_staged(engine, site, &steps, &queries),
         async {
             if has(&[Metric::AvgEngagedTime, Metric::AvgScrollDepth]) {
                 run_sql(engine, site, &plan.engagement_sql()).await
@@ -807,6 +832,14 @@ async fn figures(
             }
         },
     )?;
+    let mut staged = staged.into_iter();
+    let events = staged.next().unwrap_or_default();
+    let sess = if wants_sessions {
+        staged.next().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let revenue = staged.next().unwrap_or_default();
     let mut out: BTreeMap<String, Figures> = BTreeMap::new();
     for r in &events {
         let f = out.entry(text(&r["k"])).or_default();

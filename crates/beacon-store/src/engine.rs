@@ -256,6 +256,7 @@ impl Engine {
             // draw on the same pool: a step too large fails as a query would.
             let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
             for step in steps {
+                let started = std::time::Instant::now();
                 let named = step.name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                     && !step.name.is_empty();
                 if !named || ctx.table_exist(step.name.as_str()).map_err(classify)? {
@@ -275,6 +276,9 @@ impl Engine {
                         .map_err(classify)?;
                     batches.push(batch);
                 }
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                // Which step of a slow question is slow.
+                tracing::debug!(step = step.name, rows, ms = started.elapsed().as_millis() as u64, kept = kept.size(), "staged step");
                 let table = MemTable::try_new(schema, vec![batches]).map_err(classify)?;
                 ctx.register_table(step.name.as_str(), Arc::new(table))
                     .map_err(classify)?;

@@ -442,7 +442,7 @@ impl QueryNode {
         out.insert("to".into(), q.clock.render(q.span.to).into());
         out.insert("tz".into(), q.clock.tz_name().into());
         out.insert("filters".into(), echo(&q.filters));
-        let run = |key: Key, span: Span| {
+        let run = |key: Key, span: Span, totals: Totals| {
             let ctx = &ctx;
             async move {
                 let plan = Plan {
@@ -452,7 +452,7 @@ impl QueryNode {
                     key: &key,
                     timeout_ms,
                 };
-                figures(engine, &q.site, &plan, &q.metrics).await
+                figures(engine, &q.site, &plan, &q.metrics, totals).await
             }
         };
         match &q.ask {
@@ -462,8 +462,10 @@ impl QueryNode {
                     from: q.span.from - len,
                     to: q.span.from,
                 };
-                let (now, before) =
-                    futures::try_join!(run(Key::All, q.span), run(Key::All, previous))?;
+                let ((now, _), (before, _)) = futures::try_join!(
+                    run(Key::All, q.span, Totals::None),
+                    run(Key::All, previous, Totals::None)
+                )?;
                 let now = now.get("all").cloned().unwrap_or_default();
                 let before = before.get("all").cloned().unwrap_or_default();
                 let mut metrics = Map::new();
@@ -484,11 +486,9 @@ impl QueryNode {
             }
             Ask::Timeseries { interval } => {
                 let starts = q.starts(*interval)?;
-                let (per, totals) = futures::try_join!(
-                    run(Key::Buckets(starts.clone()), q.span),
-                    run(Key::All, q.span)
-                )?;
-                let totals = totals.get("all").cloned().unwrap_or_default();
+                // The totals come from the same cut as the points.
+                let (per, totals) =
+                    run(Key::Buckets(starts.clone()), q.span, Totals::Every).await?;
                 let points: Vec<Value> = starts
                     .iter()
                     .map(|s| {
@@ -518,15 +518,14 @@ impl QueryNode {
                 out.insert("totals".into(), Value::Object(t));
             }
             Ask::Breakdown { by, metric, limit } => {
-                let (per, all) = if q.metrics.contains(&Metric::ConversionRate) {
-                    let (per, all) = futures::try_join!(
-                        run(Key::Dim(by.clone()), q.span),
-                        run(Key::All, q.span)
-                    )?;
-                    (per, all.get("all").cloned())
+                let conversion = q.metrics.contains(&Metric::ConversionRate);
+                let totals = if conversion {
+                    Totals::AllUsers
                 } else {
-                    (run(Key::Dim(by.clone()), q.span).await?, None)
+                    Totals::None
                 };
+                let (per, all) = run(Key::Dim(by.clone()), q.span, totals).await?;
+                let all = conversion.then_some(all);
                 let mut rows: Vec<(String, Figures)> = per.into_iter().collect();
                 let rank = |f: &Figures| f.value(*metric, all.as_ref()).as_f64().unwrap_or(0.0);
                 rows.sort_by(|a, b| {
@@ -783,110 +782,136 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// The figures `metrics` need, per group key, from as few queries as they need.
+/// Which figures a query's rows hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Events,
+    Sessions,
+    Revenue,
+    Engagement,
+    Filtered,
+    AllUsers,
+}
+
+/// What a question needs of the whole range's figures beside its groups'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Totals {
+    None,
+    /// Only every user in range (a breakdown's conversion rates).
+    AllUsers,
+    /// Every figure (a series' totals).
+    Every,
+}
+
+/// `rows` of `part` added to the groups' figures.
+fn fill(out: &mut BTreeMap<String, Figures>, part: Part, rows: &[Value], breakdown: bool) {
+    for r in rows {
+        let k = text(&r["k"]);
+        // Pings and bots are not traffic: in a breakdown they add to the
+        // values traffic has, never make a row of their own.
+        if breakdown && matches!(part, Part::Engagement | Part::Filtered) && !out.contains_key(&k)
+        {
+            continue;
+        }
+        let f = out.entry(k).or_default();
+        match part {
+            Part::Events => {
+                f.events = int(&r["events"]);
+                f.pageviews = int(&r["pageviews"]);
+                f.users = int(&r["users"]);
+            }
+            Part::Sessions => {
+                f.sessions = int(&r["sessions"]);
+                f.bounces = int(&r["bounces"]);
+                f.duration_ms = int(&r["duration_ms"]);
+            }
+            Part::Revenue => {
+                let amount: Decimal = text(&r["amount"]).parse().unwrap_or_default();
+                f.revenue.insert(text(&r["currency"]), amount);
+            }
+            Part::Engagement => {
+                f.engaged_ms = int(&r["engaged_ms"]);
+                f.scroll_sum = int(&r["scroll_sum"]);
+                f.scrolled = int(&r["scrolled"]);
+            }
+            Part::Filtered => {
+                f.filtered.insert(text(&r["reason"]), int(&r["n"]));
+            }
+            Part::AllUsers => f.all_users = Some(int(&r["users"])),
+        }
+    }
+}
+
+/// The figures `metrics` need, per group key, and the whole range's as
+/// `totals` asks, from as few queries as they need: the selected events and
+/// their sessions are cut once, in one staged run whose queries read them;
+/// engagement and bot figures, which read other rows, run beside it.
 async fn figures(
     engine: &beacon_store::Engine,
     site: &str,
     plan: &Plan<'_>,
     metrics: &[Metric],
-) -> Result<BTreeMap<String, Figures>, QueryError> {
+    totals: Totals,
+) -> Result<(BTreeMap<String, Figures>, Figures), QueryError> {
     let has = |list: &[Metric]| metrics.iter().any(|m| list.contains(m));
     let sessions = sql::needs_sessions(metrics, plan.filters, plan.key);
-    let none = || async { Ok::<Vec<Value>, QueryError>(Vec::new()) };
-    // The selected events and their sessions are cut once; the figures that
-    // read them are queries of the same run.
-    let steps = plan.steps(sessions);
-    let mut queries = vec![plan.events_sql()];
-    let wants_sessions = has(&[
-        Metric::Sessions,
-        Metric::BounceRate,
-        Metric::AvgSessionDuration,
-    ]);
-    if wants_sessions {
-        queries.push(plan.sessions_sql());
-    }
-    if has(&[Metric::Revenue]) {
-        queries.push(plan.revenue_sql());
-    }
-    let (staged, engagement, filtered, all_users) = futures::try_join!(
-        run_staged(engine, site, &steps, &queries),
-        async {
+    let all = Key::All;
+    let whole = Plan { key: &all, ..*plan };
+    let grouped = !matches!(plan.key, Key::All);
+    // Each query: what it holds, whether it is of the totals, its SQL.
+    let (mut staged, mut plain): (Vec<(Part, bool, String)>, Vec<(Part, bool, String)>) =
+        (Vec::new(), Vec::new());
+    for (of_totals, p) in [(false, plan), (true, &whole)] {
+        let every = !of_totals || (grouped && totals == Totals::Every);
+        if every {
+            staged.push((Part::Events, of_totals, p.events_sql()));
+            if has(&[
+                Metric::Sessions,
+                Metric::BounceRate,
+                Metric::AvgSessionDuration,
+            ]) {
+                staged.push((Part::Sessions, of_totals, p.sessions_sql()));
+            }
+            if has(&[Metric::Revenue]) {
+                staged.push((Part::Revenue, of_totals, p.revenue_sql()));
+            }
             if has(&[Metric::AvgEngagedTime, Metric::AvgScrollDepth]) {
-                run_sql(engine, site, &plan.engagement_sql()).await
-            } else {
-                none().await
+                plain.push((Part::Engagement, of_totals, p.engagement_sql()));
             }
-        },
-        async {
             if has(&[Metric::Filtered]) {
-                run_sql(engine, site, &plan.filtered_sql()).await
-            } else {
-                none().await
+                plain.push((Part::Filtered, of_totals, p.filtered_sql()));
             }
-        },
-        async {
-            if has(&[Metric::ConversionRate]) && !matches!(plan.key, Key::Dim(_)) {
-                run_sql(engine, site, &plan.all_users_sql()).await
-            } else {
-                none().await
+        }
+        let all_users = if of_totals {
+            grouped && totals != Totals::None
+        } else {
+            !matches!(p.key, Key::Dim(_))
+        };
+        if all_users && has(&[Metric::ConversionRate]) {
+            match p.all_users_step_sql(sessions) {
+                Some(sql) => staged.push((Part::AllUsers, of_totals, sql)),
+                None => plain.push((Part::AllUsers, of_totals, p.all_users_sql())),
             }
-        },
+        }
+    }
+    let steps = plan.steps(sessions);
+    let staged_sql: Vec<String> = staged.iter().map(|(_, _, sql)| sql.clone()).collect();
+    let (staged_rows, plain_rows) = futures::try_join!(
+        run_staged(engine, site, &steps, &staged_sql),
+        futures::future::try_join_all(plain.iter().map(|(_, _, sql)| run_sql(engine, site, sql))),
     )?;
-    let mut staged = staged.into_iter();
-    let events = staged.next().unwrap_or_default();
-    let sess = if wants_sessions {
-        staged.next().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let revenue = staged.next().unwrap_or_default();
-    let mut out: BTreeMap<String, Figures> = BTreeMap::new();
-    for r in &events {
-        let f = out.entry(text(&r["k"])).or_default();
-        f.events = int(&r["events"]);
-        f.pageviews = int(&r["pageviews"]);
-        f.users = int(&r["users"]);
-    }
-    for r in &sess {
-        let f = out.entry(text(&r["k"])).or_default();
-        f.sessions = int(&r["sessions"]);
-        f.bounces = int(&r["bounces"]);
-        f.duration_ms = int(&r["duration_ms"]);
-    }
-    for r in &revenue {
-        let amount: Decimal = text(&r["amount"]).parse().unwrap_or_default();
-        out.entry(text(&r["k"]))
-            .or_default()
-            .revenue
-            .insert(text(&r["currency"]), amount);
-    }
+    let (mut out, mut whole_figures) = (BTreeMap::new(), BTreeMap::new());
     let breakdown = matches!(plan.key, Key::Dim(_));
-    for r in &engagement {
-        let k = text(&r["k"]);
-        // Pings and bots are not traffic: in a breakdown they add to the
-        // values traffic has, never make a row of their own.
-        if breakdown && !out.contains_key(&k) {
-            continue;
+    // Traffic's figures first: engagement and bots add to the rows they make.
+    for ((part, of_totals, _), rows) in staged.iter().zip(&staged_rows).chain(plain.iter().zip(&plain_rows)) {
+        if *of_totals {
+            fill(&mut whole_figures, *part, rows, false);
+        } else {
+            fill(&mut out, *part, rows, breakdown);
         }
-        let f = out.entry(k).or_default();
-        f.engaged_ms = int(&r["engaged_ms"]);
-        f.scroll_sum = int(&r["scroll_sum"]);
-        f.scrolled = int(&r["scrolled"]);
     }
-    for r in &filtered {
-        let k = text(&r["k"]);
-        if breakdown && !out.contains_key(&k) {
-            continue;
-        }
-        out.entry(k)
-            .or_default()
-            .filtered
-            .insert(text(&r["reason"]), int(&r["n"]));
-    }
-    for r in &all_users {
-        out.entry(text(&r["k"])).or_default().all_users = Some(int(&r["users"]));
-    }
-    Ok(out)
+    let totals = whole_figures.remove("all").unwrap_or_default();
+    Ok((out, totals))
 }
 
 /// Year arithmetic for `compare=previous_year`.

@@ -119,12 +119,17 @@ impl Plan<'_> {
         } else {
             "CAST(NULL AS VARCHAR)".to_owned()
         };
+        let users = format!(
+            "WITH {} SELECT user_key, max(CASE WHEN ({event}) THEN 1 ELSE 0 END) AS picked \
+             FROM r WHERE {traffic} GROUP BY user_key",
+            self.range()
+        );
         let cut = format!(
             "WITH {range}, \
              traffic AS (SELECT t, name, user_key, {page_key} AS page_key, picked, \
                  CASE WHEN picked THEN {key_of_event} END AS ek, revenue_amount, revenue_currency \
                FROM (SELECT *, ({event}) AS picked FROM r WHERE {traffic})), \
-             mine AS (SELECT * FROM traffic WHERE user_key IN (SELECT DISTINCT user_key FROM traffic WHERE picked)), \
+             mine AS (SELECT * FROM traffic WHERE user_key IN (SELECT user_key FROM users WHERE picked = 1)), \
              gaps AS (SELECT *, CASE WHEN t - lag(t) OVER (PARTITION BY user_key ORDER BY t) <= {timeout} THEN 0 ELSE 1 END AS opens FROM mine) \
              SELECT user_key, t, name, page_key, picked, ek, revenue_amount, revenue_currency, \
                sum(opens) OVER (PARTITION BY user_key ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sn \
@@ -160,7 +165,21 @@ impl Plan<'_> {
             // Every session holding a selected event counts: no join needed.
             _ => format!("SELECT {columns}, ek AS k FROM cut WHERE picked"),
         };
-        vec![step("cut", cut), step("sess", sess), step("sel", sel)]
+        vec![
+            step("users", users),
+            step("cut", cut),
+            step("sess", sess),
+            step("sel", sel),
+        ]
+    }
+
+    /// The group key of a row of `sel`: its `k`, or one group for the whole
+    /// range (so the totals read the same `sel` as the groups).
+    fn sel_key(&self) -> &'static str {
+        match self.key {
+            Key::All => "'all'",
+            _ => "k",
+        }
     }
 
     /// An event's group key as SQL text over the range's rows.
@@ -174,9 +193,11 @@ impl Plan<'_> {
 
     /// Per key: events, page views, users (over the step `sel`).
     pub fn events_sql(&self) -> String {
-        "SELECT k, count(*) AS events, sum(CASE WHEN name = 'pageview' THEN 1 ELSE 0 END) AS pageviews, \
-         count(DISTINCT user_key) AS users FROM sel GROUP BY k"
-            .to_owned()
+        format!(
+            "SELECT {k} AS k, count(*) AS events, sum(CASE WHEN name = 'pageview' THEN 1 ELSE 0 END) AS pageviews, \
+             count(DISTINCT user_key) AS users FROM sel GROUP BY 1",
+            k = self.sel_key()
+        )
     }
 
     /// Per key: sessions, bounces, summed duration (ms) (over the steps
@@ -205,9 +226,18 @@ impl Plan<'_> {
 
     /// Per key and currency: the revenue of the selected events (over `sel`).
     pub fn revenue_sql(&self) -> String {
-        "SELECT k, revenue_currency AS currency, sum(revenue_amount) AS amount FROM sel \
-         WHERE revenue_currency IS NOT NULL GROUP BY k, revenue_currency"
-            .to_owned()
+        format!(
+            "SELECT {k} AS k, revenue_currency AS currency, sum(revenue_amount) AS amount FROM sel \
+             WHERE revenue_currency IS NOT NULL GROUP BY 1, 2",
+            k = self.sel_key()
+        )
+    }
+
+    /// Every user in range, over the step `users` (which, with sessions,
+    /// holds each traffic user of the range once): for the whole range only.
+    pub fn all_users_step_sql(&self, sessions: bool) -> Option<String> {
+        (sessions && matches!(self.key, Key::All))
+            .then(|| "SELECT 'all' AS k, count(*) AS users FROM users".to_owned())
     }
 
     /// Per key: every user in range (the denominator of conversion rates).

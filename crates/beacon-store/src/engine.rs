@@ -30,8 +30,8 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
-    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
-    TableType, col, lit,
+    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
+    TableProviderFilterPushDown, TableType, col, lit,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
@@ -257,7 +257,10 @@ impl Engine {
             let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
             for step in steps {
                 let started = std::time::Instant::now();
-                let named = step.name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                let named = step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
                     && !step.name.is_empty();
                 if !named || ctx.table_exist(step.name.as_str()).map_err(classify)? {
                     return Err(SqlError::new(
@@ -278,7 +281,13 @@ impl Engine {
                 }
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 // Which step of a slow question is slow.
-                tracing::debug!(step = step.name, rows, ms = started.elapsed().as_millis() as u64, kept = kept.size(), "staged step");
+                tracing::debug!(
+                    step = step.name,
+                    rows,
+                    ms = started.elapsed().as_millis() as u64,
+                    kept = kept.size(),
+                    "staged step"
+                );
                 let table = MemTable::try_new(schema, vec![batches]).map_err(classify)?;
                 ctx.register_table(step.name.as_str(), Arc::new(table))
                     .map_err(classify)?;

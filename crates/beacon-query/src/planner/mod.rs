@@ -809,8 +809,7 @@ fn fill(out: &mut BTreeMap<String, Figures>, part: Part, rows: &[Value], breakdo
         let k = text(&r["k"]);
         // Pings and bots are not traffic: in a breakdown they add to the
         // values traffic has, never make a row of their own.
-        if breakdown && matches!(part, Part::Engagement | Part::Filtered) && !out.contains_key(&k)
-        {
+        if breakdown && matches!(part, Part::Engagement | Part::Filtered) && !out.contains_key(&k) {
             continue;
         }
         let f = out.entry(k).or_default();
@@ -894,8 +893,14 @@ async fn figures(
             }
         }
     }
-    let steps = plan.steps(sessions);
-    let staged_sql: Vec<String> = staged.iter().map(|(_, _, sql)| sql.clone()).collect();
+    let mut steps = plan.steps(sessions);
+    let mut staged_sql: Vec<String> = staged.iter().map(|(_, _, sql)| sql.clone()).collect();
+    // Selected events read by one query alone are streamed into it, not kept:
+    // keeping them would only copy rows that one aggregate reads once.
+    if let ([sel], [query]) = (steps.as_slice(), staged_sql.as_mut_slice()) {
+        *query = format!("WITH {} AS ({}) {query}", sel.name, sel.sql);
+        steps.clear();
+    }
     let (staged_rows, plain_rows) = futures::try_join!(
         run_staged(engine, site, &steps, &staged_sql),
         futures::future::try_join_all(plain.iter().map(|(_, _, sql)| run_sql(engine, site, sql))),
@@ -903,7 +908,11 @@ async fn figures(
     let (mut out, mut whole_figures) = (BTreeMap::new(), BTreeMap::new());
     let breakdown = matches!(plan.key, Key::Dim(_));
     // Traffic's figures first: engagement and bots add to the rows they make.
-    for ((part, of_totals, _), rows) in staged.iter().zip(&staged_rows).chain(plain.iter().zip(&plain_rows)) {
+    for ((part, of_totals, _), rows) in staged
+        .iter()
+        .zip(&staged_rows)
+        .chain(plain.iter().zip(&plain_rows))
+    {
         if *of_totals {
             fill(&mut whole_figures, *part, rows, false);
         } else {

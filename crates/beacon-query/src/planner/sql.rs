@@ -73,12 +73,17 @@ fn bucket_of(starts: &[i64]) -> String {
 }
 
 impl Plan<'_> {
-    /// `r`: the range's rows, with `t` their event time in Unix ms.
-    fn range(&self) -> String {
+    /// The range's rows, with `t` their event time in Unix ms.
+    fn rows(&self) -> String {
         format!(
-            "r AS (SELECT {COLUMNS} FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}))",
+            "SELECT {COLUMNS} FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({})",
             self.span.from, self.span.to
         )
+    }
+
+    /// `r`: the range's rows, as a common table expression.
+    fn range(&self) -> String {
+        format!("r AS ({})", self.rows())
     }
 
     /// The steps computed once per question and read by the queries:
@@ -101,10 +106,11 @@ impl Plan<'_> {
         if !sessions {
             return vec![step(
                 "sel",
+                // A derived table, not a CTE: a lone reader takes it in as its own CTE.
                 format!(
-                    "WITH {} SELECT user_key, name, revenue_amount, revenue_currency, {key_of_event} AS k \
-                     FROM r WHERE {traffic} AND ({event})",
-                    self.range()
+                    "SELECT user_key, name, revenue_amount, revenue_currency, {key_of_event} AS k \
+                     FROM ({}) r WHERE {traffic} AND ({event})",
+                    self.rows()
                 ),
             )];
         }

@@ -490,7 +490,10 @@ async fn filters_past_their_caps_are_a_400_naming_the_cap_over_http_and_nats() {
     let s = setup_with(Vec::new()).await;
     let node = node(&s.client).await;
     node.ready().await;
-    let values = (0..101).map(|i| format!("C{i}")).collect::<Vec<_>>().join("|");
+    let values = (0..101)
+        .map(|i| format!("C{i}"))
+        .collect::<Vec<_>>()
+        .join("|");
     let many_values = format!("country=={values}");
     let many_filters = vec!["path==/"; 21].join(";");
     let long = format!("path=={}", "a".repeat(4096));
@@ -522,7 +525,10 @@ async fn filters_past_their_caps_are_a_400_naming_the_cap_over_http_and_nats() {
         assert!(message.contains(expected), "{message}");
     }
     // At the caps, a question is answered.
-    let at_caps = (0..100).map(|i| format!("C{i}")).collect::<Vec<_>>().join("|");
+    let at_caps = (0..100)
+        .map(|i| format!("C{i}"))
+        .collect::<Vec<_>>()
+        .join("|");
     let (status, body) = node
         .get(
             &format!(

@@ -799,7 +799,12 @@ async fn staged_steps_are_tables_of_one_run_and_keep_every_limit() {
         assert_eq!(err.kind, kind, "{err}");
     }
     let err = engine
-        .staged("site-0", &[], &["DROP TABLE events".to_owned()], SqlFormat::Json)
+        .staged(
+            "site-0",
+            &[],
+            &["DROP TABLE events".to_owned()],
+            SqlFormat::Json,
+        )
         .await
         .expect_err("refused");
     assert_eq!(err.kind, SqlErrorKind::ReadOnly, "{err}");

@@ -793,6 +793,10 @@ enum Part {
     AllUsers,
 }
 
+/// One query of a question: what its rows hold, whether they are the
+/// totals' (not a group's), and its SQL.
+type Query = (Part, bool, String);
+
 /// What a question needs of the whole range's figures beside its groups'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Totals {
@@ -857,9 +861,7 @@ async fn figures(
     let all = Key::All;
     let whole = Plan { key: &all, ..*plan };
     let grouped = !matches!(plan.key, Key::All);
-    // Each query: what it holds, whether it is of the totals, its SQL.
-    let (mut staged, mut plain): (Vec<(Part, bool, String)>, Vec<(Part, bool, String)>) =
-        (Vec::new(), Vec::new());
+    let (mut staged, mut plain): (Vec<Query>, Vec<Query>) = (Vec::new(), Vec::new());
     for (of_totals, p) in [(false, plan), (true, &whole)] {
         let every = !of_totals || (grouped && totals == Totals::Every);
         if every {

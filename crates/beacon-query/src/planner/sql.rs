@@ -152,22 +152,17 @@ impl Plan<'_> {
             self.filters.session_sql()
         );
         let columns = "user_key, sn, name, revenue_amount, revenue_currency";
-        let sel = match self.key {
-            Key::Dim(d @ (Dim::EntryPage | Dim::ExitPage)) => {
-                let page = if *d == Dim::EntryPage {
-                    "entry_page"
-                } else {
-                    "exit_page"
-                };
-                format!(
-                    "SELECT c.user_key, c.sn, c.name, c.revenue_amount, c.revenue_currency, COALESCE(s.{page}, '(none)') AS k \
-                     FROM cut c JOIN sess s ON c.user_key = s.user_key AND c.sn = s.sn WHERE c.picked"
-                )
-            }
-            _ if self.filters.needs_sessions() => format!(
-                "SELECT c.user_key, c.sn, c.name, c.revenue_amount, c.revenue_currency, c.ek AS k \
+        // The selected events of the sessions that count, keyed as asked.
+        let joined = |k: &str| {
+            format!(
+                "SELECT c.user_key, c.sn, c.name, c.revenue_amount, c.revenue_currency, {k} AS k \
                  FROM cut c JOIN sess s ON c.user_key = s.user_key AND c.sn = s.sn WHERE c.picked"
-            ),
+            )
+        };
+        let sel = match self.key {
+            Key::Dim(Dim::EntryPage) => joined("COALESCE(s.entry_page, '(none)')"),
+            Key::Dim(Dim::ExitPage) => joined("COALESCE(s.exit_page, '(none)')"),
+            _ if self.filters.needs_sessions() => joined("c.ek"),
             // Every session holding a selected event counts: no join needed.
             _ => format!("SELECT {columns}, ek AS k FROM cut WHERE picked"),
         };

@@ -11,12 +11,14 @@
 //! DDL, DML, `COPY`, `SET` or other statements, no URL tables, no
 //! information_schema. Every query is bounded in rows, time and memory.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::context::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayData, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
@@ -255,6 +257,7 @@ impl Engine {
             // The kept rows are held beside the operators' memory, so they
             // draw on the same pool: a step too large fails as a query would.
             let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
+            let mut counted = HashSet::new();
             for step in steps {
                 let started = std::time::Instant::now();
                 let named = step
@@ -275,7 +278,7 @@ impl Engine {
                 let mut batches = Vec::new();
                 while let Some(batch) = stream.next().await {
                     let batch = batch.map_err(classify)?;
-                    kept.try_grow(batch.get_array_memory_size())
+                    kept.try_grow(new_bytes(&batch, &mut counted))
                         .map_err(classify)?;
                     batches.push(batch);
                 }
@@ -394,6 +397,33 @@ pub struct Step {
     /// Lower-case letters and `_`, and not a table the session has already.
     pub name: String,
     pub sql: String,
+}
+
+/// The bytes of `batch`'s buffers that `counted` does not hold yet, each
+/// buffer once however many arrays slice it: an aggregate's output batches
+/// are slices of one array, which `get_array_memory_size` counts once per
+/// slice (hundreds of times over for a large group-by).
+fn new_bytes(batch: &RecordBatch, counted: &mut HashSet<usize>) -> usize {
+    fn walk(data: &ArrayData, counted: &mut HashSet<usize>) -> usize {
+        let nulls = data.nulls().map(|n| n.buffer());
+        let own: usize = data
+            .buffers()
+            .iter()
+            .chain(nulls)
+            .filter(|b| counted.insert(b.data_ptr().as_ptr() as usize))
+            .map(|b| b.capacity())
+            .sum();
+        own + data
+            .child_data()
+            .iter()
+            .map(|c| walk(c, counted))
+            .sum::<usize>()
+    }
+    batch
+        .columns()
+        .iter()
+        .map(|c| walk(&c.to_data(), counted))
+        .sum()
 }
 
 /// `sql` planned in `ctx` if it is a single read-only `SELECT`.

@@ -204,25 +204,26 @@ impl Plan<'_> {
     /// Per key: sessions, bounces, summed duration (ms) (over the steps
     /// `sess` and `sel`).
     pub fn sessions_sql(&self) -> String {
-        let keyed = match self.key {
-            Key::All => "SELECT user_key, sn, 'all' AS k FROM sess".to_owned(),
+        let figures = "count(*) AS sessions, sum(CASE WHEN s_pageviews = 1 THEN 1 ELSE 0 END) AS bounces, \
+             sum(s_end - s_start) AS duration_ms";
+        // A session's own key (the range, its start's bucket, its entry or
+        // exit page) is read from `sess` alone; a dimension's values from
+        // its selected events, a session counting once under each.
+        let own = |k: String| format!("SELECT {k} AS k, {figures} FROM sess GROUP BY 1");
+        match self.key {
+            Key::All => own("'all'".to_owned()),
             Key::Buckets(starts) => format!(
-                "SELECT user_key, sn, CAST({} AS VARCHAR) AS k FROM (SELECT user_key, sn, s_start AS t FROM sess)",
+                "SELECT CAST({} AS VARCHAR) AS k, {figures} \
+                 FROM (SELECT s_start AS t, s_pageviews, s_start, s_end FROM sess) GROUP BY 1",
                 bucket_of(starts)
             ),
-            Key::Dim(Dim::EntryPage) => {
-                "SELECT user_key, sn, COALESCE(entry_page, '(none)') AS k FROM sess".to_owned()
-            }
-            Key::Dim(Dim::ExitPage) => {
-                "SELECT user_key, sn, COALESCE(exit_page, '(none)') AS k FROM sess".to_owned()
-            }
-            Key::Dim(_) => "SELECT DISTINCT user_key, sn, k FROM sel".to_owned(),
-        };
-        format!(
-            "WITH keyed AS ({keyed}) SELECT keyed.k AS k, count(*) AS sessions, \
-             sum(CASE WHEN s.s_pageviews = 1 THEN 1 ELSE 0 END) AS bounces, sum(s.s_end - s.s_start) AS duration_ms \
-             FROM keyed JOIN sess s ON keyed.user_key = s.user_key AND keyed.sn = s.sn GROUP BY keyed.k"
-        )
+            Key::Dim(Dim::EntryPage) => own("COALESCE(entry_page, '(none)')".to_owned()),
+            Key::Dim(Dim::ExitPage) => own("COALESCE(exit_page, '(none)')".to_owned()),
+            Key::Dim(_) => format!(
+                "WITH keyed AS (SELECT DISTINCT user_key, sn, k FROM sel) SELECT keyed.k AS k, {figures} \
+                 FROM keyed JOIN sess s ON keyed.user_key = s.user_key AND keyed.sn = s.sn GROUP BY keyed.k"
+            ),
+        }
     }
 
     /// Per key and currency: the revenue of the selected events (over `sel`).

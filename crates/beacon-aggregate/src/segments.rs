@@ -600,7 +600,7 @@ async fn run_merge(
         for file in files {
             batches.extend(segment::decode(file)?);
         }
-        Ok(vec![compact::merge_rows(&batches)?])
+        Ok(batches)
     })
     .await?;
     upload(&segments, &meta.name, file).await?;

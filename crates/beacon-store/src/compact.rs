@@ -1,7 +1,8 @@
 //! Keeping a partition's segments few and large: which segments to merge
-//! (compaction), which to drop (retention), and merging their rows. Pure
-//! functions of the manifest and the rows; the partition owner does the I/O
-//! and commits each change as one manifest compare-and-set.
+//! (compaction) and which to drop (retention). Pure functions of the
+//! manifest; the partition owner does the I/O (a merge re-encodes its
+//! inputs' rows with [`crate::segment::encode`]) and commits each change as
+//! one manifest compare-and-set.
 //!
 //! Only segments next to each other in the stream are merged, so the merged
 //! segment's sequence range holds exactly its inputs' rows and never overlaps
@@ -9,14 +10,7 @@
 //! stream are neighbours in time too: level 0 (a flush, seconds to a minute),
 //! level 1 (`fan_in` flushes), level 2 (`fan_in`² flushes) and so on.
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
-};
-use datafusion::arrow::error::ArrowError;
-
 use crate::manifest::{Manifest, SegmentMeta};
-use crate::schema::segment_schema;
 
 /// Highest level compaction produces: beyond it segments stay as they are.
 pub const MAX_LEVEL: u8 = 3;
@@ -91,23 +85,6 @@ pub fn expired(manifest: &Manifest, before_ms: i64) -> Vec<SegmentMeta> {
         .filter(|s| s.max_ts_ms < before_ms)
         .cloned()
         .collect()
-}
-
-/// The rows of several segments as one batch, sorted by site and event time
-/// so a question about one site and a time range reads few row groups.
-pub fn merge_rows(batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
-    let all = concat_batches(&segment_schema(), batches)?;
-    let by = |name: &str| -> Result<SortColumn, ArrowError> {
-        Ok(SortColumn {
-            values: all
-                .column_by_name(name)
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))?
-                .clone(),
-            options: None,
-        })
-    };
-    let order = lexsort_to_indices(&[by("site")?, by("ts")?, by("seq")?], None)?;
-    take_record_batch(&all, &order)
 }
 
 #[cfg(test)]

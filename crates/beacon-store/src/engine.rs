@@ -28,6 +28,12 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::TableScopedPath;
+use datafusion::execution::cache::cache_manager::{
+    CacheManagerConfig, CachedFileMetadata, CachedFileMetadataEntry, FileMetadataCache,
+    FileStatisticsCache,
+};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -152,6 +158,52 @@ pub struct Engine {
     view: StoreView,
     cache: SegmentCache,
     limits: SqlLimits,
+    footers: Footers,
+}
+
+/// Parquet footers and page indexes of the cached segment files, parsed
+/// once and shared by every query's session (each query has a runtime of its
+/// own, for its own memory limit, which would otherwise start with an empty
+/// cache and parse every footer again). Entries are checked against the
+/// file's size and modification time, so a file fetched again is read again.
+#[derive(Clone)]
+struct Footers {
+    metadata: Arc<FileMetadataCache>,
+    statistics: Arc<FileStatisticsCache>,
+}
+
+impl std::fmt::Debug for Footers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Footers").finish_non_exhaustive()
+    }
+}
+
+/// Memory for [`Footers`]: a footer with its page index is tens of KB, so
+/// thousands of segments fit.
+const FOOTER_CACHE_BYTES: usize = 128 << 20;
+const STATISTICS_CACHE_BYTES: usize = 32 << 20;
+
+impl Footers {
+    fn new() -> Self {
+        Footers {
+            metadata: Arc::new(
+                DefaultCache::<datafusion::object_store::path::Path, CachedFileMetadataEntry>::new(FOOTER_CACHE_BYTES)
+                    .with_name("beacon segment footers"),
+            ),
+            statistics: Arc::new(
+                DefaultCache::<TableScopedPath, CachedFileMetadata>::new(STATISTICS_CACHE_BYTES)
+                    .with_name("beacon segment statistics"),
+            ),
+        }
+    }
+
+    fn config(&self) -> CacheManagerConfig {
+        CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.metadata.clone()))
+            .with_metadata_cache_limit(FOOTER_CACHE_BYTES)
+            .with_file_statistics_cache(Some(self.statistics.clone()))
+            .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES)
+    }
 }
 
 impl Engine {
@@ -161,6 +213,7 @@ impl Engine {
             view,
             cache,
             limits,
+            footers: Footers::new(),
         }
     }
 
@@ -196,6 +249,7 @@ impl Engine {
     /// A session whose only table is `events`: `site`'s rows.
     fn session(&self, site: &str) -> Result<(SessionContext, Pins), SqlError> {
         let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(self.footers.config())
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             // No spilling: the memory limit is a limit, not a reason to fill the disk.
             .with_disk_manager_builder(

@@ -2,14 +2,17 @@
 //! with zstd and dictionary-encoded, its format version in the file's
 //! key-value metadata, and the [`SegmentMeta`] the manifest keeps about it.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::kernels::aggregate::{max, min};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt64Type};
 use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -45,7 +48,16 @@ pub fn encode(
     level: u8,
     batches: &[RecordBatch],
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
-    let properties = WriterProperties::builder()
+    let grouped = [clustered(batches)?];
+    let mut properties = WriterProperties::builder();
+    // Sequences and times rise (almost) steadily within a (site, name) run: their
+    // deltas take a byte or two where plain values and a dictionary took four.
+    for column in DELTA_COLUMNS {
+        properties = properties
+            .set_column_encoding(column.into(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_dictionary_enabled(column.into(), false);
+    }
+    let properties = properties
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![KeyValue::new(
@@ -68,7 +80,7 @@ pub fn encode(
         sites: Vec::new(),
         level,
     };
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+    for batch in grouped.iter().filter(|b| b.num_rows() > 0) {
         writer.write(batch)?;
         meta.rows += batch.num_rows() as u64;
         let seq = batch.column(0).as_primitive::<UInt64Type>();
@@ -94,6 +106,69 @@ pub fn encode(
     writer.close()?;
     meta.bytes = out.len() as u64;
     Ok((Bytes::from(out), meta))
+}
+
+/// Integer columns written as deltas (see [`encode`]).
+const DELTA_COLUMNS: [&str; 3] = ["seq", "ts", "received_at"];
+
+/// The rows of `batches` as one batch, grouped by site, then by event name
+/// (both in ascending order), each group keeping the rows' order within it.
+///
+/// Grouping lets the reader skip row groups and pages by site and name (a
+/// funnel's steps, `name = 'pageview'`), while keeping the stream order inside
+/// a group keeps sequences and times nearly sorted for delta encoding. A
+/// stable bucketing by the few (site, name) pairs a segment holds is linear,
+/// where a full sort by (site, name, ts) cost the writer a second per million rows.
+fn clustered(batches: &[RecordBatch]) -> Result<RecordBatch, SegmentError> {
+    let all = concat_batches(&segment_schema(), batches)?;
+    let site = all
+        .column(all.schema().index_of("site")?)
+        .as_string::<i32>();
+    let name = all
+        .column(all.schema().index_of("name")?)
+        .as_string::<i32>();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut groups: Vec<((&str, &str), Vec<u32>)> = Vec::new();
+    let mut last: Option<((&str, &str), usize)> = None;
+    for row in 0..all.num_rows() {
+        let key = (site.value(row), name.value(row));
+        // Runs of one key are common: look the group up only when the key changes.
+        let at = match last {
+            Some((k, at)) if k == key => at,
+            _ => {
+                let at = *index.entry(key).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                last = Some((key, at));
+                at
+            }
+        };
+        groups[at].1.push(row as u32);
+    }
+    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let order = UInt32Array::from_iter_values(groups.into_iter().flat_map(|(_, rows)| rows));
+    Ok(take_record_batch(&all, &order)?)
+}
+
+/// Compressed bytes per column of a segment file (leaf columns by their path,
+/// e.g. `props.entries.keys`), summed over its row groups: where the bytes go.
+pub fn column_bytes(file: Bytes) -> Result<Vec<(String, u64)>, SegmentError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let metadata = builder.metadata();
+    let mut out: Vec<(String, u64)> = metadata
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| (c.path().string(), 0))
+        .collect();
+    for group in metadata.row_groups() {
+        for (slot, column) in out.iter_mut().zip(group.columns()) {
+            slot.1 += column.compressed_size().max(0) as u64;
+        }
+    }
+    Ok(out)
 }
 
 /// The format version a segment file declares, refusing one newer than this build.
@@ -177,10 +252,23 @@ mod tests {
         );
         let back = decode(file).expect("segment");
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
-        assert_eq!(
-            back[0].slice(0, 1000.min(back[0].num_rows())),
-            batch.slice(0, back[0].num_rows())
-        );
+        // Grouped by site, each group in stream order; every row kept as written.
+        let mut previous = ("", 0u64);
+        let mut seen = Vec::new();
+        for b in &back {
+            let sites = b.column(4).as_string::<i32>();
+            let seqs = b.column(0).as_primitive::<UInt64Type>();
+            for row in 0..b.num_rows() {
+                let here = (sites.value(row), seqs.value(row));
+                assert!(here > previous, "{here:?} after {previous:?}");
+                previous = here;
+                let written = ((here.1 - 10) / 2) as usize;
+                assert_eq!(b.slice(row, 1), batch.slice(written, 1));
+                seen.push(written);
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
         assert!(matches!(encode("e", 1, 0, &[]), Err(SegmentError::Empty)));
     }
 }

@@ -174,6 +174,8 @@ struct Written {
     segments: usize,
     seconds: f64,
     first_day_ms: i64,
+    /// Compressed bytes per column, summed over the segments.
+    columns: Vec<(String, u64)>,
 }
 
 /// Write the days into segments: one per day and partition, in the object
@@ -208,6 +210,7 @@ async fn write(
         segments: 0,
         seconds: 0.0,
         first_day_ms,
+        columns: Vec::new(),
     };
     for day in 0..args.days {
         let day_ms = first_day_ms + day as i64 * 86_400_000;
@@ -237,6 +240,14 @@ async fn write(
                 .map_err(|e| anyhow::anyhow!("put {name}: {e}"))?;
             written.events += meta.rows;
             written.bytes += meta.bytes;
+            let columns = beacon_store::segment::column_bytes(file.clone())?;
+            if written.columns.is_empty() {
+                written.columns = columns;
+            } else {
+                for (sum, (_, bytes)) in written.columns.iter_mut().zip(columns) {
+                    sum.1 += bytes;
+                }
+            }
             written.segments += 1;
             metas[p].through_seq = meta.last_seq;
             metas[p].segments.push(meta);
@@ -422,11 +433,31 @@ async fn measure(args: &StoreArgs, nats: &BenchNats) -> anyhow::Result<Value> {
         "segments": written.segments,
         "segment_bytes": written.bytes,
         "bytes_per_event": written.bytes as f64 / written.events.max(1) as f64,
+        "column_bytes_per_event": column_shares(&written),
         "write_seconds": written.seconds,
         "write_cpu_seconds_per_million": written.seconds * 1e6 / written.events.max(1) as f64,
         "runs": args.runs,
         "questions": rows,
     }))
+}
+
+/// Bytes per event of each column, largest first (those under 0.05 left out).
+fn column_shares(written: &Written) -> Value {
+    let mut columns: Vec<(&str, f64)> = written
+        .columns
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), *bytes as f64 / written.events.max(1) as f64))
+        .filter(|(_, b)| *b >= 0.05)
+        .collect();
+    columns.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Value::Array(
+        columns
+            .into_iter()
+            .map(
+                |(name, b)| json!({"column": name, "bytes_per_event": (b * 100.0).round() / 100.0}),
+            )
+            .collect(),
+    )
 }
 
 fn print(report: &Value) {
@@ -444,6 +475,19 @@ fn print(report: &Value) {
             .as_f64()
             .unwrap_or(0.0),
     );
+    let columns: Vec<String> = report["column_bytes_per_event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} {:.2}",
+                c["column"].as_str().unwrap_or(""),
+                c["bytes_per_event"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    println!("bytes/event by column: {}", columns.join(", "));
     println!(
         "{:<34} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "question (ms)", "cold", "p50", "p99", "duck p50", "duck p99", "ratio"

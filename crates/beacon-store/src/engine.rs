@@ -187,8 +187,10 @@ impl Footers {
     fn new() -> Self {
         Footers {
             metadata: Arc::new(
-                DefaultCache::<datafusion::object_store::path::Path, CachedFileMetadataEntry>::new(FOOTER_CACHE_BYTES)
-                    .with_name("beacon segment footers"),
+                DefaultCache::<datafusion::object_store::path::Path, CachedFileMetadataEntry>::new(
+                    FOOTER_CACHE_BYTES,
+                )
+                .with_name("beacon segment footers"),
             ),
             statistics: Arc::new(
                 DefaultCache::<TableScopedPath, CachedFileMetadata>::new(STATISTICS_CACHE_BYTES)

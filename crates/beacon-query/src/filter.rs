@@ -14,6 +14,13 @@ pub const MAX_PATTERN_BYTES: usize = 256;
 const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 /// Longest property key.
 pub const MAX_PROP_KEY: usize = 64;
+/// Longest `filters` parameter, in bytes: a question is a few filters, and
+/// every value becomes SQL text the engine plans.
+pub const MAX_FILTERS_BYTES: usize = 4096;
+/// Most filters one question takes (the `filters` parameter and the shorthands).
+pub const MAX_FILTERS: usize = 20;
+/// Most values one filter takes (joined by `|`).
+pub const MAX_FILTER_VALUES: usize = 100;
 /// What a dimension reads when an event carries no value (as the rollups count it).
 pub const NONE: &str = "(none)";
 
@@ -337,6 +344,7 @@ impl Filters {
         if let Some(text) = &p.filters {
             list.extend(Filters::parse_text(text)?.list);
         }
+        too_many(list.len())?;
         Ok(Filters { list })
     }
 
@@ -345,8 +353,16 @@ impl Filters {
         if text.is_empty() {
             return Ok(Filters::default());
         }
+        if text.len() > MAX_FILTERS_BYTES {
+            return Err(QueryError::bad_request(format!(
+                "filters is {} bytes long; at most {MAX_FILTERS_BYTES} bytes are allowed",
+                text.len()
+            )));
+        }
         let chars = unescape(text)?;
-        let list = split(&chars, ';')
+        let parts = split(&chars, ';');
+        too_many(parts.len())?;
+        let list = parts
             .into_iter()
             .map(|part| parse_one(part, text))
             .collect::<Result<Vec<_>, _>>()?;
@@ -457,6 +473,16 @@ impl Filters {
             .collect::<Vec<_>>()
             .into()
     }
+}
+
+/// 400 when a question holds more than [`MAX_FILTERS`] filters.
+fn too_many(filters: usize) -> Result<(), QueryError> {
+    if filters > MAX_FILTERS {
+        return Err(QueryError::bad_request(format!(
+            "{filters} filters; at most {MAX_FILTERS} filters are allowed in one question"
+        )));
+    }
+    Ok(())
 }
 
 fn and(parts: Vec<String>) -> String {
@@ -579,6 +605,13 @@ fn parse_one(part: &[(char, bool)], whole: &str) -> Result<Filter, QueryError> {
         .into_iter()
         .map(text_of)
         .collect();
+    if values.len() > MAX_FILTER_VALUES {
+        // Named by its dimension: the filter's text is long by definition.
+        return Err(QueryError::bad_request(format!(
+            "the filter on {dim_text} has {} values; at most {MAX_FILTER_VALUES} values are allowed per filter",
+            values.len()
+        )));
+    }
     if values.iter().any(String::is_empty) {
         return Err(refuse(
             "empty value (give one, or several joined by |)".to_owned(),
@@ -702,6 +735,31 @@ mod tests {
         // Compiles past the size limit: refused, never slow.
         let huge = parse("path~=(?:\\w{500}){500}").expect_err("huge");
         assert!(huge.message.contains("bad regular expression"), "{huge}");
+    }
+
+    #[test]
+    fn filters_are_capped_in_count_values_and_length() {
+        let values = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("|");
+        let at_cap = format!("country=={}", values(MAX_FILTER_VALUES));
+        assert_eq!(parse(&at_cap).expect("at the cap")[0].values.len(), 100);
+        let over = format!("country=={}", values(MAX_FILTER_VALUES + 1));
+        let err = parse(&over).expect_err("too many values");
+        assert!(err.message.contains("at most 100 values") && err.message.contains("country"));
+        let filters = |n: usize| vec!["path==/"; n].join(";");
+        assert_eq!(parse(&filters(MAX_FILTERS)).expect("at the cap").len(), 20);
+        let err = parse(&filters(MAX_FILTERS + 1)).expect_err("too many filters");
+        assert!(err.message.contains("at most 20 filters"), "{err}");
+        let long = format!("path=={}", "a".repeat(MAX_FILTERS_BYTES));
+        let err = parse(&long).expect_err("too long");
+        assert!(err.message.contains("at most 4096 bytes"), "{err}");
+        // The shorthands count toward the cap too.
+        let p = Params {
+            country: Some("FR".into()),
+            filters: Some(filters(MAX_FILTERS)),
+            ..Params::default()
+        };
+        let err = Filters::parse(&p).expect_err("shorthand past the cap");
+        assert!(err.message.contains("21 filters"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The SQL engine (DataFusion) over a site's segments and the tail.
 //!
 //! Each query gets a session of its own whose catalog holds exactly one table,
-//! the view `events`: the site's rows, and nothing else. Under it, a scan reads
+//! the view `events`: the site's rows, and nothing else (the planner's
+//! [`Engine::staged`] runs add in-memory tables of its own steps, in a
+//! session of their own too). Under it, a scan reads
 //! the segments the manifests say may hold the site's rows in the time range
 //! the query's predicates on `ts` allow (a question about yesterday opens
 //! only yesterday's segments), plus the in-memory tail, all from one
@@ -9,12 +11,14 @@
 //! DDL, DML, `COPY`, `SET` or other statements, no URL tables, no
 //! information_schema. Every query is bounded in rows, time and memory.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::context::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayData, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
@@ -31,6 +35,7 @@ use datafusion::execution::cache::cache_manager::{
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
@@ -278,43 +283,91 @@ impl Engine {
     /// Answer `sql` over `site`'s events in `format`.
     pub async fn sql(&self, site: &str, sql: &str, format: SqlFormat) -> Result<Answer, SqlError> {
         self.ready()?;
-        let max_rows = self.limits.max_rows;
         let run = async {
             let (ctx, _pins) = self.session(site)?;
-            let plan = read_only_plan(&ctx, sql).await?;
-            let frame = ctx
-                .execute_logical_plan(plan)
-                .await
-                .and_then(|f| f.limit(0, Some(max_rows.saturating_add(1))))
-                .map_err(classify)?;
-            let mut stream = frame.execute_stream().await.map_err(classify)?;
-            let schema = stream.schema();
-            let (mut batches, mut rows) = (Vec::new(), 0usize);
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(classify)?;
-                rows += batch.num_rows();
-                if rows > max_rows {
+            let plan = select(&ctx, sql).await?;
+            answer(&ctx, plan, self.limits.max_rows, format).await
+        };
+        self.bounded(run).await
+    }
+
+    /// Answer several `queries` over `site`'s events and the tables `steps`
+    /// make, all in one session: each step's rows are collected, in order,
+    /// into an in-memory table of its name that later steps and the queries
+    /// read; then the queries run together. For the planner, whose questions
+    /// read one costly intermediate (the session cut) several times: never
+    /// reachable from the SQL API, which keeps one isolated `SELECT` per
+    /// session. Each step and query must still be a single `SELECT`; the
+    /// steps' rows count against `memory_bytes`, each answer against
+    /// `max_rows`, and the whole run against `timeout`.
+    pub async fn staged(
+        &self,
+        site: &str,
+        steps: &[Step],
+        queries: &[String],
+        format: SqlFormat,
+    ) -> Result<Vec<Answer>, SqlError> {
+        self.ready()?;
+        let run = async {
+            let (ctx, _pins) = self.session(site)?;
+            // The kept rows are held beside the operators' memory, so they
+            // draw on the same pool: a step too large fails as a query would.
+            let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
+            let mut counted = HashSet::new();
+            for step in steps {
+                let started = std::time::Instant::now();
+                let named = step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+                    && !step.name.is_empty();
+                if !named || ctx.table_exist(step.name.as_str()).map_err(classify)? {
                     return Err(SqlError::new(
-                        SqlErrorKind::RowLimit,
-                        format!(
-                            "the answer has more than {max_rows} rows (query.sql.max_rows): aggregate, filter or add a LIMIT; use the export for raw rows"
-                        ),
+                        SqlErrorKind::Invalid,
+                        format!("a step cannot be named {:?}", step.name),
                     ));
                 }
-                batches.push(batch);
+                let plan = select(&ctx, &step.sql).await?;
+                let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
+                let mut stream = frame.execute_stream().await.map_err(classify)?;
+                let schema = stream.schema();
+                let mut batches = Vec::new();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(classify)?;
+                    kept.try_grow(new_bytes(&batch, &mut counted))
+                        .map_err(classify)?;
+                    batches.push(batch);
+                }
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                // Which step of a slow question is slow.
+                tracing::debug!(
+                    step = step.name,
+                    rows,
+                    ms = started.elapsed().as_millis() as u64,
+                    kept = kept.size(),
+                    "staged step"
+                );
+                let table = MemTable::try_new(schema, vec![batches]).map_err(classify)?;
+                ctx.register_table(step.name.as_str(), Arc::new(table))
+                    .map_err(classify)?;
             }
-            let body = encode_answer(format, &schema, &batches).map_err(|e| {
-                SqlError::new(
-                    SqlErrorKind::Invalid,
-                    format!("cannot encode the answer as {format:?}: {e}"),
-                )
-            })?;
-            Ok(Answer {
-                format,
-                body: Bytes::from(body),
-                rows,
-            })
+            let answers = queries.iter().map(|sql| {
+                let ctx = &ctx;
+                async move {
+                    let plan = select(ctx, sql).await?;
+                    answer(ctx, plan, self.limits.max_rows, format).await
+                }
+            });
+            futures::future::try_join_all(answers).await
         };
+        self.bounded(run).await
+    }
+
+    /// `run`, stopped at the query time limit.
+    async fn bounded<T>(
+        &self,
+        run: impl std::future::Future<Output = Result<T, SqlError>>,
+    ) -> Result<T, SqlError> {
         match tokio::time::timeout(self.limits.timeout, run).await {
             Ok(answer) => answer,
             Err(_) => Err(SqlError::new(
@@ -334,7 +387,7 @@ impl Engine {
         self.ready()?;
         let run = async {
             let (ctx, _pins) = self.session(site)?;
-            let plan = read_only_plan(&ctx, sql).await?;
+            let plan = select(&ctx, sql).await?;
             let batches = ctx
                 .execute_logical_plan(plan)
                 .await
@@ -422,6 +475,102 @@ impl Engine {
             }
         }))
     }
+}
+
+/// One step of [`Engine::staged`]: a `SELECT` whose rows become the table `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Lower-case letters and `_`, and not a table the session has already.
+    pub name: String,
+    pub sql: String,
+}
+
+/// The bytes of `batch`'s buffers that `counted` does not hold yet, each
+/// buffer once however many arrays slice it: an aggregate's output batches
+/// are slices of one array, which `get_array_memory_size` counts once per
+/// slice (hundreds of times over for a large group-by).
+fn new_bytes(batch: &RecordBatch, counted: &mut HashSet<usize>) -> usize {
+    fn walk(data: &ArrayData, counted: &mut HashSet<usize>) -> usize {
+        let nulls = data.nulls().map(|n| n.buffer());
+        let own: usize = data
+            .buffers()
+            .iter()
+            .chain(nulls)
+            .filter(|b| counted.insert(b.data_ptr().as_ptr() as usize))
+            .map(|b| b.capacity())
+            .sum();
+        own + data
+            .child_data()
+            .iter()
+            .map(|c| walk(c, counted))
+            .sum::<usize>()
+    }
+    batch
+        .columns()
+        .iter()
+        .map(|c| walk(&c.to_data(), counted))
+        .sum()
+}
+
+/// `sql` planned in `ctx` if it is a single read-only `SELECT`.
+async fn select(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+    let is_query =
+        matches!(&statement, Statement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
+    if !is_query {
+        return Err(read_only());
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(classify)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| read_only())?;
+    Ok(plan)
+}
+
+/// `plan`'s rows encoded in `format`, refused past `max_rows`.
+async fn answer(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    max_rows: usize,
+    format: SqlFormat,
+) -> Result<Answer, SqlError> {
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .and_then(|f| f.limit(0, Some(max_rows.saturating_add(1))))
+        .map_err(classify)?;
+    let mut stream = frame.execute_stream().await.map_err(classify)?;
+    let schema = stream.schema();
+    let (mut batches, mut rows) = (Vec::new(), 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(classify)?;
+        rows += batch.num_rows();
+        if rows > max_rows {
+            return Err(SqlError::new(
+                SqlErrorKind::RowLimit,
+                format!(
+                    "the answer has more than {max_rows} rows (query.sql.max_rows): aggregate, filter or add a LIMIT; use the export for raw rows"
+                ),
+            ));
+        }
+        batches.push(batch);
+    }
+    let body = encode_answer(format, &schema, &batches).map_err(|e| {
+        SqlError::new(
+            SqlErrorKind::Invalid,
+            format!("cannot encode the answer as {format:?}: {e}"),
+        )
+    })?;
+    Ok(Answer {
+        format,
+        body: Bytes::from(body),
+        rows,
+    })
 }
 
 fn read_only() -> SqlError {
@@ -523,27 +672,6 @@ impl TableProvider for SiteRows {
         inputs.push(tail.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(inputs)
     }
-}
-
-/// The plan of `sql` in `ctx` if it is a single read-only query: anything
-/// else (DDL, DML, `SET`, `COPY`, several statements) is refused.
-async fn read_only_plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
-    let is_query =
-        matches!(&statement, Statement::Statement(s) if matches!(**s, ast::Statement::Query(_)));
-    if !is_query {
-        return Err(read_only());
-    }
-    let plan = state.statement_to_plan(statement).await.map_err(classify)?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)
-        .map_err(|_| read_only())?;
-    Ok(plan)
 }
 
 /// `[from, to)` in Unix ms that the conjunctive `filters` allow for `ts`; the

@@ -21,7 +21,7 @@ pub mod view;
 pub use datafusion;
 
 pub use cache::{CacheSettings, SegmentCache};
-pub use engine::{Answer, Engine, SqlError, SqlErrorKind, SqlLimits};
+pub use engine::{Answer, Engine, SqlError, SqlErrorKind, SqlLimits, Step};
 pub use output::{ExportFormat, SqlFormat};
 pub use view::StoreView;
 

@@ -18,6 +18,8 @@ use crate::error::{NOT_IN_ROLLUPS, QueryError};
 use crate::filter::{Dim, Filters, Op as FilterOp, SqlContext};
 use crate::{Op, QueryNode};
 
+use beacon_store::Step;
+
 use self::sql::{Key, Plan};
 
 /// Parameters each operation takes beyond the common ones.
@@ -440,7 +442,7 @@ impl QueryNode {
         out.insert("to".into(), q.clock.render(q.span.to).into());
         out.insert("tz".into(), q.clock.tz_name().into());
         out.insert("filters".into(), echo(&q.filters));
-        let run = |key: Key, span: Span| {
+        let run = |key: Key, span: Span, totals: Totals| {
             let ctx = &ctx;
             async move {
                 let plan = Plan {
@@ -450,7 +452,7 @@ impl QueryNode {
                     key: &key,
                     timeout_ms,
                 };
-                figures(engine, &q.site, &plan, &q.metrics).await
+                figures(engine, &q.site, &plan, &q.metrics, totals).await
             }
         };
         match &q.ask {
@@ -460,8 +462,10 @@ impl QueryNode {
                     from: q.span.from - len,
                     to: q.span.from,
                 };
-                let (now, before) =
-                    futures::try_join!(run(Key::All, q.span), run(Key::All, previous))?;
+                let ((now, _), (before, _)) = futures::try_join!(
+                    run(Key::All, q.span, Totals::None),
+                    run(Key::All, previous, Totals::None)
+                )?;
                 let now = now.get("all").cloned().unwrap_or_default();
                 let before = before.get("all").cloned().unwrap_or_default();
                 let mut metrics = Map::new();
@@ -482,11 +486,9 @@ impl QueryNode {
             }
             Ask::Timeseries { interval } => {
                 let starts = q.starts(*interval)?;
-                let (per, totals) = futures::try_join!(
-                    run(Key::Buckets(starts.clone()), q.span),
-                    run(Key::All, q.span)
-                )?;
-                let totals = totals.get("all").cloned().unwrap_or_default();
+                // The totals come from the same cut as the points.
+                let (per, totals) =
+                    run(Key::Buckets(starts.clone()), q.span, Totals::Every).await?;
                 let points: Vec<Value> = starts
                     .iter()
                     .map(|s| {
@@ -516,15 +518,14 @@ impl QueryNode {
                 out.insert("totals".into(), Value::Object(t));
             }
             Ask::Breakdown { by, metric, limit } => {
-                let (per, all) = if q.metrics.contains(&Metric::ConversionRate) {
-                    let (per, all) = futures::try_join!(
-                        run(Key::Dim(by.clone()), q.span),
-                        run(Key::All, q.span)
-                    )?;
-                    (per, all.get("all").cloned())
+                let conversion = q.metrics.contains(&Metric::ConversionRate);
+                let totals = if conversion {
+                    Totals::AllUsers
                 } else {
-                    (run(Key::Dim(by.clone()), q.span).await?, None)
+                    Totals::None
                 };
+                let (per, all) = run(Key::Dim(by.clone()), q.span, totals).await?;
+                let all = conversion.then_some(all);
                 let mut rows: Vec<(String, Figures)> = per.into_iter().collect();
                 let rank = |f: &Figures| f.value(*metric, all.as_ref()).as_f64().unwrap_or(0.0);
                 rows.sort_by(|a, b| {
@@ -712,25 +713,52 @@ async fn run_sql(
     let answer = engine
         .sql(site, sql, beacon_store::SqlFormat::Json)
         .await
+        .map_err(|e| planner_error(e, sql))?;
+    rows_of(&answer)
+}
+
+/// Run `steps`, then `queries` over them, in one session; the rows of each query.
+async fn run_staged(
+    engine: &beacon_store::Engine,
+    site: &str,
+    steps: &[Step],
+    queries: &[String],
+) -> Result<Vec<Vec<Value>>, QueryError> {
+    let answers = engine
+        .staged(site, steps, queries, beacon_store::SqlFormat::Json)
+        .await
         .map_err(|e| {
-            // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
-            let mut e = QueryError::from(e);
-            match e.status {
-                400 => {
-                    tracing::error!(error = %e.message, sql, "the planner's SQL failed");
-                    e.status = 500;
-                }
-                // Said in the question's terms, not the SQL's.
-                413 => {
-                    e.message = format!(
-                        "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
-                        e.message
-                    );
-                }
-                _ => {}
-            }
-            e
+            let sql: Vec<&str> = steps
+                .iter()
+                .map(|s| s.sql.as_str())
+                .chain(queries.iter().map(String::as_str))
+                .collect();
+            planner_error(e, &sql.join(";\n"))
         })?;
+    answers.iter().map(rows_of).collect()
+}
+
+/// A failure of the planner's SQL, said in the question's terms.
+fn planner_error(e: beacon_store::SqlError, sql: &str) -> QueryError {
+    let mut e = QueryError::from(e);
+    match e.status {
+        // The SQL is ours: a failure to plan it is a bug, not the asker's fault.
+        400 => {
+            tracing::error!(error = %e.message, sql, "the planner's SQL failed");
+            e.status = 500;
+        }
+        413 => {
+            e.message = format!(
+                "this question has more groups than query.sql.max_rows allows; narrow it with a filter or a shorter range ({})",
+                e.message
+            );
+        }
+        _ => {}
+    }
+    e
+}
+
+fn rows_of(answer: &beacon_store::Answer) -> Result<Vec<Value>, QueryError> {
     let mut body: Value = serde_json::from_slice(&answer.body)
         .map_err(|e| QueryError::internal(format!("unreadable SQL answer: {e}")))?;
     Ok(match body["rows"].take() {
@@ -754,106 +782,147 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// The figures `metrics` need, per group key, from as few queries as they need.
+/// Which figures a query's rows hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Events,
+    Sessions,
+    Revenue,
+    Engagement,
+    Filtered,
+    AllUsers,
+}
+
+/// One query of a question: what its rows hold, whether they are the
+/// totals' (not a group's), and its SQL.
+type Query = (Part, bool, String);
+
+/// What a question needs of the whole range's figures beside its groups'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Totals {
+    None,
+    /// Only every user in range (a breakdown's conversion rates).
+    AllUsers,
+    /// Every figure (a series' totals).
+    Every,
+}
+
+/// `rows` of `part` added to the groups' figures.
+fn fill(out: &mut BTreeMap<String, Figures>, part: Part, rows: &[Value], breakdown: bool) {
+    for r in rows {
+        let k = text(&r["k"]);
+        // Pings and bots are not traffic: in a breakdown they add to the
+        // values traffic has, never make a row of their own.
+        if breakdown && matches!(part, Part::Engagement | Part::Filtered) && !out.contains_key(&k) {
+            continue;
+        }
+        let f = out.entry(k).or_default();
+        match part {
+            Part::Events => {
+                f.events = int(&r["events"]);
+                f.pageviews = int(&r["pageviews"]);
+                f.users = int(&r["users"]);
+            }
+            Part::Sessions => {
+                f.sessions = int(&r["sessions"]);
+                f.bounces = int(&r["bounces"]);
+                f.duration_ms = int(&r["duration_ms"]);
+            }
+            Part::Revenue => {
+                let amount: Decimal = text(&r["amount"]).parse().unwrap_or_default();
+                f.revenue.insert(text(&r["currency"]), amount);
+            }
+            Part::Engagement => {
+                f.engaged_ms = int(&r["engaged_ms"]);
+                f.scroll_sum = int(&r["scroll_sum"]);
+                f.scrolled = int(&r["scrolled"]);
+            }
+            Part::Filtered => {
+                f.filtered.insert(text(&r["reason"]), int(&r["n"]));
+            }
+            Part::AllUsers => f.all_users = Some(int(&r["users"])),
+        }
+    }
+}
+
+/// The figures `metrics` need, per group key, and the whole range's as
+/// `totals` asks, from as few queries as they need: the selected events and
+/// their sessions are cut once, in one staged run whose queries read them;
+/// engagement and bot figures, which read other rows, run beside it.
 async fn figures(
     engine: &beacon_store::Engine,
     site: &str,
     plan: &Plan<'_>,
     metrics: &[Metric],
-) -> Result<BTreeMap<String, Figures>, QueryError> {
+    totals: Totals,
+) -> Result<(BTreeMap<String, Figures>, Figures), QueryError> {
     let has = |list: &[Metric]| metrics.iter().any(|m| list.contains(m));
     let sessions = sql::needs_sessions(metrics, plan.filters, plan.key);
-    let none = || async { Ok::<Vec<Value>, QueryError>(Vec::new()) };
-    let events_sql = plan.events_sql(sessions);
-    let (events, sess, revenue, engagement, filtered, all_users) = futures::try_join!(
-        run_sql(engine, site, &events_sql),
-        async {
+    let all = Key::All;
+    let whole = Plan { key: &all, ..*plan };
+    let grouped = !matches!(plan.key, Key::All);
+    let (mut staged, mut plain): (Vec<Query>, Vec<Query>) = (Vec::new(), Vec::new());
+    for (of_totals, p) in [(false, plan), (true, &whole)] {
+        let every = !of_totals || (grouped && totals == Totals::Every);
+        if every {
+            staged.push((Part::Events, of_totals, p.events_sql()));
             if has(&[
                 Metric::Sessions,
                 Metric::BounceRate,
                 Metric::AvgSessionDuration,
             ]) {
-                run_sql(engine, site, &plan.sessions_sql()).await
-            } else {
-                none().await
+                staged.push((Part::Sessions, of_totals, p.sessions_sql()));
             }
-        },
-        async {
             if has(&[Metric::Revenue]) {
-                run_sql(engine, site, &plan.revenue_sql(sessions)).await
-            } else {
-                none().await
+                staged.push((Part::Revenue, of_totals, p.revenue_sql()));
             }
-        },
-        async {
             if has(&[Metric::AvgEngagedTime, Metric::AvgScrollDepth]) {
-                run_sql(engine, site, &plan.engagement_sql()).await
-            } else {
-                none().await
+                plain.push((Part::Engagement, of_totals, p.engagement_sql()));
             }
-        },
-        async {
             if has(&[Metric::Filtered]) {
-                run_sql(engine, site, &plan.filtered_sql()).await
-            } else {
-                none().await
+                plain.push((Part::Filtered, of_totals, p.filtered_sql()));
             }
-        },
-        async {
-            if has(&[Metric::ConversionRate]) && !matches!(plan.key, Key::Dim(_)) {
-                run_sql(engine, site, &plan.all_users_sql()).await
-            } else {
-                none().await
+        }
+        let all_users = if of_totals {
+            grouped && totals != Totals::None
+        } else {
+            !matches!(p.key, Key::Dim(_))
+        };
+        if all_users && has(&[Metric::ConversionRate]) {
+            match p.all_users_step_sql(sessions) {
+                Some(sql) => staged.push((Part::AllUsers, of_totals, sql)),
+                None => plain.push((Part::AllUsers, of_totals, p.all_users_sql())),
             }
-        },
+        }
+    }
+    let mut steps = plan.steps(sessions);
+    let mut staged_sql: Vec<String> = staged.iter().map(|(_, _, sql)| sql.clone()).collect();
+    // Selected events read by one query alone are streamed into it, not kept:
+    // keeping them would only copy rows that one aggregate reads once.
+    if let ([sel], [query]) = (steps.as_slice(), staged_sql.as_mut_slice()) {
+        *query = format!("WITH {} AS ({}) {query}", sel.name, sel.sql);
+        steps.clear();
+    }
+    let (staged_rows, plain_rows) = futures::try_join!(
+        run_staged(engine, site, &steps, &staged_sql),
+        futures::future::try_join_all(plain.iter().map(|(_, _, sql)| run_sql(engine, site, sql))),
     )?;
-    let mut out: BTreeMap<String, Figures> = BTreeMap::new();
-    for r in &events {
-        let f = out.entry(text(&r["k"])).or_default();
-        f.events = int(&r["events"]);
-        f.pageviews = int(&r["pageviews"]);
-        f.users = int(&r["users"]);
-    }
-    for r in &sess {
-        let f = out.entry(text(&r["k"])).or_default();
-        f.sessions = int(&r["sessions"]);
-        f.bounces = int(&r["bounces"]);
-        f.duration_ms = int(&r["duration_ms"]);
-    }
-    for r in &revenue {
-        let amount: Decimal = text(&r["amount"]).parse().unwrap_or_default();
-        out.entry(text(&r["k"]))
-            .or_default()
-            .revenue
-            .insert(text(&r["currency"]), amount);
-    }
+    let (mut out, mut whole_figures) = (BTreeMap::new(), BTreeMap::new());
     let breakdown = matches!(plan.key, Key::Dim(_));
-    for r in &engagement {
-        let k = text(&r["k"]);
-        // Pings and bots are not traffic: in a breakdown they add to the
-        // values traffic has, never make a row of their own.
-        if breakdown && !out.contains_key(&k) {
-            continue;
+    // Traffic's figures first: engagement and bots add to the rows they make.
+    for ((part, of_totals, _), rows) in staged
+        .iter()
+        .zip(&staged_rows)
+        .chain(plain.iter().zip(&plain_rows))
+    {
+        if *of_totals {
+            fill(&mut whole_figures, *part, rows, false);
+        } else {
+            fill(&mut out, *part, rows, breakdown);
         }
-        let f = out.entry(k).or_default();
-        f.engaged_ms = int(&r["engaged_ms"]);
-        f.scroll_sum = int(&r["scroll_sum"]);
-        f.scrolled = int(&r["scrolled"]);
     }
-    for r in &filtered {
-        let k = text(&r["k"]);
-        if breakdown && !out.contains_key(&k) {
-            continue;
-        }
-        out.entry(k)
-            .or_default()
-            .filtered
-            .insert(text(&r["reason"]), int(&r["n"]));
-    }
-    for r in &all_users {
-        out.entry(text(&r["k"])).or_default().all_users = Some(int(&r["users"]));
-    }
-    Ok(out)
+    let totals = whole_figures.remove("all").unwrap_or_default();
+    Ok((out, totals))
 }
 
 /// Year arithmetic for `compare=previous_year`.

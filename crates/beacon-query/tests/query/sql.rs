@@ -710,3 +710,140 @@ async fn exports_read_back_to_the_same_rows() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// An engine over `stored` held in its tail alone (no segments, no follower).
+fn tail_engine(
+    js: &jetstream::Context,
+    stored: &[(u64, Event)],
+    limits: beacon_store::SqlLimits,
+) -> beacon_store::Engine {
+    let view = beacon_store::StoreView::default();
+    for (seq, e) in stored {
+        view.push(*seq, e);
+    }
+    view.set_loaded();
+    let cache = beacon_store::SegmentCache::open(&beacon_store::CacheSettings {
+        dir: None,
+        max_bytes: 1 << 20,
+    })
+    .expect("cache");
+    beacon_store::Engine::new(js.clone(), view, cache, limits)
+}
+
+fn step(name: &str, sql: &str) -> beacon_store::Step {
+    beacon_store::Step {
+        name: name.to_owned(),
+        sql: sql.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_steps_are_tables_of_one_run_and_keep_every_limit() {
+    use beacon_store::{SqlErrorKind, SqlFormat, SqlLimits};
+    let (_nats, _client, js, stored) = data(2_000).await;
+    let want = truth(&stored, "site-0");
+    let pageview_users = stored
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.site == "site-0" && e.name == "pageview")
+        .map(|e| e.user_key())
+        .collect::<HashSet<_>>()
+        .len() as i64;
+    let engine = tail_engine(&js, &stored, SqlLimits::default());
+    let steps = [
+        step(
+            "pages",
+            "SELECT user_key, name FROM events WHERE name = 'pageview'",
+        ),
+        // A later step reads an earlier one.
+        step("readers", "SELECT DISTINCT user_key FROM pages"),
+    ];
+    let queries = [
+        "SELECT count(*) AS n FROM pages".to_owned(),
+        "SELECT count(*) AS n FROM readers".to_owned(),
+        "SELECT count(*) AS n FROM events".to_owned(),
+    ];
+    let answers = engine
+        .staged("site-0", &steps, &queries, SqlFormat::Json)
+        .await
+        .expect("staged");
+    let n = |a: &beacon_store::Answer| -> Value {
+        serde_json::from_slice::<Value>(&a.body).expect("json")["rows"][0]["n"].clone()
+    };
+    assert_eq!(n(&answers[0]), json!(want.by_name["pageview"]));
+    assert_eq!(n(&answers[1]), json!(pageview_users));
+    assert_eq!(n(&answers[2]), json!(want.events));
+
+    // The steps' tables live for their run only: a later query cannot see them.
+    let err = engine
+        .sql("site-0", "SELECT count(*) FROM pages", SqlFormat::Json)
+        .await
+        .expect_err("no table");
+    assert_eq!(err.kind, SqlErrorKind::Invalid, "{err}");
+    // Steps and queries only read, and a step cannot hide `events`.
+    let count = ["SELECT count(*) AS n FROM events".to_owned()];
+    for (bad, kind) in [
+        (
+            step("copy", "CREATE TABLE x AS SELECT * FROM events"),
+            SqlErrorKind::ReadOnly,
+        ),
+        (
+            step("events", "SELECT * FROM events WHERE name = 'signup'"),
+            SqlErrorKind::Invalid,
+        ),
+    ] {
+        let err = engine
+            .staged("site-0", &[bad], &count, SqlFormat::Json)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind, kind, "{err}");
+    }
+    let err = engine
+        .staged(
+            "site-0",
+            &[],
+            &["DROP TABLE events".to_owned()],
+            SqlFormat::Json,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind, SqlErrorKind::ReadOnly, "{err}");
+
+    // Each answer keeps the row limit; the steps' rows count against memory.
+    let few_rows = tail_engine(
+        &js,
+        &stored,
+        SqlLimits {
+            max_rows: 10,
+            ..SqlLimits::default()
+        },
+    );
+    let err = few_rows
+        .staged(
+            "site-0",
+            &steps,
+            &["SELECT * FROM pages".to_owned()],
+            SqlFormat::Json,
+        )
+        .await
+        .expect_err("too many rows");
+    assert_eq!(err.kind, SqlErrorKind::RowLimit, "{err}");
+    let little_memory = tail_engine(
+        &js,
+        &stored,
+        SqlLimits {
+            memory_bytes: 16 << 10,
+            ..SqlLimits::default()
+        },
+    );
+    let err = little_memory
+        .staged(
+            "site-0",
+            &[step("everything", "SELECT * FROM events")],
+            &count,
+            SqlFormat::Json,
+        )
+        .await
+        .expect_err("too much memory");
+    assert_eq!(err.kind, SqlErrorKind::MemoryLimit, "{err}");
+}

@@ -24,7 +24,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::aggregate::{proc_cpu_seconds, proc_status};
-use super::query::{QueryArgs, freshness, latencies, quantile_ms};
+use super::query::{QueryArgs, Questions, freshness, latencies, quantile_ms};
 use super::{
     BenchNats, READ_KEY, SITE, canonical_payloads, http_ingest, pipelined_publish, raw_ceiling,
     sample_events, sigterm, spawn_service,
@@ -222,7 +222,9 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
         events: counted as usize,
         ..q
     };
-    let (_, all) = latencies(&http, &api, &from, &to, &q).await?;
+    // The dashboard's rollup questions: the filtered ones, from the event store,
+    // take seconds each and are `bench query`'s to measure.
+    let (_, all) = latencies(&http, &api, &from, &to, &q, Questions::Rollups).await?;
 
     // 8. Each process: peak memory and CPU per million events it handled.
     let total = counted;

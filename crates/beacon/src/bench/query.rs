@@ -222,7 +222,7 @@ async fn measure(args: &QueryArgs, urls: &[String], addr: SocketAddr) -> anyhow:
     let live_after = started.elapsed().as_secs_f64();
     eprintln!("its live feed has read them all after {live_after:.1} s");
 
-    let (kinds, all) = latencies(&http, &api, &from, &to, args).await?;
+    let (kinds, all) = latencies(&http, &api, &from, &to, args, Questions::All).await?;
     eprintln!(
         "{} requests: p99 {:.2} ms",
         args.requests,
@@ -256,6 +256,15 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(reqwest::Stat
     Ok((status, response.bytes().await?))
 }
 
+/// Which questions [`latencies`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Questions {
+    /// The dashboard's unfiltered questions, which the rollups answer.
+    Rollups,
+    /// Those and the filtered ones the event store answers.
+    All,
+}
+
 /// Send the dashboard's requests in turn, `args.requests` in all, each timed
 /// from sending to the last byte of its answer. The first answer of each kind
 /// is checked against the day.
@@ -265,6 +274,7 @@ pub(super) async fn latencies(
     from: &str,
     to: &str,
     args: &QueryArgs,
+    asked: Questions,
 ) -> anyhow::Result<(Vec<Kind>, Vec<Duration>)> {
     let range = format!("from={from}&to={to}");
     // Ranked by events alone, a breakdown is the rollups' question.
@@ -324,6 +334,10 @@ pub(super) async fn latencies(
             format!("{api}/retention?{range}&period=day"),
         ),
     ];
+    let requests: Vec<_> = requests
+        .into_iter()
+        .filter(|(name, ..)| asked == Questions::All || !is_store(name))
+        .collect();
     let mut kinds: Vec<Kind> = requests
         .iter()
         .map(|&(name, what, _)| Kind {

@@ -48,7 +48,14 @@ pub fn encode(
     level: u8,
     batches: &[RecordBatch],
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
-    let grouped = [clustered(batches)?];
+    // A flush (level 0) is written as the stream gave it: it is on the
+    // aggregator's path and soon merged; merges group their rows.
+    let grouped = if level == 0 {
+        concat_batches(&segment_schema(), batches)?
+    } else {
+        clustered(batches)?
+    };
+    let grouped = [grouped];
     let mut properties = WriterProperties::builder();
     // Sequences and times rise (almost) steadily within a (site, name) run: their
     // deltas take a byte or two where plain values and a dictionary took four.
@@ -239,7 +246,7 @@ mod tests {
         }
         let batch = rows.finish().expect("segment");
         let (file, meta) =
-            encode("p1/x.parquet", 1, 0, std::slice::from_ref(&batch)).expect("segment");
+            encode("p1/x.parquet", 1, 1, std::slice::from_ref(&batch)).expect("segment");
         assert_eq!(meta.rows, 1000);
         assert_eq!((meta.first_seq, meta.last_seq), (10, 10 + 2 * 999));
         assert_eq!(meta.min_ts_ms, 1_700_000_000_000);
@@ -269,6 +276,12 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+        // A flush (level 0) keeps the stream's order.
+        let (flushed, _) =
+            encode("p1/y.parquet", 1, 0, std::slice::from_ref(&batch)).expect("segment");
+        let back = decode(flushed).expect("segment");
+        assert_eq!(back.len(), 1, "one row group");
+        assert_eq!(back[0], batch);
         assert!(matches!(encode("e", 1, 0, &[]), Err(SegmentError::Empty)));
     }
 }

@@ -175,7 +175,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sites(args) => crate::sites::run(&overrides(None), args),
         Command::Export(args) => crate::export::run(load(&overrides(None))?.config, args).await,
         Command::Status { json } => crate::status::run(load(&overrides(None))?.config, json).await,
-        Command::Bench { stage, all } => crate::bench::run(stage, all, &cli.global.nats_urls).await,
+        Command::Bench { stage, all } => {
+            // A configuration that does not load only loses its server binary:
+            // the benchmarks use nothing else of it.
+            let target = crate::bench::Target {
+                urls: cli.global.nats_urls.clone(),
+                server_binary: load(&overrides(None))
+                    .ok()
+                    .and_then(|l| l.config.nats.server_binary),
+            };
+            crate::bench::run(stage, all, &target).await
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::query::quantile_ms;
-use super::{BenchNats, bench_config};
+use super::{BenchNats, Target, bench_config};
 use crate::services::{self, Roles};
 
 #[derive(Debug, Args)]
@@ -100,14 +100,14 @@ async fn receiver() -> anyhow::Result<(String, Arc<Mutex<HashMap<String, Instant
     Ok((url, seen))
 }
 
-pub async fn run(mut args: ActionsArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: ActionsArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.jobs = args.jobs.min(1_000);
     }
     if args.jobs == 0 || args.concurrency == 0 {
         bail!("--jobs and --concurrency must be positive");
     }
-    let nats = BenchNats::own(nats_urls, "actions").await?;
+    let nats = BenchNats::own(target, "actions").await?;
     let (url, seen) = receiver().await?;
     let mut config = bench_config(nats.urls.clone())?;
     config.actions.concurrency = args.concurrency;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
 
-use super::{BenchNats, pipelined_publish};
+use super::{BenchNats, Target, pipelined_publish};
 
 #[derive(Debug, Args)]
 pub struct AggregateArgs {
@@ -43,7 +43,7 @@ pub struct AggregateArgs {
 pub(super) const PARTITIONS: u32 = 16;
 const SITE: &str = "bench";
 
-pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: AggregateArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.events = args.events.min(50_000);
         args.users = args.users.min(5_000);
@@ -60,8 +60,8 @@ pub async fn run(mut args: AggregateArgs, nats_urls: &[String]) -> anyhow::Resul
     let mut out_of_order = in_order.clone();
     arrive_late(&mut out_of_order);
     let store = !args.no_store;
-    let a = measure(&in_order, nats_urls, "in order", store).await?;
-    let b = measure(&out_of_order, nats_urls, "out of order", store).await?;
+    let a = measure(&in_order, target, "in order", store).await?;
+    let b = measure(&out_of_order, target, "out of order", store).await?;
     // Both orders hold the same events, so event-time sessions must agree.
     if a.sessions != b.sessions {
         bail!(
@@ -186,11 +186,11 @@ struct Measured {
 /// aggregator process until it has committed them all.
 async fn measure(
     events: &[Event],
-    nats_urls: &[String],
+    target: &Target,
     order: &str,
     store: bool,
 ) -> anyhow::Result<Measured> {
-    let nats = BenchNats::own(nats_urls, "aggregation").await?;
+    let nats = BenchNats::own(target, "aggregation").await?;
     let (client, js) = nats.provisioned().await?;
     let published = publish_events(&js, events).await?;
     eprintln!(

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use super::aggregate::{proc_cpu_seconds, proc_status};
 use super::query::{QueryArgs, Questions, freshness, latencies, quantile_ms};
 use super::{
-    BenchNats, READ_KEY, SITE, canonical_payloads, http_ingest, pipelined_publish, raw_ceiling,
-    sample_events, sigterm, spawn_service,
+    BenchNats, READ_KEY, SITE, Target, canonical_payloads, http_ingest, pipelined_publish,
+    raw_ceiling, sample_events, sigterm, spawn_service,
 };
 
 #[derive(Debug, Args)]
@@ -63,7 +63,7 @@ struct Service {
     events: u64,
 }
 
-pub async fn run(mut args: AllArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: AllArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.events = args.events.min(20_000);
         args.seconds = args.seconds.min(3);
@@ -72,7 +72,7 @@ pub async fn run(mut args: AllArgs, nats_urls: &[String]) -> anyhow::Result<()> 
     if args.events == 0 || args.seconds == 0 || args.requests == 0 {
         bail!("--events, --seconds and --requests must be positive");
     }
-    let nats = BenchNats::own(nats_urls, "end-to-end").await?;
+    let nats = BenchNats::own(target, "end-to-end").await?;
     let result = measure(&args, &nats).await;
     nats.stop().await;
     let report = result?;

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::json;
 
-use super::{BenchNats, SITE, pipelined_publish};
+use super::{BenchNats, SITE, Target, pipelined_publish};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -34,7 +34,7 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-pub async fn run(mut args: ClientArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: ClientArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.events = args.events.min(20_000);
     }
@@ -42,7 +42,7 @@ pub async fn run(mut args: ClientArgs, nats_urls: &[String]) -> anyhow::Result<(
         bail!("--events, --window and --rounds must be positive");
     }
     // It fills BEACON_INGEST, so only on its own scratch server.
-    let nats = BenchNats::own(nats_urls, "client").await?;
+    let nats = BenchNats::own(target, "client").await?;
     let (client, js) = nats.provisioned().await?;
     let subject = format!("beacon.ingest.{SITE}");
 

@@ -65,18 +65,27 @@ pub struct IngestArgs {
 
 pub use all::AllArgs;
 
+/// Where a benchmark's NATS comes from: the servers of `--nats-url`, or else a
+/// scratch server of its own, started from `nats.server_binary` when the
+/// configuration names one (as for `beacon up`), else the one found on PATH or in tools/.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub urls: Vec<String>,
+    pub server_binary: Option<std::path::PathBuf>,
+}
+
 /// Run one stage, or with none the whole pipeline in one run.
-pub async fn run(stage: Option<Stage>, all: AllArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(stage: Option<Stage>, all: AllArgs, target: &Target) -> anyhow::Result<()> {
     let Some(stage) = stage else {
-        return all::run(all, nats_urls).await;
+        return all::run(all, target).await;
     };
     match stage {
-        Stage::Ingest(args) => ingest(args, nats_urls).await,
-        Stage::Aggregate(args) => aggregate::run(args, nats_urls).await,
-        Stage::Query(args) => query::run(args, nats_urls).await,
-        Stage::Client(args) => client::run(args, nats_urls).await,
-        Stage::Actions(args) => actions::run(args, nats_urls).await,
-        Stage::Store(args) => store::run(args, nats_urls).await,
+        Stage::Ingest(args) => ingest(args, target).await,
+        Stage::Aggregate(args) => aggregate::run(args, target).await,
+        Stage::Query(args) => query::run(args, target).await,
+        Stage::Client(args) => client::run(args, target).await,
+        Stage::Actions(args) => actions::run(args, target).await,
+        Stage::Store(args) => store::run(args, target).await,
     }
 }
 
@@ -104,14 +113,14 @@ fn bench_config(urls: Vec<String>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn ingest(mut args: IngestArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+async fn ingest(mut args: IngestArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.events = args.events.min(20_000);
     }
     if args.events == 0 || args.batch == 0 || args.concurrency == 0 || args.window == 0 {
         bail!("--events, --batch, --concurrency and --window must be positive");
     }
-    let nats = BenchNats::start(nats_urls).await?;
+    let nats = BenchNats::start(target).await?;
     let urls = nats.urls.clone();
 
     let events = sample_events(args.events);
@@ -395,16 +404,16 @@ struct BenchNats {
 }
 
 impl BenchNats {
-    async fn start(nats_urls: &[String]) -> anyhow::Result<BenchNats> {
+    async fn start(target: &Target) -> anyhow::Result<BenchNats> {
         let scratch = tempfile::Builder::new().prefix("beacon-bench-").tempdir()?;
-        if !nats_urls.is_empty() {
+        if !target.urls.is_empty() {
             return Ok(BenchNats {
-                urls: nats_urls.to_vec(),
+                urls: target.urls.clone(),
                 local: None,
                 scratch,
             });
         }
-        let binary = find_server_binary(None)?;
+        let binary = find_server_binary(target.server_binary.as_deref())?;
         let server = LocalServer::start(&binary, &scratch.path().join("nats"), 0).await?;
         Ok(BenchNats {
             urls: vec![server.url()],
@@ -414,13 +423,13 @@ impl BenchNats {
     }
 
     /// A scratch server only: for benchmarks that fill Beacon's own streams.
-    async fn own(nats_urls: &[String], bench: &str) -> anyhow::Result<BenchNats> {
-        if !nats_urls.is_empty() {
+    async fn own(target: &Target, bench: &str) -> anyhow::Result<BenchNats> {
+        if !target.urls.is_empty() {
             bail!(
                 "the {bench} benchmark fills Beacon's own streams, so it only runs on the empty nats-server it starts itself; drop --nats-url"
             );
         }
-        BenchNats::start(&[]).await
+        BenchNats::start(target).await
     }
 
     /// A client on this server, with Beacon's streams provisioned for

@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::aggregate::{PARTITIONS, events_over_days, publish_events};
-use super::{BenchNats, READ_KEY, SITE, bench_config, http_ingest, post_events, sample_events};
+use super::{
+    BenchNats, READ_KEY, SITE, Target, bench_config, http_ingest, post_events, sample_events,
+};
 use crate::services::{self, Roles};
 
 #[derive(Debug, Args)]
@@ -74,7 +76,7 @@ const MARKER_USER: &str = "bench-freshness-probe";
 const QUERY_P99_GOAL_MS: f64 = 10.0;
 const FRESHNESS_P99_GOAL_MS: f64 = 1000.0;
 
-pub async fn run(mut args: QueryArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: QueryArgs, target: &Target) -> anyhow::Result<()> {
     if args.days == 0 {
         bail!("--days must be positive");
     }
@@ -94,7 +96,7 @@ pub async fn run(mut args: QueryArgs, nats_urls: &[String]) -> anyhow::Result<()
     if args.seconds == 0 {
         bail!("--seconds must be positive");
     }
-    let nats = BenchNats::own(nats_urls, "query").await?;
+    let nats = BenchNats::own(target, "query").await?;
     let mut config = bench_config(nats.urls.clone())?;
     config.streams.partitions = PARTITIONS;
     let (stop, shutdown) = watch::channel(false);

@@ -25,8 +25,8 @@ use clap::Args;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::BenchNats;
 use super::query::quantile_ms;
+use super::{BenchNats, Target};
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -363,7 +363,7 @@ async fn time_duckdb(
         .collect())
 }
 
-pub async fn run(mut args: StoreArgs, nats_urls: &[String]) -> anyhow::Result<()> {
+pub async fn run(mut args: StoreArgs, target: &Target) -> anyhow::Result<()> {
     if args.quick {
         args.days = args.days.min(3);
         args.events_per_day = args.events_per_day.min(20_000);
@@ -373,7 +373,7 @@ pub async fn run(mut args: StoreArgs, nats_urls: &[String]) -> anyhow::Result<()
     if args.days == 0 || args.events_per_day == 0 || args.users_per_day == 0 || args.runs == 0 {
         bail!("--days, --events-per-day, --users-per-day and --runs must be positive");
     }
-    let nats = BenchNats::own(nats_urls, "store").await?;
+    let nats = BenchNats::own(target, "store").await?;
     let result = measure(&args, &nats).await;
     nats.stop().await;
     let report = result?;

@@ -237,10 +237,11 @@ async fn quick_report(stage: &str) -> serde_json::Value {
 }
 
 /// The JSON report and the standard error of `beacon bench [<stage>] --quick --json [extra…]`.
+/// Its nats-server is the one the configuration names (`BEACON_NATS__SERVER_BINARY`, set by
+/// [`beacon`]), as for `beacon up`: none is on PATH or in a tools/ folder near the test.
 async fn quick_run(stage: &str, extra: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = beacon(dir.path())
-        .env("PATH", path_with_nats())
         .args(
             ["bench", stage, "--quick", "--json"]
                 .into_iter()
@@ -259,11 +260,4 @@ async fn quick_run(stage: &str, extra: &[&str]) -> (serde_json::Value, String) {
         serde_json::from_slice(&out.stdout).expect("JSON report"),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The bench finds nats-server like `beacon up` does: put the test's binary first on PATH.
-fn path_with_nats() -> String {
-    let server = beacon_testing::server_binary();
-    let dir = server.parent().expect("a folder").display().to_string();
-    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }

@@ -330,13 +330,26 @@ async fn properties_and_property_breakdowns_equal_the_truth() {
     assert_eq!(over_nats["properties"], p["properties"]);
 }
 
+/// Question `q` (after `/api/v1/sites/site-0/`) answered by the rollups, and
+/// again by the store (a filter that selects every event, `name!=~none~`, which
+/// only the store can apply), over the same exact range.
+async fn from_both(node: &Node, q: &str) -> (Value, Value) {
+    let everything = format!("filters={}", urlencode("name!=~none~"));
+    let rollups = node.ok(&format!("/api/v1/sites/site-0/{q}")).await;
+    let store = node
+        .ok(&format!("/api/v1/sites/site-0/{q}&{everything}"))
+        .await;
+    assert_eq!(rollups["source"], "rollups", "{q}");
+    assert_eq!(store["source"], "store", "{q}");
+    assert_eq!(rollups["range"], store["range"], "{q}");
+    (rollups, store)
+}
+
 #[tokio::test]
 async fn the_rollups_and_the_store_agree_where_both_answer() {
     let (_s, node, _all) = ready().await;
     let end = end_ms();
     let range = format!("from={}&to={}", rfc3339(end - 2 * 86_400_000), rfc3339(end));
-    // `name!=~none~` selects every event, so only the store can answer it.
-    let everything = format!("filters={}", urlencode("name!=~none~"));
     let pairs = [
         format!("summary?metrics=events,pageviews,users,revenue&{range}"),
         format!("summary?metrics=events,pageviews&country=DE&{range}"),
@@ -345,13 +358,7 @@ async fn the_rollups_and_the_store_agree_where_both_answer() {
         format!("breakdown?dimension=name&metric=events&metrics=events&{range}"),
     ];
     for q in pairs {
-        let rollups = node.ok(&format!("/api/v1/sites/site-0/{q}")).await;
-        let store = node
-            .ok(&format!("/api/v1/sites/site-0/{q}&{everything}"))
-            .await;
-        assert_eq!(rollups["source"], "rollups", "{q}");
-        assert_eq!(store["source"], "store", "{q}");
-        assert_eq!(rollups["range"], store["range"], "{q}");
+        let (rollups, store) = from_both(&node, &q).await;
         for field in ["points", "rows", "other", "total", "total_rows"] {
             assert_eq!(rollups[field], store[field], "{q}: {field}");
         }
@@ -379,7 +386,6 @@ async fn the_stores_sessions_per_group_equal_the_rollups() {
     let (_s, node, _all) = ready().await;
     let end = end_ms();
     let range = format!("from={}&to={}", rfc3339(end - 4 * 86_400_000), rfc3339(end));
-    let everything = format!("filters={}", urlencode("name!=~none~"));
     let metrics = "sessions,bounce_rate,avg_session_duration";
     for q in [
         format!("timeseries?metrics={metrics}&interval=1h&{range}"),
@@ -390,12 +396,7 @@ async fn the_stores_sessions_per_group_equal_the_rollups() {
             "breakdown?dimension=exit_page&metric=sessions&metrics=sessions&limit=1000&{range}"
         ),
     ] {
-        let rollups = node.ok(&format!("/api/v1/sites/site-0/{q}")).await;
-        let store = node
-            .ok(&format!("/api/v1/sites/site-0/{q}&{everything}"))
-            .await;
-        assert_eq!(rollups["source"], "rollups", "{q}");
-        assert_eq!(store["source"], "store", "{q}");
+        let (rollups, store) = from_both(&node, &q).await;
         for field in ["points", "totals"] {
             assert_eq!(rollups[field], store[field], "{q}: {field}");
         }
@@ -492,6 +493,38 @@ async fn comparisons_and_ranges_the_rollups_cannot_cover() {
     assert_eq!(old["metrics"]["events"]["value"], json!(n), "{old}");
 }
 
+/// `filters` is refused with a 400 saying `expected`, over HTTP (a summary)
+/// and over NATS (a breakdown); the HTTP message, for more checks.
+async fn refused(
+    node: &Node,
+    client: &async_nats::Client,
+    filters: &str,
+    expected: &str,
+) -> String {
+    let (status, body) = node
+        .get(
+            &format!(
+                "/api/v1/sites/site-0/summary?filters={}",
+                urlencode(filters)
+            ),
+            Some(READ_ALL),
+        )
+        .await;
+    assert_eq!(status, 400, "{filters}: {body}");
+    let message = body["error"].as_str().expect("error").to_owned();
+    assert!(message.contains(expected), "{message}");
+    let (code, nats_message) = ask_nats(
+        client,
+        "breakdown",
+        json!({"key": READ_ALL, "site": "site-0", "params": {"dimension": "path", "filters": filters}}),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(code, "400", "{filters}");
+    assert!(nats_message.contains(expected), "{nats_message}");
+    message
+}
+
 #[tokio::test]
 async fn a_bad_filter_is_a_400_naming_it_over_http_and_nats() {
     let s = setup_with(Vec::new()).await;
@@ -503,30 +536,8 @@ async fn a_bad_filter_is_a_400_naming_it_over_http_and_nats() {
         ("country==", "empty value"),
         ("path~=(", "bad regular expression"),
     ] {
-        let (status, body) = node
-            .get(
-                &format!(
-                    "/api/v1/sites/site-0/summary?filters={}",
-                    urlencode(filters)
-                ),
-                Some(READ_ALL),
-            )
-            .await;
-        assert_eq!(status, 400, "{filters}: {body}");
-        let message = body["error"].as_str().expect("error");
-        assert!(
-            message.contains(expected) && message.contains(filters),
-            "{message}"
-        );
-        let (code, message) = ask_nats(
-            &s.client,
-            "breakdown",
-            json!({"key": READ_ALL, "site": "site-0", "params": {"dimension": "path", "filters": filters}}),
-        )
-        .await
-        .expect_err("refused");
-        assert_eq!(code, "400", "{filters}");
-        assert!(message.contains(expected), "{message}");
+        let message = refused(&node, &s.client, filters, expected).await;
+        assert!(message.contains(filters), "{message}");
     }
     s.stop_aggregator();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -549,27 +560,7 @@ async fn filters_past_their_caps_are_a_400_naming_the_cap_over_http_and_nats() {
         (many_filters.as_str(), "at most 20 filters"),
         (long.as_str(), "at most 4096 bytes"),
     ] {
-        let (status, body) = node
-            .get(
-                &format!(
-                    "/api/v1/sites/site-0/summary?filters={}",
-                    urlencode(filters)
-                ),
-                Some(READ_ALL),
-            )
-            .await;
-        assert_eq!(status, 400, "{expected}: {body}");
-        let message = body["error"].as_str().expect("error");
-        assert!(message.contains(expected), "{message}");
-        let (code, message) = ask_nats(
-            &s.client,
-            "breakdown",
-            json!({"key": READ_ALL, "site": "site-0", "params": {"dimension": "path", "filters": filters}}),
-        )
-        .await
-        .expect_err("refused");
-        assert_eq!(code, "400", "{expected}");
-        assert!(message.contains(expected), "{message}");
+        refused(&node, &s.client, filters, expected).await;
     }
     // At the caps, a question is answered.
     let at_caps = (0..100)

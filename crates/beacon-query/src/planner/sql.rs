@@ -153,16 +153,19 @@ impl Plan<'_> {
         );
         let columns = "user_key, sn, name, revenue_amount, revenue_currency";
         // The selected events of the sessions that count, keyed as asked.
-        let joined = |k: &str| {
+        let joined = |k: &str, and: &str| {
             format!(
                 "SELECT c.user_key, c.sn, c.name, c.revenue_amount, c.revenue_currency, {k} AS k \
-                 FROM cut c JOIN sess s ON c.user_key = s.user_key AND c.sn = s.sn WHERE c.picked"
+                 FROM cut c JOIN sess s ON c.user_key = s.user_key AND c.sn = s.sn \
+                 WHERE c.picked{and}"
             )
         };
+        // A session without a page view has no entry or exit page: like the
+        // rollups, a breakdown by page leaves it out.
         let sel = match self.key {
-            Key::Dim(Dim::EntryPage) => joined("COALESCE(s.entry_page, '(none)')"),
-            Key::Dim(Dim::ExitPage) => joined("COALESCE(s.exit_page, '(none)')"),
-            _ if self.filters.needs_sessions() => joined("c.ek"),
+            Key::Dim(Dim::EntryPage) => joined("s.entry_page", " AND s.entry_page IS NOT NULL"),
+            Key::Dim(Dim::ExitPage) => joined("s.exit_page", " AND s.exit_page IS NOT NULL"),
+            _ if self.filters.needs_sessions() => joined("c.ek", ""),
             // Every session holding a selected event counts: no join needed.
             _ => format!("SELECT {columns}, ek AS k FROM cut WHERE picked"),
         };
@@ -209,7 +212,10 @@ impl Plan<'_> {
         // A session's own key (the range, its start's bucket, its entry or
         // exit page) is read from `sess` alone; a dimension's values from
         // its selected events, a session counting once under each.
-        let own = |k: String| format!("SELECT {k} AS k, {figures} FROM sess GROUP BY 1");
+        // Sessions without a page view have no entry or exit page (`NULL`).
+        let own = |k: String| {
+            format!("SELECT {k} AS k, {figures} FROM sess WHERE {k} IS NOT NULL GROUP BY 1")
+        };
         match self.key {
             Key::All => own("'all'".to_owned()),
             Key::Buckets(starts) => format!(
@@ -217,8 +223,8 @@ impl Plan<'_> {
                  FROM (SELECT s_start AS t, s_pageviews, s_start, s_end FROM sess) GROUP BY 1",
                 bucket_of(starts)
             ),
-            Key::Dim(Dim::EntryPage) => own("COALESCE(entry_page, '(none)')".to_owned()),
-            Key::Dim(Dim::ExitPage) => own("COALESCE(exit_page, '(none)')".to_owned()),
+            Key::Dim(Dim::EntryPage) => own("entry_page".to_owned()),
+            Key::Dim(Dim::ExitPage) => own("exit_page".to_owned()),
             Key::Dim(_) => format!(
                 "WITH keyed AS (SELECT DISTINCT user_key, sn, k FROM sel) SELECT keyed.k AS k, {figures} \
                  FROM keyed JOIN sess s ON keyed.user_key = s.user_key AND keyed.sn = s.sn GROUP BY keyed.k"

@@ -239,6 +239,12 @@ impl QueryNode {
         })
     }
 
+    /// How fresh the event store's answers are: the newest collector time of
+    /// the events it holds (`None` without a store or before its first event).
+    pub(crate) fn store_fresh_through(&self) -> Option<i64> {
+        self.store.as_ref()?.view().newest_received_ms()
+    }
+
     /// Answer `sql` over `site`'s events for the holder of `key`.
     pub async fn sql(
         &self,

@@ -92,6 +92,9 @@ struct State {
     tail_rows: usize,
     /// Highest stream sequence the tail has read (kept or not).
     read_seq: u64,
+    /// Newest collector time (`received_at`, Unix ms) of the events read that
+    /// queries can see (in the tail, or already in a segment).
+    newest_received_ms: Option<i64>,
     /// The manifests present at start-up are read.
     loaded: bool,
     /// Why the view stopped following, if it did.
@@ -180,6 +183,12 @@ impl StoreView {
     pub fn push(&self, seq: u64, event: &Event) {
         let mut state = self.lock();
         state.read_seq = state.read_seq.max(seq);
+        let received = event.received_at.timestamp_millis();
+        state.newest_received_ms = Some(
+            state
+                .newest_received_ms
+                .map_or(received, |n| n.max(received)),
+        );
         let partition = state.partitions.entry(event.partition).or_default();
         if seq <= partition.through_seq() || seq <= partition.tail.last_seq {
             return;
@@ -205,6 +214,13 @@ impl StoreView {
     /// Highest stream sequence the tail has read.
     pub fn read_seq(&self) -> u64 {
         self.lock().read_seq
+    }
+
+    /// How fresh the store's answers are: the newest collector time of the
+    /// events read that a query sees; `None` until the tail has read one. An
+    /// event the tail could not take in ([`StoreView::read_through`]) does not count.
+    pub fn newest_received_ms(&self) -> Option<i64> {
+        self.lock().newest_received_ms
     }
 
     /// Rows held in memory now.

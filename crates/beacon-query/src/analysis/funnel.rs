@@ -164,7 +164,6 @@ pub async fn answer(
     range: &Range,
     filter_sql: &str,
     ctx: &SqlContext,
-    now: i64,
 ) -> Result<String, QueryError> {
     super::only(params, "funnel", &super::FUNNEL_PARAMS)?;
     let (texts, saved_window) = match (&params.steps, &params.funnel) {
@@ -236,7 +235,7 @@ pub async fn answer(
     if let Some(name) = &params.funnel {
         answer.insert("funnel".into(), json!(name));
     }
-    provenance(&mut answer, range, now);
+    provenance(&mut answer, range, node);
     Ok(Value::Object(answer).to_string())
 }
 

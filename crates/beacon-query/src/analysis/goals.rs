@@ -122,7 +122,7 @@ pub async fn report(
     }
     answer.insert("filters".into(), filters.to_json());
     answer.insert("site".into(), json!(site));
-    provenance(&mut answer, range, now);
+    provenance(&mut answer, range, node);
     Ok(Value::Object(answer).to_string())
 }
 

@@ -43,7 +43,7 @@ pub async fn answer(
         Op::Funnel => {
             let range = Range::of(params, now, DAY_MS)?;
             let filter_sql = filters.event_sql(&ctx);
-            funnel::answer(node, site, params, &range, &filter_sql, &ctx, now).await
+            funnel::answer(node, site, params, &range, &filter_sql, &ctx).await
         }
         _ => retention::answer(node, site, params, now, &filters.event_sql(&ctx)).await,
     }
@@ -162,12 +162,16 @@ pub fn percent(part: i64, whole: i64) -> f64 {
     (part as f64 * 10_000.0 / whole as f64).round() / 100.0
 }
 
-/// The answer's common fields: where it came from and how fresh it is. The
-/// store answers from every event it holds, so it is as fresh as `now`.
-pub fn provenance(answer: &mut Map<String, Value>, range: &Range, now: i64) {
+/// The answer's common fields: where it came from and how fresh it is (the
+/// newest collector time of the events the store showed it; null before any).
+pub fn provenance(answer: &mut Map<String, Value>, range: &Range, node: &QueryNode) {
     answer.insert("range".into(), range.json());
     answer.insert("source".into(), json!("store"));
-    answer.insert("fresh_through".into(), json!(rfc3339(now)));
+    answer.insert(
+        "fresh_through".into(),
+        node.store_fresh_through()
+            .map_or(Value::Null, |ms| json!(rfc3339(ms))),
+    );
 }
 
 /// A revenue sum as SQL answers it (`8493.100000000000000000`) written

@@ -182,7 +182,7 @@ pub async fn answer(
     answer.insert("site".into(), json!(site));
     answer.insert("period".into(), json!(period.name()));
     answer.insert("cohorts".into(), Value::Array(cohorts));
-    provenance(&mut answer, &range, now);
+    provenance(&mut answer, &range, node);
     Ok(Value::Object(answer).to_string())
 }
 

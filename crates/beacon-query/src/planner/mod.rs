@@ -602,7 +602,13 @@ impl QueryNode {
             }
         }
         out.insert("source".into(), "store".into());
-        out.insert("fresh_through".into(), rfc3339(q.clock.now()).into());
+        out.insert(
+            "fresh_through".into(),
+            engine
+                .view()
+                .newest_received_ms()
+                .map_or(Value::Null, |ms| rfc3339(ms).into()),
+        );
         out.insert(
             "range".into(),
             json!({"from": q.clock.render(q.span.from), "to": q.clock.render(q.span.to)}),

@@ -342,12 +342,19 @@ async fn from_both(node: &Node, q: &str) -> (Value, Value) {
     assert_eq!(rollups["source"], "rollups", "{q}");
     assert_eq!(store["source"], "store", "{q}");
     assert_eq!(rollups["range"], store["range"], "{q}");
+    assert!(store["fresh_through"].is_string(), "{q}: {store}");
     (rollups, store)
 }
 
 #[tokio::test]
 async fn the_rollups_and_the_store_agree_where_both_answer() {
-    let (_s, node, _all) = ready().await;
+    let (_s, node, all) = ready().await;
+    // The store has read every event: it is fresh through the newest arrival.
+    let newest = all
+        .iter()
+        .map(|e| e.received_at.timestamp_millis())
+        .max()
+        .expect("events");
     let end = end_ms();
     let range = format!("from={}&to={}", rfc3339(end - 2 * 86_400_000), rfc3339(end));
     let pairs = [
@@ -359,6 +366,7 @@ async fn the_rollups_and_the_store_agree_where_both_answer() {
     ];
     for q in pairs {
         let (rollups, store) = from_both(&node, &q).await;
+        assert_eq!(store["fresh_through"], rfc3339(newest), "{q}");
         for field in ["points", "rows", "other", "total", "total_rows"] {
             assert_eq!(rollups[field], store[field], "{q}: {field}");
         }

@@ -264,6 +264,7 @@ impl Engine {
             .with_target_partitions(2);
         config.options_mut().execution.parquet.pushdown_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udf(crate::trunc::date_trunc());
         let pins = Arc::new(Mutex::new(Vec::new()));
         let rows = SiteRows {
             snapshot: self.view.snapshot(site, i64::MIN, i64::MAX),

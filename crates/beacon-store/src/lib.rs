@@ -15,6 +15,7 @@ pub mod output;
 pub mod schema;
 pub mod segment;
 pub mod settings;
+mod trunc;
 pub mod view;
 
 /// The engine's own DataFusion (Arrow, Parquet), for readers of its answers.

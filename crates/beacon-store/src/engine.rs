@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{CacheError, Pinned, SegmentCache};
 use crate::manifest::SEGMENT_BUCKET;
 use crate::output::{ExportEncoder, ExportFormat, SqlFormat, encode_answer};
-use crate::schema::{SEGMENT_FORMAT_VERSION, segment_schema};
+use crate::schema::{SEGMENT_FORMAT_VERSION, plain_text, read_schema, recast};
 use crate::view::{Snapshot, StoreView};
 
 /// The limits of one SQL query: the `[query.sql]` section of the config.
@@ -435,7 +435,7 @@ impl Engine {
             .and_then(|f| f.filter(col("ts").gt_eq(ms(from_ms)).and(col("ts").lt(ms(to_ms)))))
             .map_err(classify)?;
         let stream = frame.execute_stream().await.map_err(classify)?;
-        let schema = stream.schema();
+        let schema = plain_text(&stream.schema());
         let encoder = ExportEncoder::new(format, &schema).map_err(encoding)?;
         struct Export {
             stream: datafusion::execution::SendableRecordBatchStream,
@@ -456,14 +456,16 @@ impl Engine {
             loop {
                 let encoder = s.encoder.as_mut()?;
                 match s.stream.next().await {
-                    Some(Ok(batch)) => match encoder.batch(&batch) {
-                        Ok(bytes) if bytes.is_empty() => continue,
-                        Ok(bytes) => return Some((Ok(bytes), s)),
-                        Err(e) => {
-                            s.encoder = None;
-                            return Some((Err(encoding(e)), s));
+                    Some(Ok(batch)) => {
+                        match recast(&batch, &s.schema).and_then(|batch| encoder.batch(&batch)) {
+                            Ok(bytes) if bytes.is_empty() => continue,
+                            Ok(bytes) => return Some((Ok(bytes), s)),
+                            Err(e) => {
+                                s.encoder = None;
+                                return Some((Err(encoding(e)), s));
+                            }
                         }
-                    },
+                    }
                     Some(Err(e)) => {
                         s.encoder = None;
                         return Some((Err(classify(e)), s));
@@ -546,10 +548,17 @@ async fn answer(
         .and_then(|f| f.limit(0, Some(max_rows.saturating_add(1))))
         .map_err(classify)?;
     let mut stream = frame.execute_stream().await.map_err(classify)?;
-    let schema = stream.schema();
+    let schema = plain_text(&stream.schema());
     let (mut batches, mut rows) = (Vec::new(), 0usize);
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(classify)?;
+        let batch = batch.map_err(classify).and_then(|b| {
+            recast(&b, &schema).map_err(|e| {
+                SqlError::new(
+                    SqlErrorKind::Invalid,
+                    format!("cannot encode the answer: {e}"),
+                )
+            })
+        })?;
         rows += batch.num_rows();
         if rows > max_rows {
             return Err(SqlError::new(
@@ -601,7 +610,7 @@ struct SiteRows {
 #[async_trait]
 impl TableProvider for SiteRows {
     fn schema(&self) -> SchemaRef {
-        segment_schema()
+        read_schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -665,11 +674,18 @@ impl TableProvider for SiteRows {
                 ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
-                .with_schema(segment_schema());
+                .with_schema(read_schema());
             let files = ListingTable::try_new(config)?;
             inputs.push(files.scan(state, projection, filters, limit).await?);
         }
-        let tail = MemTable::try_new(segment_schema(), vec![self.snapshot.tail.clone()])?;
+        let schema = read_schema();
+        let tail = self
+            .snapshot
+            .tail
+            .iter()
+            .map(|batch| recast(batch, &schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tail = MemTable::try_new(schema, vec![tail])?;
         inputs.push(tail.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(inputs)
     }

@@ -167,12 +167,20 @@ async fn measure(args: &QueryArgs, urls: &[String], addr: SocketAddr) -> anyhow:
         .build()?;
     let api = format!("http://{addr}/api/v1/sites/{SITE}");
 
-    // The day: from the start of the first event's minute to just after the last.
+    // The range: from the start of the first event's minute to just after the
+    // last. Over more than a day, from the start of its hour: minute buckets
+    // are kept 48 hours, and a range starting on a minute they no longer hold
+    // is answered by the event store instead of the rollups.
     let events = events_over_days(args.events, args.users, args.days);
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         bail!("no events");
     };
-    let from = rfc3339(Granularity::Minute.bucket_start(first.ts.timestamp_millis()));
+    let first_bucket = if args.days > 1 {
+        Granularity::Hour
+    } else {
+        Granularity::Minute
+    };
+    let from = rfc3339(first_bucket.bucket_start(first.ts.timestamp_millis()));
     let to = rfc3339(last.ts.timestamp_millis() + 1);
     let started = Instant::now();
     let published = publish_events(&js, &events).await?;
@@ -390,7 +398,8 @@ fn is_store(kind: &str) -> bool {
     [FILTERED_SUMMARY, PROPERTY_BREAKDOWN, FUNNEL, RETENTION].contains(&kind)
 }
 
-/// Whether an answer counts the whole day, so its time is that of a real answer.
+/// Whether an answer comes from where its kind should (the rollups or the store)
+/// and, from the rollups, counts the whole day, so its time is that of a real answer.
 fn check_answer(kind: &str, body: &[u8], events: usize) -> anyhow::Result<()> {
     let answer: Value = serde_json::from_slice(body)?;
     if is_store(kind) {
@@ -401,6 +410,12 @@ fn check_answer(kind: &str, body: &[u8], events: usize) -> anyhow::Result<()> {
             );
         }
         return Ok(());
+    }
+    if answer["source"] != "rollups" {
+        bail!(
+            "{kind} was answered from {} rather than the rollups",
+            answer["source"]
+        );
     }
     let (total, rows) = if kind.starts_with("timeseries") {
         (&answer["totals"]["events"], &answer["points"])

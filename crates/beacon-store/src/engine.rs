@@ -678,14 +678,7 @@ impl TableProvider for SiteRows {
             let files = ListingTable::try_new(config)?;
             inputs.push(files.scan(state, projection, filters, limit).await?);
         }
-        let schema = read_schema();
-        let tail = self
-            .snapshot
-            .tail
-            .iter()
-            .map(|batch| recast(batch, &schema))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tail = MemTable::try_new(schema, vec![tail])?;
+        let tail = MemTable::try_new(read_schema(), vec![self.snapshot.tail.clone()])?;
         inputs.push(tail.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(inputs)
     }

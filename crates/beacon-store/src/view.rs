@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::UInt64Type;
 use tokio::sync::watch;
 
 use crate::manifest::{Manifest, SegmentMeta};
-use crate::schema::{Rows, StoredEvent, segment_schema};
+use crate::schema::{Rows, StoredEvent, read_schema, recast};
 
 /// Rows gathered before they become a record batch of the tail.
 const BATCH_ROWS: usize = 4096;
@@ -36,16 +36,22 @@ impl Tail {
         if self.pending.is_empty() {
             return;
         }
-        match self.pending.finish() {
+        // Kept as the engine reads them ([`read_schema`]), cast once here
+        // rather than by every query.
+        match self
+            .pending
+            .finish()
+            .and_then(|b| recast(&b, &read_schema()))
+        {
             Ok(batch) => self.batches.push(batch),
             // The builder only fails on a column of the wrong length, which
-            // `Rows::push` cannot produce.
+            // `Rows::push` cannot produce, and text always casts to views.
             Err(e) => tracing::error!(error = %e, "tail rows lost: cannot build a batch"),
         }
         // Each query flushes what is pending: at a slow event rate that makes
         // many tiny batches, which scans read slowly. Merge them now and then.
         if self.batches.len() > MAX_BATCHES {
-            match concat_batches(&segment_schema(), &self.batches) {
+            match concat_batches(&read_schema(), &self.batches) {
                 Ok(one) => self.batches = vec![one],
                 Err(e) => tracing::warn!(error = %e, "cannot merge tail batches"),
             }
@@ -102,7 +108,7 @@ struct State {
 }
 
 /// What a query reads: the segments that may hold its rows and the tail
-/// rows above them.
+/// rows above them (in [`read_schema`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub segments: Vec<SegmentMeta>,

@@ -2,8 +2,9 @@
 //!
 //! Each query gets a session of its own whose catalog holds exactly one table,
 //! the view `events`: the site's rows, and nothing else (the planner's
-//! [`Engine::staged`] runs add in-memory tables of its own steps, in a
-//! session of their own too). Under it, a scan reads
+//! [`Engine::staged`] runs add in-memory tables of its own steps, and a
+//! query's `WITH` tables that it names more than once are kept the same way,
+//! each in that query's session only). Under it, a scan reads
 //! the segments the manifests say may hold the site's rows in the time range
 //! the query's predicates on `ts` allow (a question about yesterday opens
 //! only yesterday's segments), plus the in-memory tail, all from one
@@ -11,7 +12,8 @@
 //! DDL, DML, `COPY`, `SET` or other statements, no URL tables, no
 //! information_schema. Every query is bounded in rows, time and memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ use datafusion::execution::cache::cache_manager::{
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
@@ -285,20 +287,43 @@ impl Engine {
     pub async fn sql(&self, site: &str, sql: &str, format: SqlFormat) -> Result<Answer, SqlError> {
         self.ready()?;
         let run = async {
+            let (ctx, pins) = self.session(site)?;
+            let (steps, shared) = shared_tables(&ctx, sql);
+            if steps.is_empty() {
+                return self.answer(&ctx, sql, format).await;
+            }
+            match keep(&ctx, &steps).await {
+                Ok(_kept) => return self.answer(&ctx, &shared, format).await,
+                // Held in memory, the shared tables outgrew the limit that
+                // reading them again wherever they are named may keep to.
+                Err(e) if e.kind == SqlErrorKind::MemoryLimit => {}
+                Err(e) => return Err(e),
+            }
+            drop((ctx, pins));
             let (ctx, _pins) = self.session(site)?;
-            let plan = select(&ctx, sql).await?;
-            answer(&ctx, plan, self.limits.max_rows, format).await
+            self.answer(&ctx, sql, format).await
         };
         self.bounded(run).await
+    }
+
+    /// `sql`'s rows in `ctx`, encoded in `format`.
+    async fn answer(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        format: SqlFormat,
+    ) -> Result<Answer, SqlError> {
+        let plan = select(ctx, sql).await?;
+        answer(ctx, plan, self.limits.max_rows, format).await
     }
 
     /// Answer several `queries` over `site`'s events and the tables `steps`
     /// make, all in one session: each step's rows are collected, in order,
     /// into an in-memory table of its name that later steps and the queries
     /// read; then the queries run together. For the planner, whose questions
-    /// read one costly intermediate (the session cut) several times: never
-    /// reachable from the SQL API, which keeps one isolated `SELECT` per
-    /// session. Each step and query must still be a single `SELECT`; the
+    /// read one costly intermediate (the session cut) several times; the SQL
+    /// API makes steps only of a query's own shared `WITH` tables
+    /// ([`shared_tables`]). Each step and query must still be a single `SELECT`; the
     /// steps' rows count against `memory_bytes`, each answer against
     /// `max_rows`, and the whole run against `timeout`.
     pub async fn staged(
@@ -311,54 +336,8 @@ impl Engine {
         self.ready()?;
         let run = async {
             let (ctx, _pins) = self.session(site)?;
-            // The kept rows are held beside the operators' memory, so they
-            // draw on the same pool: a step too large fails as a query would.
-            let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
-            let mut counted = HashSet::new();
-            for step in steps {
-                let started = std::time::Instant::now();
-                let named = step
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
-                    && !step.name.is_empty();
-                if !named || ctx.table_exist(step.name.as_str()).map_err(classify)? {
-                    return Err(SqlError::new(
-                        SqlErrorKind::Invalid,
-                        format!("a step cannot be named {:?}", step.name),
-                    ));
-                }
-                let plan = select(&ctx, &step.sql).await?;
-                let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
-                let mut stream = frame.execute_stream().await.map_err(classify)?;
-                let schema = stream.schema();
-                let mut batches = Vec::new();
-                while let Some(batch) = stream.next().await {
-                    let batch = batch.map_err(classify)?;
-                    kept.try_grow(new_bytes(&batch, &mut counted))
-                        .map_err(classify)?;
-                    batches.push(batch);
-                }
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                // Which step of a slow question is slow.
-                tracing::debug!(
-                    step = step.name,
-                    rows,
-                    ms = started.elapsed().as_millis() as u64,
-                    kept = kept.size(),
-                    "staged step"
-                );
-                let table = MemTable::try_new(schema, vec![batches]).map_err(classify)?;
-                ctx.register_table(step.name.as_str(), Arc::new(table))
-                    .map_err(classify)?;
-            }
-            let answers = queries.iter().map(|sql| {
-                let ctx = &ctx;
-                async move {
-                    let plan = select(ctx, sql).await?;
-                    answer(ctx, plan, self.limits.max_rows, format).await
-                }
-            });
+            let _kept = keep(&ctx, steps).await?;
+            let answers = queries.iter().map(|sql| self.answer(&ctx, sql, format));
             futures::future::try_join_all(answers).await
         };
         self.bounded(run).await
@@ -480,10 +459,140 @@ impl Engine {
     }
 }
 
+/// Run each of `steps`, in order, and keep its rows in `ctx` as an in-memory
+/// table of its name, which later steps and queries read. The rows are held
+/// beside the operators' memory, so they draw on the same pool: a step too
+/// large fails as a query would. The reservation returned holds them.
+async fn keep(ctx: &SessionContext, steps: &[Step]) -> Result<MemoryReservation, SqlError> {
+    let kept = MemoryConsumer::new("staged steps").register(&ctx.runtime_env().memory_pool);
+    let mut counted = HashSet::new();
+    for step in steps {
+        let started = std::time::Instant::now();
+        if !is_step_name(&step.name) || ctx.table_exist(step.name.as_str()).map_err(classify)? {
+            return Err(SqlError::new(
+                SqlErrorKind::Invalid,
+                format!("a step cannot be named {:?}", step.name),
+            ));
+        }
+        let plan = select(ctx, &step.sql).await?;
+        let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
+        let mut stream = frame.execute_stream().await.map_err(classify)?;
+        let schema = stream.schema();
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(classify)?;
+            kept.try_grow(new_bytes(&batch, &mut counted))
+                .map_err(classify)?;
+            batches.push(batch);
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        // Which step of a slow question is slow.
+        tracing::debug!(
+            step = step.name,
+            rows,
+            ms = started.elapsed().as_millis() as u64,
+            kept = kept.size(),
+            "staged step"
+        );
+        let table = MemTable::try_new(schema, vec![batches]).map_err(classify)?;
+        ctx.register_table(step.name.as_str(), Arc::new(table))
+            .map_err(classify)?;
+    }
+    Ok(kept)
+}
+
+/// A table name a step may take: a plain SQL identifier, `[a-z_][a-z0-9_]*`.
+fn is_step_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The `WITH` tables that `sql` names more than once, as steps that compute
+/// each once, and `sql` rewritten to read them as tables; no steps, if there
+/// are none (or `sql` is not a plain query, which [`select`] then refuses).
+/// DataFusion inlines a common table expression wherever it is named, so a
+/// funnel written as steps that each read the day's events (and the step
+/// before) read the same segments six times over; DuckDB keeps such a table
+/// too. Only the outermost `WITH` is taken, never a recursive one, one marked
+/// `NOT MATERIALIZED`, or one named like a table the session has (`events`).
+fn shared_tables(ctx: &SessionContext, sql: &str) -> (Vec<Step>, String) {
+    let none = || (Vec::new(), sql.to_owned());
+    let state = ctx.state();
+    let options = state.config().options();
+    let Ok(Statement::Statement(statement)) =
+        state.sql_to_statement(sql, &options.sql_parser.dialect)
+    else {
+        return none();
+    };
+    let ast::Statement::Query(mut query) = *statement else {
+        return none();
+    };
+    let normalize = options.sql_parser.enable_ident_normalization;
+    let name_of = |ident: &ast::Ident| {
+        if normalize && ident.quote_style.is_none() {
+            ident.value.to_lowercase()
+        } else {
+            ident.value.clone()
+        }
+    };
+    let mut named: HashMap<String, usize> = HashMap::new();
+    let _ = ast::visit_relations(&query, |relation| {
+        if let [ast::ObjectNamePart::Identifier(ident)] = relation.0.as_slice() {
+            *named.entry(name_of(ident)).or_default() += 1;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let Some(mut with) = query.with.take().filter(|w| !w.recursive) else {
+        return none();
+    };
+    let (mut steps, mut inline) = (Vec::new(), Vec::new());
+    for cte in std::mem::take(&mut with.cte_tables) {
+        let name = name_of(&cte.alias.name);
+        let shared = named.get(&name).is_some_and(|n| *n > 1)
+            && cte.from.is_none()
+            && cte.materialized != Some(ast::CteAsMaterialized::NotMaterialized)
+            && is_step_name(&name)
+            && !ctx.table_exist(name.as_str()).unwrap_or(true);
+        if !shared {
+            inline.push(cte);
+            continue;
+        }
+        // The step names the earlier tables still inline that it may read.
+        let earlier = if inline.is_empty() {
+            String::new()
+        } else {
+            let before = ast::With {
+                cte_tables: inline.clone(),
+                ..with.clone()
+            };
+            format!("{before} ")
+        };
+        let alias = ast::TableAlias {
+            explicit: false,
+            ..cte.alias.clone()
+        };
+        steps.push(Step {
+            name,
+            sql: format!("{earlier}SELECT * FROM ({}) AS {alias}", cte.query),
+        });
+    }
+    if steps.is_empty() {
+        return none();
+    }
+    if !inline.is_empty() {
+        with.cte_tables = inline;
+        query.with = Some(with);
+    }
+    (steps, query.to_string())
+}
+
 /// One step of [`Engine::staged`]: a `SELECT` whose rows become the table `name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Lower-case letters and `_`, and not a table the session has already.
+    /// A plain identifier (`[a-z_][a-z0-9_]*`), not a table the session has already.
     pub name: String,
     pub sql: String,
 }
@@ -806,5 +915,60 @@ mod tests {
             time_bounds(&[col("received_at").gt(ts_ms(7))]),
             (i64::MIN, i64::MAX)
         );
+    }
+
+    fn shared(sql: &str) -> (Vec<(String, String)>, String) {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let events = MemTable::try_new(schema, vec![vec![]]).expect("table");
+        ctx.register_table("events", Arc::new(events))
+            .expect("registered");
+        let (steps, rest) = shared_tables(&ctx, sql);
+        (steps.into_iter().map(|s| (s.name, s.sql)).collect(), rest)
+    }
+
+    #[test]
+    fn with_tables_named_twice_become_steps_in_order() {
+        let (steps, rest) = shared(
+            "WITH d AS (SELECT a FROM events), One AS (SELECT a FROM d), \
+             \"Two\" AS (SELECT a FROM d, One), t3 (b) AS (SELECT a FROM \"Two\") \
+             SELECT * FROM one, t3, d, \"Two\"",
+        );
+        let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+        // `Two` is quoted, so not a plain name: it stays inline, and `t3` is named once.
+        assert_eq!(names, ["d", "one"]);
+        assert_eq!(steps[0].1, "SELECT * FROM (SELECT a FROM events) AS d");
+        assert_eq!(steps[1].1, "SELECT * FROM (SELECT a FROM d) AS One");
+        assert_eq!(
+            rest,
+            "WITH \"Two\" AS (SELECT a FROM d, One), t3 (b) AS (SELECT a FROM \"Two\") \
+             SELECT * FROM one, t3, d, \"Two\""
+        );
+        // A step reads the tables still inline before it.
+        let (steps, _) = shared(
+            "WITH x AS (SELECT a FROM events), y (b) AS (SELECT a FROM x) SELECT * FROM y, y",
+        );
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            steps[0].1,
+            "WITH x AS (SELECT a FROM events) SELECT * FROM (SELECT a FROM x) AS y (b)"
+        );
+    }
+
+    #[test]
+    fn other_queries_are_left_as_written() {
+        for sql in [
+            "SELECT * FROM events",
+            "WITH d AS (SELECT a FROM events) SELECT * FROM d",
+            "WITH RECURSIVE d AS (SELECT 1 AS a) SELECT * FROM d, d",
+            "WITH events AS (SELECT 1 AS a) SELECT * FROM events, events",
+            "WITH d AS NOT MATERIALIZED (SELECT a FROM events) SELECT * FROM d, d",
+            "DROP TABLE events",
+            "SELECT * FROM (",
+        ] {
+            let (steps, rest) = shared(sql);
+            assert!(steps.is_empty(), "{sql}: {steps:?}");
+            assert_eq!(rest, sql);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! `segment::encode` → object put → manifest compare-and-set), so these tests
 //! do not depend on a writer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -846,4 +846,91 @@ async fn staged_steps_are_tables_of_one_run_and_keep_every_limit() {
         .await
         .expect_err("too much memory");
     assert_eq!(err.kind, SqlErrorKind::MemoryLimit, "{err}");
+}
+
+/// Users who reached each step of pageview → signup → purchase, each step
+/// after the previous one's first time (as the SQL below counts them).
+fn funnel_truth(stored: &[(u64, Event)], site: &str) -> [i64; 3] {
+    let mut first: HashMap<&str, [Option<i64>; 3]> = HashMap::new();
+    let mut events: Vec<&Event> = stored
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.site == site)
+        .collect();
+    events.sort_by_key(|e| e.ts);
+    for step in 0..3 {
+        let name = ["pageview", "signup", "purchase"][step];
+        for e in &events {
+            let at = e.ts.timestamp_millis();
+            let reached = first.entry(e.user_key()).or_default();
+            let after_previous = step == 0 || reached[step - 1].is_some_and(|t| at > t);
+            if e.name == name && after_previous && reached[step].is_none() {
+                reached[step] = Some(at);
+            }
+        }
+    }
+    [0, 1, 2].map(|step| first.values().filter(|r| r[step].is_some()).count() as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tables_named_twice_answer_as_written_within_every_limit() {
+    use beacon_store::{SqlFormat, SqlLimits};
+    let (_nats, _client, js, stored) = data(3_000).await;
+    let want = funnel_truth(&stored, "site-0");
+    assert!(want[2] > 0, "the data reaches the last step: {want:?}");
+    // `d` is named by three steps, `s1` and `s2` twice each: each is kept
+    // as a table of the query's own, `s3` stays inline.
+    let funnel = "WITH d AS (SELECT user_key, name, ts FROM events), \
+         s1 AS (SELECT user_key, min(ts) AS t FROM d WHERE name = 'pageview' GROUP BY user_key), \
+         S2 (user_key, t) AS (SELECT d.user_key, min(d.ts) FROM d JOIN s1 ON d.user_key = s1.user_key \
+                AND d.ts > s1.t WHERE d.name = 'signup' GROUP BY d.user_key), \
+         s3 AS (SELECT d.user_key, min(d.ts) AS t FROM d JOIN s2 ON d.user_key = s2.user_key \
+                AND d.ts > s2.t WHERE d.name = 'purchase' GROUP BY d.user_key) \
+         SELECT (SELECT count(*) FROM s1) AS step1, (SELECT count(*) FROM s2) AS step2, \
+                (SELECT count(*) FROM s3) AS step3";
+    let steps = |engine: beacon_store::Engine| async move {
+        let answer = engine
+            .sql("site-0", funnel, SqlFormat::Json)
+            .await
+            .expect("funnel");
+        let rows = serde_json::from_slice::<Value>(&answer.body).expect("json")["rows"].clone();
+        ["step1", "step2", "step3"].map(|s| rows[0][s].as_i64().expect("count"))
+    };
+    assert_eq!(
+        steps(tail_engine(&js, &stored, SqlLimits::default())).await,
+        want
+    );
+    // Too little memory to keep `everything`, enough to count it where it
+    // is named: the query runs as written rather than failing.
+    let totals = truth(&stored, "site-0");
+    let engine = tail_engine(
+        &js,
+        &stored,
+        SqlLimits {
+            memory_bytes: 16 << 10,
+            ..SqlLimits::default()
+        },
+    );
+    let kept = engine
+        .staged(
+            "site-0",
+            &[step("everything", "SELECT * FROM events")],
+            &[],
+            SqlFormat::Json,
+        )
+        .await;
+    assert!(kept.is_err(), "`everything` does not fit in the limit");
+    let answer = engine
+        .sql(
+            "site-0",
+            "WITH everything AS (SELECT * FROM events) \
+             SELECT (SELECT count(*) FROM everything) AS n, \
+                    (SELECT count(*) FROM everything WHERE name = 'pageview') AS pageviews",
+            SqlFormat::Json,
+        )
+        .await
+        .expect("counted as written");
+    let rows = serde_json::from_slice::<Value>(&answer.body).expect("json")["rows"].clone();
+    assert_eq!(rows[0]["n"], totals.events);
+    assert_eq!(rows[0]["pageviews"], totals.by_name["pageview"]);
 }

@@ -328,6 +328,16 @@ impl QueryNode {
         now: i64,
     ) -> Result<String, QueryError> {
         let q = Question::parse(op, site, p, now)?;
+        if q.compare.is_none()
+            && matches!(q.ask, Ask::Timeseries { .. })
+            && let Some(rp) = q.rollup_params(p)
+        {
+            match self.rollup_text(&q, &rp) {
+                Ok((text, newest)) => return stamped(text, newest),
+                Err(e) if e.kind == Some(NOT_IN_ROLLUPS) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut answer = self.answer_range(&q, p).await?;
         if let Some(compare) = q.compare {
             let span = q.comparison_span(compare);
@@ -395,20 +405,7 @@ impl QueryNode {
     }
 
     fn ask_rollups(&self, q: &Question, rp: &Params) -> Result<Value, QueryError> {
-        let answer = match q.ask {
-            Ask::Timeseries { .. } => engine::timeseries,
-            Ask::Breakdown { .. } => engine::breakdown,
-            _ => engine::summary,
-        };
-        let (text, newest) = self.rollups().read(|f| {
-            if !f.ready {
-                return Err(QueryError::unavailable(
-                    "this query node is still loading the rollups; try again in a moment",
-                ));
-            }
-            answer(&f.view, &q.site, rp, q.clock.now())
-                .map(|t| (t, f.newest.as_ref().map(|n| n.newest_received_ms)))
-        })?;
+        let (text, newest) = self.rollup_text(q, rp)?;
         let mut v: Value =
             serde_json::from_str(&text).map_err(|e| QueryError::unavailable(e.to_string()))?;
         v["source"] = "rollups".into();
@@ -423,6 +420,24 @@ impl QueryNode {
             }
         }
         Ok(v)
+    }
+
+    /// The rollups' answer as the engine writes it, and the newest event they count.
+    fn rollup_text(&self, q: &Question, rp: &Params) -> Result<(String, Option<i64>), QueryError> {
+        let answer = match q.ask {
+            Ask::Timeseries { .. } => engine::timeseries,
+            Ask::Breakdown { .. } => engine::breakdown,
+            _ => engine::summary,
+        };
+        self.rollups().read(|f| {
+            if !f.ready {
+                return Err(QueryError::unavailable(
+                    "this query node is still loading the rollups; try again in a moment",
+                ));
+            }
+            answer(&f.view, &q.site, rp, q.clock.now())
+                .map(|t| (t, f.newest.as_ref().map(|n| n.newest_received_ms)))
+        })
     }
 
     async fn ask_store(&self, q: &Question) -> Result<Value, QueryError> {
@@ -629,6 +644,31 @@ fn echo(filters: &Filters) -> Value {
         m.insert(f.dim.name(), text.into());
     }
     Value::Object(m)
+}
+
+/// A time series from the rollups as the engine wrote it, with the fields
+/// [`QueryNode::ask_rollups`] adds to every rollup answer (its source, how
+/// fresh it is, the range it covers) appended: a long series is passed on
+/// without being parsed into a tree and written again, which took a third
+/// of its time (a 28-day hourly series is 170 KB).
+fn stamped(text: String, newest: Option<i64>) -> Result<String, QueryError> {
+    #[derive(serde::Deserialize)]
+    struct Edges {
+        from: String,
+        to: String,
+    }
+    let bad = |e: &dyn std::fmt::Display| QueryError::unavailable(e.to_string());
+    let edges: Edges = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    let stamp = json!({
+        "source": "rollups",
+        "fresh_through": newest.map(rfc3339),
+        "range": {"from": edges.from, "to": edges.to},
+    })
+    .to_string();
+    match (text.strip_suffix('}'), stamp.strip_prefix('{')) {
+        (Some(body), Some(fields)) => Ok(format!("{body},{fields}")),
+        _ => Err(bad(&"a rollup answer is not a JSON object")),
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -948,6 +988,24 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamped_series_carries_what_every_rollup_answer_does() {
+        let text = r#"{"site":"s","from":"2026-01-01T00:00:00Z","to":"2026-01-02T00:00:00Z","points":[{"events":1}]}"#;
+        let v: Value = serde_json::from_str(&stamped(text.into(), Some(1_000)).expect("stamped"))
+            .expect("JSON");
+        assert_eq!(v["source"], "rollups");
+        assert_eq!(v["fresh_through"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(
+            v["range"],
+            json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"})
+        );
+        assert_eq!(v["points"], json!([{"events": 1}]));
+        let v: Value =
+            serde_json::from_str(&stamped(text.into(), None).expect("stamped")).expect("JSON");
+        assert_eq!(v["fresh_through"], Value::Null);
+        assert!(stamped("[1]".into(), None).is_err());
+    }
 
     fn q(op: Op, query: &str) -> Result<Question, QueryError> {
         Question::parse(op, "s", &Params::from_query(query)?, 1_790_000_000_000)

@@ -269,7 +269,9 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(reqwest::Stat
 /// Which questions [`latencies`] asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Questions {
-    /// The dashboard's unfiltered questions, which the rollups answer.
+    /// The unfiltered questions the rollups answer: the dashboard's time
+    /// series, and breakdowns ranked by events (the dashboard's lists rank
+    /// by visitors, which the event store answers).
     Rollups,
     /// Those and the filtered ones the event store answers.
     All,
@@ -318,6 +320,14 @@ pub(super) async fn latencies(
             "breakdown_browser",
             "breakdown by browser",
             format!("{api}/breakdown?{range}&dimension=browser&{by_events}"),
+        ),
+        // The dashboard's lists rank by visitors, which only the store counts per value.
+        (
+            VISITOR_BREAKDOWN,
+            "breakdown by path, by visitors (store)",
+            format!(
+                "{api}/breakdown?{range}&dimension=path&limit=10&metric=users&metrics=users,events,pageviews"
+            ),
         ),
         (
             FILTERED_SUMMARY,
@@ -389,13 +399,21 @@ pub(super) async fn latencies(
 }
 
 /// The filtered questions, answered from the event store.
+const VISITOR_BREAKDOWN: &str = "breakdown_path_by_visitors";
 const FILTERED_SUMMARY: &str = "summary_two_filters_every_metric";
 const PROPERTY_BREAKDOWN: &str = "breakdown_property";
 const FUNNEL: &str = "funnel_three_steps";
 const RETENTION: &str = "retention_by_day";
 
 fn is_store(kind: &str) -> bool {
-    [FILTERED_SUMMARY, PROPERTY_BREAKDOWN, FUNNEL, RETENTION].contains(&kind)
+    [
+        VISITOR_BREAKDOWN,
+        FILTERED_SUMMARY,
+        PROPERTY_BREAKDOWN,
+        FUNNEL,
+        RETENTION,
+    ]
+    .contains(&kind)
 }
 
 /// Whether an answer comes from where its kind should (the rollups or the store)

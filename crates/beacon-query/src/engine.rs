@@ -12,11 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use beacon_rollup::view::{Merged, new_union};
+use beacon_rollup::view::Merged;
 use beacon_rollup::{Counters, DIMENSIONS, Dimension, Granularity, OTHER, PAGEVIEW, View};
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, Offset, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
-use datasketches::hll::HllType;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -750,17 +749,25 @@ struct Sums<'a> {
     scrolled: i64,
     filtered: BTreeMap<&'a str, i64>,
     cells: Vec<&'a Merged>,
+    /// The buckets of `cells`, in the same order.
+    buckets: Vec<(Granularity, i64)>,
+    /// The view and site the cells are of.
+    of: Option<(&'a View, &'a str)>,
 }
 
 /// A site's merged cells of every granularity over a span, read once in
 /// order so each bucket of a long series is found without building a key.
 struct Cells<'a> {
+    view: &'a View,
+    site: &'a str,
     by: [Vec<(i64, &'a Merged)>; 3],
 }
 
 impl<'a> Cells<'a> {
-    fn new(view: &'a View, site: &str, span: Span) -> Self {
+    fn new(view: &'a View, site: &'a str, span: Span) -> Self {
         Cells {
+            view,
+            site,
             by: Granularity::ALL.map(|g| view.buckets(site, g, span.from..span.to).collect()),
         }
     }
@@ -799,21 +806,17 @@ impl<'a> Sums<'a> {
                 *sums.filtered.entry(reason).or_default() += n;
             }
             sums.cells.push(cell);
+            sums.buckets.push((*g, *start));
         }
+        sums.of = Some((cells.view, cells.site));
         sums
     }
 
     fn users(&self) -> f64 {
-        match self.cells.as_slice() {
-            [] => 0.0,
-            [one] => one.users_estimate,
-            many => {
-                let mut union = new_union();
-                for cell in many {
-                    union.update(&cell.users);
-                }
-                union.to_sketch(HllType::Hll8).estimate()
-            }
+        match (self.cells.as_slice(), self.of) {
+            ([], _) | (_, None) => 0.0,
+            ([one], _) => one.users_estimate,
+            (_, Some((view, site))) => view.users_over(site, &self.buckets),
         }
     }
 

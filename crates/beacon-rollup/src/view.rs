@@ -6,9 +6,17 @@
 //! a time ([`View::apply_delta`], [`View::replace`]): only the cells a record
 //! touches are merged again, so a query node follows the aggregators' commits
 //! at the cost of what changed.
+//!
+//! Unique users over many buckets (a month's totals) take a union of every
+//! bucket's sketch, and a union costs about as much as a sketch is large
+//! whatever the bucket holds. Dashboards ask the same ranges again and again
+//! while only the newest buckets change, so a view keeps the unions it
+//! computed lately ([`View::users_over`]) and brings one up to date by adding
+//! only the buckets changed since.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
+use std::sync::Mutex;
 
 use datasketches::hll::{HllSketch, HllType, HllUnion};
 
@@ -25,6 +33,8 @@ pub struct Merged {
     pub users: HllSketch,
     /// `users.estimate()`, computed once per change.
     pub users_estimate: f64,
+    /// When the cell last changed, on the view's clock of changes.
+    pub version: u64,
 }
 
 impl Default for Merged {
@@ -33,6 +43,7 @@ impl Default for Merged {
             counters: Counters::default(),
             users: new_sketch(),
             users_estimate: 0.0,
+            version: 0,
         }
     }
 }
@@ -42,6 +53,38 @@ impl Default for Merged {
 pub struct View {
     cells: BTreeMap<CellKey, Merged>,
     partitions: Vec<PartitionState>,
+    /// Counts changes of cells: each changed cell takes the next value as its version.
+    changes: u64,
+    /// Moves on whenever a cell may have lost users (a cell dropped by
+    /// retention, a partition replaced by a snapshot). Between two moves every
+    /// sketch only grows, so a union brought up to date with the cells changed
+    /// since it was taken equals the union taken afresh.
+    era: u64,
+    unions: Mutex<Unions>,
+}
+
+/// Unions kept: enough for a few dashboards' ranges and their comparisons.
+const KEPT_UNIONS: usize = 16;
+/// Fewer buckets than this are unioned afresh: it costs little, and keeping
+/// every hour's union would crowd out the long ranges worth keeping.
+const KEPT_UNION_MIN_CELLS: usize = 8;
+
+/// A union of many buckets' sketches, and the version each bucket had when it was added.
+#[derive(Debug, Clone)]
+struct KeptUnion {
+    site: String,
+    buckets: Vec<(Granularity, i64)>,
+    versions: Vec<u64>,
+    era: u64,
+    union: HllUnion,
+    estimate: f64,
+    used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Unions {
+    kept: Vec<KeptUnion>,
+    tick: u64,
 }
 
 /// A union of unique-user sketches of Beacon's precision.
@@ -56,8 +99,8 @@ impl View {
             state.users = Default::default();
         }
         let mut view = View {
-            cells: BTreeMap::new(),
             partitions,
+            ..View::default()
         };
         let keys: BTreeSet<CellKey> = view
             .partitions
@@ -75,6 +118,8 @@ impl View {
             }
             merged.users = union.to_sketch(HllType::Hll8);
             merged.users_estimate = merged.users.estimate();
+            view.changes += 1;
+            merged.version = view.changes;
             view.cells.insert(key, merged);
         }
         view
@@ -123,6 +168,9 @@ impl View {
             .collect();
         let before = old_counters(slot, touched);
         *slot = state;
+        // A snapshot normally says what the deltas before it did, but nothing
+        // here checks that its sketches hold every user the old ones did.
+        self.era += 1;
         self.rebase(partition, before);
     }
 
@@ -144,11 +192,17 @@ impl View {
                     any = true;
                 }
             }
+            if new.is_none() {
+                // This partition's cell is gone (retention): the union lost its users.
+                self.era += 1;
+            }
             if !any {
                 self.cells.remove(&key);
                 continue;
             }
+            self.changes += 1;
             let merged = self.cells.entry(key).or_default();
+            merged.version = self.changes;
             if let Some(old) = &old {
                 merged.counters.shift(old, -1);
             }
@@ -189,6 +243,83 @@ impl View {
             union.update(&cell.users);
         }
         union.to_sketch(HllType::Hll8).estimate()
+    }
+
+    /// Estimated distinct users of `site` over the given buckets (each at
+    /// most once; buckets without a cell count no one). A union of many
+    /// buckets is kept and later brought up to date with only the buckets
+    /// that changed since, so asking the same range again costs little.
+    pub fn users_over(&self, site: &str, buckets: &[(Granularity, i64)]) -> f64 {
+        let cells: Vec<Option<&Merged>> = buckets
+            .iter()
+            .map(|&(granularity, start)| {
+                self.cells.get(&CellKey {
+                    site: site.to_owned(),
+                    granularity,
+                    start,
+                })
+            })
+            .collect();
+        let version = |c: &Option<&Merged>| c.map_or(0, |c| c.version);
+        if cells.len() < KEPT_UNION_MIN_CELLS {
+            let mut union = new_union();
+            for cell in cells.iter().flatten() {
+                union.update(&cell.users);
+            }
+            return union.to_sketch(HllType::Hll8).estimate();
+        }
+        // Take the kept union out, if any, and merge outside the lock.
+        let kept = {
+            let mut unions = self.unions.lock().unwrap_or_else(|e| e.into_inner());
+            unions.tick += 1;
+            let tick = unions.tick;
+            let found = unions
+                .kept
+                .iter_mut()
+                .find(|k| k.site == site && k.buckets == buckets && k.era == self.era);
+            match found {
+                Some(k) if k.versions.iter().copied().eq(cells.iter().map(version)) => {
+                    k.used = tick;
+                    return k.estimate;
+                }
+                Some(k) => Some(k.clone()),
+                None => None,
+            }
+        };
+        let mut kept = kept.unwrap_or_else(|| KeptUnion {
+            site: site.to_owned(),
+            buckets: buckets.to_vec(),
+            versions: vec![0; buckets.len()],
+            era: self.era,
+            union: new_union(),
+            estimate: 0.0,
+            used: 0,
+        });
+        for (cell, seen) in cells.iter().zip(kept.versions.iter_mut()) {
+            if let Some(cell) = cell
+                && cell.version != *seen
+            {
+                kept.union.update(&cell.users);
+                *seen = cell.version;
+            }
+        }
+        // The estimate that depends only on the registers, not on the order
+        // they were merged in: the same whichever buckets changed when.
+        kept.estimate = kept.union.to_sketch(HllType::Hll8).composite_estimate();
+        let estimate = kept.estimate;
+        let mut unions = self.unions.lock().unwrap_or_else(|e| e.into_inner());
+        unions.tick += 1;
+        kept.used = unions.tick;
+        unions
+            .kept
+            .retain(|k| !(k.site == site && k.buckets == buckets) && k.era == self.era);
+        if unions.kept.len() >= KEPT_UNIONS
+            && let Some(oldest) = (0..unions.kept.len()).min_by_key(|&i| unions.kept[i].used)
+        {
+            unions.kept.swap_remove(oldest);
+        }
+        unions.kept.push(kept);
+        estimate
     }
 
     /// The sites that have any cell.
@@ -262,6 +393,73 @@ mod tests {
                 ..Context::default()
             },
         }
+    }
+
+    /// A union over many buckets, kept and brought up to date, says what one
+    /// taken afresh says: after more users come to those buckets, and after a
+    /// snapshot takes some away.
+    #[test]
+    fn users_over_many_buckets_follow_every_change() {
+        let mut owners: Vec<Working> = (0..3)
+            .map(|_| Working::new(PartitionState::default(), RollupSettings::default(), NOW))
+            .collect();
+        let mut view = View::default();
+        let mut seq = 0;
+        let mut count = |events: Vec<Event>, view: &mut View| {
+            for e in &events {
+                seq += 1;
+                owners[e.partition as usize].apply_event(e, seq);
+            }
+            for (p, w) in owners.iter_mut().enumerate() {
+                let d = w.take_delta();
+                w.committed(&d, NOW);
+                view.apply_delta(p as u32, &d);
+            }
+        };
+        let fresh = |view: &View, buckets: &[(Granularity, i64)]| {
+            let mut union = new_union();
+            for (g, start) in buckets {
+                if let Some((_, cell)) = view.buckets("shop", *g, *start..*start + 1).next() {
+                    union.update(&cell.users);
+                }
+            }
+            union.to_sketch(HllType::Hll8).composite_estimate()
+        };
+        count((0..300).map(event).collect(), &mut view);
+        let partition_0_before = view.partitions()[0].clone();
+        let mut buckets: Vec<(Granularity, i64)> = view
+            .buckets("shop", Granularity::Minute, i64::MIN..i64::MAX)
+            .map(|(start, _)| (Granularity::Minute, start))
+            .collect();
+        assert!(buckets.len() >= KEPT_UNION_MIN_CELLS, "{}", buckets.len());
+        // A bucket without a cell counts no one.
+        buckets.push((Granularity::Minute, NOW + 3_600_000));
+        let first = view.users_over("shop", &buckets);
+        assert_eq!(first, fresh(&view, &buckets));
+        assert!((first - 23.0).abs() < 1.0, "{first}");
+        assert_eq!(view.users_over("shop", &buckets), first, "asked again");
+
+        // New users, all on partition 0, in minutes where it counted users
+        // already (the last minute has only an event of partition 2).
+        let more = (0..290)
+            .map(|i| Event {
+                id: format!("more{i}"),
+                user_id: Some(format!("new{}", i % 40)),
+                partition: 0,
+                ..event(i)
+            })
+            .collect();
+        count(more, &mut view);
+        let second = view.users_over("shop", &buckets);
+        assert_eq!(second, fresh(&view, &buckets));
+        assert!((second - 63.0).abs() < 1.0, "{second}");
+
+        // A snapshot that holds less than the view did (partition 0 as it
+        // was before the new users): the kept union is not trusted.
+        view.replace(0, partition_0_before);
+        let third = view.users_over("shop", &buckets);
+        assert_eq!(third, fresh(&view, &buckets));
+        assert!((third - 23.0).abs() < 1.0, "{third}");
     }
 
     /// Following commits one at a time ends where building from the final

@@ -306,6 +306,15 @@ pub(super) async fn latencies(
                 format!("{api}/timeseries?{range}&interval=1m"),
             )
         },
+        // The dashboard's cards: every metric, and the period before (which
+        // the summary adds of itself while the rollups still hold it).
+        (
+            "summary_every_metric",
+            "summary, every metric",
+            format!(
+                "{api}/summary?{range}&metrics=users,pageviews,events,sessions,bounce_rate,avg_session_duration,revenue,avg_engaged_time,avg_scroll_depth,filtered"
+            ),
+        ),
         (
             "breakdown_path",
             "breakdown by path",
@@ -432,10 +441,17 @@ fn check_answer(kind: &str, body: &[u8], events: usize) -> anyhow::Result<()> {
     }
     let (total, rows) = if kind.starts_with("timeseries") {
         (&answer["totals"]["events"], &answer["points"])
+    } else if kind.starts_with("summary") {
+        (&answer["metrics"]["events"]["value"], &answer["metrics"])
     } else {
         (&answer["total"], &answer["rows"])
     };
-    let rows = rows.as_array().map_or(0, Vec::len);
+    // Points or rows; for a summary, its figures.
+    let rows = rows
+        .as_array()
+        .map(Vec::len)
+        .or_else(|| rows.as_object().map(serde_json::Map::len))
+        .unwrap_or(0);
     if total.as_u64() != Some(events as u64) || rows == 0 {
         bail!("{kind} counted {total} of {events} events in {rows} rows");
     }

@@ -91,7 +91,7 @@ async fn the_query_benchmark_measures_every_figure() {
     let kinds = report["by_request"]
         .as_object()
         .expect("figures per request");
-    assert_eq!(kinds.len(), 9, "{report}");
+    assert_eq!(kinds.len(), 10, "{report}");
     // The dashboard's list by visitors, the filtered questions, a funnel and
     // a retention table, answered from the event store, beside the rollups'.
     for kind in [

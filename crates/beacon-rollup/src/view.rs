@@ -35,6 +35,10 @@ pub struct Merged {
     pub users_estimate: f64,
     /// When the cell last changed, on the view's clock of changes.
     pub version: u64,
+    /// The last version at which the cell may have lost users (a partition's
+    /// cell dropped by retention or replaced by a snapshot, or the cell made
+    /// anew after it was dropped). At other changes its sketch only grows.
+    pub shrunk: u64,
 }
 
 impl Default for Merged {
@@ -44,6 +48,7 @@ impl Default for Merged {
             users: new_sketch(),
             users_estimate: 0.0,
             version: 0,
+            shrunk: 0,
         }
     }
 }
@@ -55,11 +60,6 @@ pub struct View {
     partitions: Vec<PartitionState>,
     /// Counts changes of cells: each changed cell takes the next value as its version.
     changes: u64,
-    /// Moves on whenever a cell may have lost users (a cell dropped by
-    /// retention, a partition replaced by a snapshot). Between two moves every
-    /// sketch only grows, so a union brought up to date with the cells changed
-    /// since it was taken equals the union taken afresh.
-    era: u64,
     unions: Mutex<Unions>,
 }
 
@@ -75,7 +75,6 @@ struct KeptUnion {
     site: String,
     buckets: Vec<(Granularity, i64)>,
     versions: Vec<u64>,
-    era: u64,
     union: HllUnion,
     estimate: f64,
     used: u64,
@@ -153,7 +152,7 @@ impl View {
         }
         let before = old_counters(state, touched);
         state.apply_figures(delta);
-        self.rebase(partition, before);
+        self.rebase(partition, before, false);
     }
 
     /// Replace `partition`'s whole state (a snapshot).
@@ -170,15 +169,16 @@ impl View {
         *slot = state;
         // A snapshot normally says what the deltas before it did, but nothing
         // here checks that its sketches hold every user the old ones did.
-        self.era += 1;
-        self.rebase(partition, before);
+        self.rebase(partition, before, true);
     }
 
     /// After `partition` changed: take each touched cell's old counters out of
     /// the merged cell and put the new ones in (counters are sums, so the
     /// other partitions need not be read), and union the unique-user
-    /// sketches again (they cannot be taken apart).
-    fn rebase(&mut self, partition: u32, before: Vec<(CellKey, Option<Counters>)>) {
+    /// sketches again (they cannot be taken apart). `replaced`: the
+    /// partition's cells were replaced rather than added to, so they may hold
+    /// fewer users than before.
+    fn rebase(&mut self, partition: u32, before: Vec<(CellKey, Option<Counters>)>, replaced: bool) {
         for (key, old) in before {
             let new = self.partitions[partition as usize].cells.get(&key);
             if old.is_none() && new.is_none() {
@@ -192,17 +192,19 @@ impl View {
                     any = true;
                 }
             }
-            if new.is_none() {
-                // This partition's cell is gone (retention): the union lost its users.
-                self.era += 1;
-            }
             if !any {
                 self.cells.remove(&key);
                 continue;
             }
             self.changes += 1;
+            let created = !self.cells.contains_key(&key);
             let merged = self.cells.entry(key).or_default();
             merged.version = self.changes;
+            // This partition's cell gone (retention) takes its users out of
+            // the union; a cell made again may hold fewer than the one before.
+            if replaced || new.is_none() || created {
+                merged.shrunk = self.changes;
+            }
             if let Some(old) = &old {
                 merged.counters.shift(old, -1);
             }
@@ -276,7 +278,7 @@ impl View {
             let found = unions
                 .kept
                 .iter_mut()
-                .find(|k| k.site == site && k.buckets == buckets && k.era == self.era);
+                .find(|k| k.site == site && k.buckets == buckets);
             match found {
                 Some(k) if k.versions.iter().copied().eq(cells.iter().map(version)) => {
                     k.used = tick;
@@ -290,11 +292,21 @@ impl View {
             site: site.to_owned(),
             buckets: buckets.to_vec(),
             versions: vec![0; buckets.len()],
-            era: self.era,
             union: new_union(),
             estimate: 0.0,
             used: 0,
         });
+        // A tile added before (version not 0) that may have lost users
+        // since, or is gone, cannot be taken out again: then the union is
+        // taken afresh.
+        let lost = cells
+            .iter()
+            .zip(&kept.versions)
+            .any(|(cell, seen)| *seen != 0 && cell.is_none_or(|c| c.shrunk > *seen));
+        if lost {
+            kept.union = new_union();
+            kept.versions.fill(0);
+        }
         for (cell, seen) in cells.iter().zip(kept.versions.iter_mut()) {
             if let Some(cell) = cell
                 && cell.version != *seen
@@ -312,7 +324,7 @@ impl View {
         kept.used = unions.tick;
         unions
             .kept
-            .retain(|k| !(k.site == site && k.buckets == buckets) && k.era == self.era);
+            .retain(|k| !(k.site == site && k.buckets == buckets));
         if unions.kept.len() >= KEPT_UNIONS
             && let Some(oldest) = (0..unions.kept.len()).min_by_key(|&i| unions.kept[i].used)
         {

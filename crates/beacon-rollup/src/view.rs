@@ -91,6 +91,15 @@ pub fn new_union() -> HllUnion {
     HllUnion::new(HLL_LG_K).unwrap_or_else(|_| unreachable!("HLL_LG_K is valid"))
 }
 
+/// The union of `sketches`, as one sketch.
+fn union_of<'a>(sketches: impl IntoIterator<Item = &'a HllSketch>) -> HllSketch {
+    let mut union = new_union();
+    for sketch in sketches {
+        union.update(sketch);
+    }
+    union.to_sketch(HllType::Hll8)
+}
+
 impl View {
     pub fn new(mut partitions: Vec<PartitionState>) -> Self {
         // Remembered sessions serve only the owner's corrections.
@@ -240,11 +249,11 @@ impl View {
 
     /// Estimated distinct users of `site` over the buckets starting in `range`.
     pub fn unique_users(&self, site: &str, granularity: Granularity, range: Range<i64>) -> f64 {
-        let mut union = new_union();
-        for (_, cell) in self.buckets(site, granularity, range) {
-            union.update(&cell.users);
-        }
-        union.to_sketch(HllType::Hll8).estimate()
+        union_of(
+            self.buckets(site, granularity, range)
+                .map(|(_, c)| &c.users),
+        )
+        .estimate()
     }
 
     /// Estimated distinct users of `site` over the given buckets (each at
@@ -264,11 +273,7 @@ impl View {
             .collect();
         let version = |c: &Option<&Merged>| c.map_or(0, |c| c.version);
         if cells.len() < KEPT_UNION_MIN_CELLS {
-            let mut union = new_union();
-            for cell in cells.iter().flatten() {
-                union.update(&cell.users);
-            }
-            return union.to_sketch(HllType::Hll8).estimate();
+            return union_of(cells.iter().flatten().map(|c| &c.users)).estimate();
         }
         // Take the kept union out, if any, and merge outside the lock.
         let kept = {
@@ -429,13 +434,13 @@ mod tests {
             }
         };
         let fresh = |view: &View, buckets: &[(Granularity, i64)]| {
-            let mut union = new_union();
-            for (g, start) in buckets {
-                if let Some((_, cell)) = view.buckets("shop", *g, *start..*start + 1).next() {
-                    union.update(&cell.users);
-                }
-            }
-            union.to_sketch(HllType::Hll8).composite_estimate()
+            union_of(
+                buckets
+                    .iter()
+                    .filter_map(|(g, start)| view.buckets("shop", *g, *start..*start + 1).next())
+                    .map(|(_, cell)| &cell.users),
+            )
+            .composite_estimate()
         };
         count((0..300).map(event).collect(), &mut view);
         let partition_0_before = view.partitions()[0].clone();

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -44,6 +45,13 @@ const STOP_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Names of the aggregators' event readers (ephemeral ordered consumers) start so.
 pub const READER_PREFIX: &str = "beacon-agg-";
+
+/// Event readers this process has opened: each reader's number. Counted per
+/// process, not per owner: an aggregator that takes a partition back starts a
+/// new owner, and its readers must not take the names of the last owner's,
+/// which linger on the server (a name cannot be reused with another start,
+/// and the client's own recreation of a reader would fail on it silently).
+static READERS: AtomicU64 = AtomicU64::new(0);
 
 /// Estimate the state's size at most this often.
 const SIZE_EVERY: Duration = Duration::from_secs(10);
@@ -193,8 +201,6 @@ struct Owner {
     until: Option<u64>,
     /// An event past `until` came: that sequence is not one of this partition's.
     overshot: bool,
-    /// Event readers opened so far (each gets a name of its own).
-    readers: u32,
     /// The event store's writer of this partition, if the store is on.
     segments: Option<Writer>,
 }
@@ -236,7 +242,6 @@ impl Owner {
             seen: HashSet::new(),
             until: None,
             overshot: false,
-            readers: 0,
             segments: None,
         };
         owner.publish_gauges();
@@ -279,7 +284,7 @@ impl Owner {
                 + 1;
             // A reader left behind by a broken connection lingers on the server for
             // a while, and a consumer name cannot be reused with another start.
-            owner.readers += 1;
+            let reader = READERS.fetch_add(1, Ordering::Relaxed) + 1;
             let connected = beacon_nats::connects(&client);
             let messages = async {
                 let consumer = shared
@@ -290,7 +295,7 @@ impl Owner {
                         // read again from another start, under a new name.
                         name: Some(format!(
                             "{READER_PREFIX}{}-g{generation}-p{partition}-{}",
-                            shared.id, owner.readers
+                            shared.id, reader
                         )),
                         filter_subject: filter.clone(),
                         deliver_policy: DeliverPolicy::ByStartSequence {

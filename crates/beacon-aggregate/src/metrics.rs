@@ -7,6 +7,7 @@ pub const SESSION_LATE: &str = "beacon_aggregator_events_session_late_total";
 pub const UNREADABLE: &str = "beacon_aggregator_events_unreadable_total";
 pub const COMMIT_SECONDS: &str = "beacon_aggregator_commit_seconds";
 pub const COMMIT_FAILURES: &str = "beacon_aggregator_commit_failures_total";
+pub const READERS_REOPENED: &str = "beacon_aggregator_readers_reopened_total";
 pub const FENCED: &str = "beacon_aggregator_fenced_total";
 pub const STATE_BYTES: &str = "beacon_aggregator_state_bytes";
 pub const SESSION_BYTES: &str = "beacon_aggregator_session_bytes";

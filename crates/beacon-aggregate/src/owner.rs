@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{
     APPLIED, COMMIT_FAILURES, COMMIT_SECONDS, COMMITTED_SEQ, DROPPED_LATE, FRESHNESS, LAG,
-    SESSION_BYTES, SESSION_LATE, STATE_BYTES, STORE_FLUSH_FAILURES, UNREADABLE,
+    READERS_REOPENED, SESSION_BYTES, SESSION_LATE, STATE_BYTES, STORE_FLUSH_FAILURES, UNREADABLE,
 };
 use crate::segments::{Buckets, WriteError, Writer};
 use crate::settings::AggregatorSettings;
@@ -308,6 +308,7 @@ impl Owner {
                 consumer.messages().await.map_err(StoreError::unavailable)
             }
             .await;
+            let mut silence = beacon_nats::Silence::new(shared.events.clone(), &filter, start - 1);
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
@@ -328,11 +329,20 @@ impl Owner {
                         owner.commit_if_due(&stopping).await?;
                         owner.flush_if_due(&stopping).await?;
                     }
+                    read_through = silence.stalled(), if !full => {
+                        metrics::counter!(READERS_REOPENED).increment(1);
+                        tracing::warn!(partition, read_through, "the event reader went silent with events waiting; opening a new one");
+                        continue 'consume;
+                    }
                     // A restarted server forgot this reader: open a new one now
                     // rather than after the client's missed-heartbeat timeouts.
                     _ = beacon_nats::reconnected(&client, connected) => continue 'consume,
                     next = messages.next(), if !full => match next {
-                        Some(Ok(message)) => owner.apply(&message),
+                        Some(Ok(message)) => {
+                            if let Some(seq) = owner.apply(&message) {
+                                silence.heard(seq);
+                            }
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(partition, error = %e, "event consumer failed; recreating it");
                             continue 'consume;
@@ -361,8 +371,9 @@ impl Owner {
         Ok(())
     }
 
-    fn apply(&mut self, message: &async_nats::jetstream::Message) {
-        let Ok(info) = message.info() else { return };
+    /// Take one message of the reader; returns its stream sequence.
+    fn apply(&mut self, message: &async_nats::jetstream::Message) -> Option<u64> {
+        let info = message.info().ok()?;
         let seq = info.stream_sequence;
         self.lag = info.pending;
         // A consumer recreated by the client before its first delivery starts
@@ -372,11 +383,11 @@ impl Owner {
         let count = seq > self.working.through_seq();
         let store = self.segments.as_ref().is_some_and(|w| seq > w.reached());
         if !count && !store {
-            return;
+            return Some(seq);
         }
         if self.until.is_some_and(|u| seq > u) {
             self.overshot = true;
-            return;
+            return Some(seq);
         }
         match serde_json::from_slice::<Event>(&message.payload) {
             Ok(event)
@@ -408,6 +419,7 @@ impl Owner {
                 }
             }
         }
+        Some(seq)
     }
 
     /// Count one event into the rollups.

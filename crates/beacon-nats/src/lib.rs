@@ -8,6 +8,7 @@ pub mod provision;
 pub mod publish;
 pub mod salts;
 pub mod server;
+pub mod silence;
 
 pub use connect::{
     ConnectError, MIN_SERVER_VERSION, NatsConfig, check_server, connect, connects, reconnected,
@@ -19,3 +20,4 @@ pub use provision::{
 pub use publish::{Outgoing, PublishFailed, Publisher, RejectRecord, RetryPolicy, Stored};
 pub use salts::{SALTS_BUCKET, SaltError, Salts};
 pub use server::{ClusterOptions, LocalServer, ServerError, ServerOptions, find_server_binary};
+pub use silence::{SILENCE, Silence};

@@ -298,7 +298,7 @@ pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) 
     let mut last = 0;
     loop {
         let connected = beacon_nats::connects(&client);
-        let mut messages = match open(&js).await {
+        let (mut messages, mut silence) = match open(&js).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "live feed: cannot read events; retrying");
@@ -314,11 +314,16 @@ pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) 
                 _ = shutdown.wait_for(|s| *s) => return,
                 // A restarted server forgot the feed's consumer: reopen it now.
                 _ = beacon_nats::reconnected(&client, connected) => break,
+                at = silence.stalled() => {
+                    tracing::warn!(seq = at, "live feed went silent with events waiting; reopening");
+                    break;
+                }
             };
             match next {
                 Some(Ok(message)) => {
                     let Ok(info) = message.info() else { continue };
                     let seq = info.stream_sequence;
+                    silence.heard(seq);
                     if seq <= last {
                         continue;
                     }
@@ -334,22 +339,31 @@ pub async fn tail(js: Context, live: Live, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
-/// Events from five minutes back, as they are stored.
+/// Events from five minutes back, as they are stored, and the feed's watch
+/// (which counts the stream's end at opening as brought: what came before the
+/// five minutes never comes).
 async fn open(
     js: &Context,
-) -> Result<async_nats::jetstream::consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>>
-{
+) -> Result<
+    (
+        async_nats::jetstream::consumer::pull::Ordered,
+        beacon_nats::Silence,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
     let start = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(ACTIVE_MS);
-    let consumer = js
-        .get_stream(EVENTS_STREAM)
-        .await?
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    let filter = format!("{EVENTS_PREFIX}.>");
+    let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            filter_subject: filter.clone(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
             ..Default::default()
         })
         .await?;
-    Ok(consumer.messages().await?)
+    let end = stream.cached_info().state.last_sequence;
+    let silence = beacon_nats::Silence::new(stream, filter, end);
+    Ok((consumer.messages().await?, silence))
 }
 
 /// Wait a second; true if shutdown came first.

@@ -1,7 +1,8 @@
 //! Keeping a [`StoreView`] current: the manifests through a watch of the
 //! `BEACON_STORE` bucket, and the tail through an ordered consumer on
 //! `BEACON_EVENTS` from just above the lowest committed sequence. Both feeds
-//! reopen where they were after a reconnect; a bucket not provisioned yet is
+//! reopen where they were after a reconnect or a silence with messages waiting
+//! ([`beacon_nats::Silence`]); a bucket not provisioned yet is
 //! waited for (the tail then holds every event, up to its bound).
 
 use std::time::Duration;
@@ -184,6 +185,8 @@ async fn watch_manifests(
                 continue;
             }
         };
+        let filter = format!("{}>", store.prefix);
+        let mut silence = beacon_nats::Silence::new(store.stream.clone(), filter, revision);
         let mut entries = match store.watch_all_from_revision(revision + 1).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -199,9 +202,14 @@ async fn watch_manifests(
                 e = entries.next() => e,
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
                 _ = beacon_nats::reconnected(&client, connected) => break,
+                at = silence.stalled() => {
+                    tracing::warn!(revision = at, "event store: the manifest watch went silent with changes waiting; reopening");
+                    break;
+                }
             };
             match next {
                 Some(Ok(entry)) => {
+                    silence.heard(entry.revision);
                     if entry.revision <= revision {
                         continue;
                     }
@@ -233,7 +241,7 @@ async fn tail(
     let mut last = view.tail_start(partitions).saturating_sub(1);
     loop {
         let connected = beacon_nats::connects(&client);
-        let mut messages = match open(js, last + 1).await {
+        let (mut messages, mut silence) = match open(js, last + 1).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "event store: cannot read the stream tail; retrying");
@@ -250,16 +258,23 @@ async fn tail(
                     _ = manifests.changed() => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
+                // Not reading is not the reader's silence.
+                silence.heard(last);
             }
             let next = tokio::select! {
                 m = messages.next() => m,
                 _ = shutdown.wait_for(|s| *s) => return,
                 _ = beacon_nats::reconnected(&client, connected) => break,
+                at = silence.stalled() => {
+                    tracing::warn!(seq = at, "event store: the stream tail went silent with events waiting; reopening");
+                    break;
+                }
             };
             match next {
                 Some(Ok(message)) => {
                     let Ok(info) = message.info() else { continue };
                     let seq = info.stream_sequence;
+                    silence.heard(seq);
                     if seq <= last {
                         continue;
                     }
@@ -285,24 +300,30 @@ async fn tail(
 async fn open(
     js: &Context,
     from: u64,
-) -> Result<async_nats::jetstream::consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>>
-{
+) -> Result<
+    (
+        async_nats::jetstream::consumer::pull::Ordered,
+        beacon_nats::Silence,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
     let deliver_policy = match from {
         0 | 1 => DeliverPolicy::All,
         seq => DeliverPolicy::ByStartSequence {
             start_sequence: seq,
         },
     };
-    let consumer = js
-        .get_stream(EVENTS_STREAM)
-        .await?
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    let filter = format!("{EVENTS_PREFIX}.>");
+    let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            filter_subject: filter.clone(),
             deliver_policy,
             ..Default::default()
         })
         .await?;
-    Ok(consumer.messages().await?)
+    let silence = beacon_nats::Silence::new(stream, filter, from.saturating_sub(1));
+    Ok((consumer.messages().await?, silence))
 }
 
 /// Wait a moment; true if shutdown came first.

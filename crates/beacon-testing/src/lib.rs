@@ -146,3 +146,38 @@ pub fn corpus<T: serde::de::DeserializeOwned>(dir: &std::path::Path) -> Vec<(Str
     );
     cases
 }
+
+/// Pause, on the server, every consumer of `stream` whose name starts with
+/// `prefix`, for an hour. The server then stops feeding them while it still
+/// answers their heartbeats: a stalled reader its client cannot tell from an
+/// idle one. Returns the names paused (panics, failing the test, when one
+/// cannot be).
+pub async fn pause_consumers(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+) -> Vec<String> {
+    use futures::TryStreamExt;
+    let names: Vec<String> = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_names()
+        .try_collect()
+        .await
+        .expect("consumer names");
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut paused = Vec::new();
+    for name in names.into_iter().filter(|n| n.starts_with(prefix)) {
+        let answer: serde_json::Value = js
+            .request(
+                format!("CONSUMER.PAUSE.{stream}.{name}"),
+                &serde_json::json!({ "pause_until": until.to_rfc3339() }),
+            )
+            .await
+            .expect("pause request");
+        assert_eq!(answer["paused"], true, "pausing {name}: {answer}");
+        paused.push(name);
+    }
+    paused
+}

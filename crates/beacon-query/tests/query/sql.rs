@@ -934,3 +934,58 @@ async fn with_tables_named_twice_answer_as_written_within_every_limit() {
     assert_eq!(rows[0]["n"], totals.events);
     assert_eq!(rows[0]["pageviews"], totals.by_name["pageview"]);
 }
+
+/// Feeds the server stops while it still answers their heartbeats (paused
+/// here) look idle to the client. The node must notice that the stream and
+/// the manifests hold what its feeds have not brought, and read on: new
+/// events are counted from the tail, and once they are in segments the tail
+/// lets them go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_and_a_manifest_watch_gone_silent_are_reopened() {
+    let (_nats, client, js, mut stored) = data(2_000).await;
+    let node = store_node(&client, QuerySettings::default()).await;
+    let count = "SELECT count(*) AS n FROM events";
+    node.until_count("site-0", count, truth(&stored, "site-0").events)
+        .await;
+
+    let feeds = beacon_testing::pause_consumers(&js, beacon_nats::EVENTS_STREAM, "").await;
+    assert!(
+        feeds.len() >= 2,
+        "the store's tail and the live feed: {feeds:?}"
+    );
+    let watches = beacon_testing::pause_consumers(&js, "KV_BEACON_STORE", "").await;
+    assert!(!watches.is_empty(), "the manifest watch");
+
+    let more = generate(Shape {
+        seed: 12,
+        sites: 2,
+        users: 300,
+        events: 500,
+        days: 1,
+        end_ms: end_ms(),
+        partitions: PARTITIONS,
+    });
+    stored.extend(publish_with_seqs(&js, &more).await);
+    let want = truth(&stored, "site-0");
+    node.until_count("site-0", count, want.events).await;
+
+    let (manifests, segments) = store_buckets(&js).await;
+    for p in 0..PARTITIONS {
+        let mine: Vec<(u64, Event)> = stored
+            .iter()
+            .filter(|(_, e)| e.partition == p)
+            .cloned()
+            .collect();
+        let through = mine.last().map_or(0, |(s, _)| *s);
+        commit_segment(&manifests, &segments, p, &mine, through).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while node.node.store().expect("store").view().tail_rows() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the manifests never reached the node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_truth(&node, "site-0", &want).await;
+}

@@ -9,10 +9,9 @@ use beacon_testing::truth::{Shape, generate, publish};
 
 use super::support::{PARTITIONS, aggregator, settings, setup, view, wait_committed};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_restart_under_idle_owners_counts_nothing_twice() {
-    let mut s = setup().await;
-    let shape = |seed| Shape {
+/// 400 events of 50 users on one site, ending now.
+fn shape(seed: u64) -> Shape {
+    Shape {
         seed,
         sites: 1,
         users: 50,
@@ -20,7 +19,12 @@ async fn a_server_restart_under_idle_owners_counts_nothing_twice() {
         days: 1,
         end_ms: chrono::Utc::now().timestamp_millis(),
         partitions: PARTITIONS,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_under_idle_owners_counts_nothing_twice() {
+    let mut s = setup().await;
     publish(&s.js, &generate(shape(1))).await;
     let first = aggregator(&s.client, settings());
     wait_committed(&s.js, Duration::from_secs(60)).await;
@@ -50,15 +54,6 @@ async fn a_server_restart_under_idle_owners_counts_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_whose_reader_goes_silent_with_events_waiting_reads_them_anyway() {
     let s = setup().await;
-    let shape = |seed| Shape {
-        seed,
-        sites: 1,
-        users: 50,
-        events: 400,
-        days: 1,
-        end_ms: chrono::Utc::now().timestamp_millis(),
-        partitions: PARTITIONS,
-    };
     publish(&s.js, &generate(shape(1))).await;
     let running = aggregator(&s.client, settings());
     wait_committed(&s.js, Duration::from_secs(60)).await;

@@ -233,6 +233,14 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    /// Wait (bounded) until every tail row is in a segment the node knows.
+    async fn until_tail_empty(&self, why: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.node.store().expect("store").view().tail_rows() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "{why}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 struct SiteTruth {
@@ -347,14 +355,7 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
         let through = rest.last().map_or(0, |(s, _)| *s);
         commit_segment(&manifests, &segments, p, &rest, through).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while node.node.store().expect("store").view().tail_rows() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tail never emptied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.until_tail_empty("the tail never emptied").await;
     assert_truth(&node, "site-0", &want).await;
     assert_truth(&node, "site-1", &truth(&stored, "site-1")).await;
 
@@ -969,23 +970,8 @@ async fn a_tail_and_a_manifest_watch_gone_silent_are_reopened() {
     let want = truth(&stored, "site-0");
     node.until_count("site-0", count, want.events).await;
 
-    let (manifests, segments) = store_buckets(&js).await;
-    for p in 0..PARTITIONS {
-        let mine: Vec<(u64, Event)> = stored
-            .iter()
-            .filter(|(_, e)| e.partition == p)
-            .cloned()
-            .collect();
-        let through = mine.last().map_or(0, |(s, _)| *s);
-        commit_segment(&manifests, &segments, p, &mine, through).await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while node.node.store().expect("store").view().tail_rows() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the manifests never reached the node"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    commit_share(&js, &stored, 1.0).await;
+    node.until_tail_empty("the manifests never reached the node")
+        .await;
     assert_truth(&node, "site-0", &want).await;
 }

@@ -118,6 +118,8 @@ pub struct QueryNode {
     max_tail_rows: usize,
     /// The aggregators' session timeout, so SQL cuts sessions as the rollups do.
     session_timeout_ms: i64,
+    /// Breakdowns by visitors per kept day ([`planner::days`]).
+    day_lists: Arc<planner::days::DayLists>,
 }
 
 impl QueryNode {
@@ -144,6 +146,7 @@ impl QueryNode {
             store,
             max_tail_rows: defaults.tail_max_rows,
             session_timeout_ms: 30 * 60 * 1000,
+            day_lists: Arc::new(planner::days::DayLists::new(defaults.breakdown_cache_bytes)),
         }
     }
 
@@ -158,11 +161,21 @@ impl QueryNode {
         self.session_timeout_ms
     }
 
+    pub(crate) fn day_lists(&self) -> &planner::days::DayLists {
+        &self.day_lists
+    }
+
+    /// Bytes of days kept for breakdowns by visitors.
+    pub fn kept_day_bytes(&self) -> usize {
+        self.day_lists.bytes()
+    }
+
     /// The same node with the event store set up as `settings` say (cache
     /// directory and size, SQL limits, tail bound).
     pub fn with_store(mut self, settings: &QuerySettings) -> std::io::Result<Self> {
         self.store = Some(engine(&self.js, settings)?);
         self.max_tail_rows = settings.tail_max_rows;
+        self.day_lists = Arc::new(planner::days::DayLists::new(settings.breakdown_cache_bytes));
         Ok(self)
     }
 
@@ -386,6 +399,9 @@ pub struct QuerySettings {
     /// node stops reading the stream until the writers commit (SQL answers
     /// then lag, and stay exact).
     pub tail_max_rows: usize,
+    /// Memory for the days kept to answer unfiltered breakdowns by visitors
+    /// (per site, dimension and UTC day); 0 keeps none.
+    pub breakdown_cache_bytes: usize,
 }
 
 impl Default for QuerySettings {
@@ -395,6 +411,7 @@ impl Default for QuerySettings {
             segment_cache: beacon_store::CacheSettings::default(),
             sql: beacon_store::SqlLimits::default(),
             tail_max_rows: 2_000_000,
+            breakdown_cache_bytes: 256 << 20,
         }
     }
 }

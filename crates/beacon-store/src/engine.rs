@@ -343,6 +343,35 @@ impl Engine {
         self.bounded(run).await
     }
 
+    /// Run `sql` over `site`'s events and hand each batch of its rows (text
+    /// as plain strings) to `each`, as they come: for callers that fold many
+    /// rows into something small, so no row limit applies; the memory and
+    /// time limits do.
+    pub async fn scan(
+        &self,
+        site: &str,
+        sql: &str,
+        mut each: impl FnMut(&RecordBatch) + Send,
+    ) -> Result<(), SqlError> {
+        self.ready()?;
+        let run = async {
+            let (ctx, _pins) = self.session(site)?;
+            let plan = select(&ctx, sql).await?;
+            let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
+            let mut stream = frame.execute_stream().await.map_err(classify)?;
+            let schema = plain_text(&stream.schema());
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(classify)?;
+                let batch = recast(&batch, &schema).map_err(|e| {
+                    SqlError::new(SqlErrorKind::Invalid, format!("cannot read the rows: {e}"))
+                })?;
+                each(&batch);
+            }
+            Ok(())
+        };
+        self.bounded(run).await
+    }
+
     /// `run`, stopped at the query time limit.
     async fn bounded<T>(
         &self,

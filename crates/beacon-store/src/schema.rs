@@ -100,6 +100,9 @@ fn props_type() -> DataType {
     DataType::Map(Arc::new(entries), false)
 }
 
+/// The event time's column (`ts`) in [`segment_schema`] and [`read_schema`].
+pub(crate) const TS_COLUMN: usize = 2;
+
 /// The Arrow schema of every segment of this format version.
 pub fn segment_schema() -> SchemaRef {
     let mut fields = vec![

@@ -18,7 +18,7 @@ use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::manifest::SegmentMeta;
-use crate::schema::{FORMAT_KEY, SEGMENT_FORMAT_VERSION, segment_schema};
+use crate::schema::{FORMAT_KEY, SEGMENT_FORMAT_VERSION, TS_COLUMN, segment_schema};
 
 /// Rows per Parquet row group: big enough to compress well, small enough that
 /// statistics prune a day's questions to a few groups.
@@ -93,7 +93,9 @@ pub fn encode(
         let seq = batch.column(0).as_primitive::<UInt64Type>();
         meta.first_seq = meta.first_seq.min(min(seq).unwrap_or(u64::MAX));
         meta.last_seq = meta.last_seq.max(max(seq).unwrap_or(0));
-        let ts = batch.column(2).as_primitive::<TimestampMillisecondType>();
+        let ts = batch
+            .column(TS_COLUMN)
+            .as_primitive::<TimestampMillisecondType>();
         meta.min_ts_ms = meta.min_ts_ms.min(min(ts).unwrap_or(i64::MAX));
         meta.max_ts_ms = meta.max_ts_ms.max(max(ts).unwrap_or(i64::MIN));
         meta.sites.extend(

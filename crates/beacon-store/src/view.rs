@@ -10,16 +10,18 @@ use std::sync::{Arc, Mutex};
 use beacon_core::Event;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt64Type};
 use tokio::sync::watch;
 
 use crate::manifest::{Manifest, SegmentMeta};
-use crate::schema::{Rows, StoredEvent, read_schema, recast};
+use crate::schema::{Rows, StoredEvent, TS_COLUMN, read_schema, recast};
 
 /// Rows gathered before they become a record batch of the tail.
 const BATCH_ROWS: usize = 4096;
 /// Batches a partition's tail holds before they are merged into one.
 const MAX_BATCHES: usize = 64;
+/// A UTC day in ms.
+pub const DAY_MS: i64 = 86_400_000;
 
 /// Tail rows of one partition, in stream order.
 #[derive(Debug, Default)]
@@ -265,6 +267,50 @@ impl StoreView {
             snapshot.tail.extend(partition.tail.batches.iter().cloned());
         }
         snapshot
+    }
+
+    /// Per UTC day of `days` (day numbers since the epoch), a mark of what
+    /// the view holds of `site` that day: the names of the segments that may
+    /// hold its rows, and how many tail rows (of any site) fall in it. Rows are
+    /// only ever added to the tail or moved from it into a new segment, and
+    /// segments only replaced by new ones, so an unchanged mark means
+    /// unchanged rows (a changed one may not: compaction moves rows).
+    pub fn day_marks(&self, site: &str, days: std::ops::Range<i64>) -> Vec<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut state = self.lock();
+        let span = |d: i64| (d * DAY_MS, (d + 1) * DAY_MS);
+        let mut tail = vec![0u64; usize::try_from(days.end - days.start).unwrap_or(0)];
+        for partition in state.partitions.values_mut() {
+            partition.tail.flush();
+            for batch in &partition.tail.batches {
+                let ts = batch
+                    .column(TS_COLUMN)
+                    .as_primitive::<TimestampMillisecondType>();
+                for t in ts.values() {
+                    let d = t.div_euclid(DAY_MS);
+                    if days.contains(&d) {
+                        tail[(d - days.start) as usize] += 1;
+                    }
+                }
+            }
+        }
+        days.clone()
+            .zip(tail)
+            .map(|(d, tail_rows)| {
+                let (from, to) = span(d);
+                let mut names: Vec<&str> = state
+                    .partitions
+                    .values()
+                    .filter_map(|p| p.manifest.as_deref())
+                    .flat_map(|m| m.prune(site, from, to))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                names.sort_unstable();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (names, tail_rows).hash(&mut h);
+                h.finish()
+            })
+            .collect()
     }
 
     /// What each partition holds.

@@ -4,6 +4,7 @@
 //! shape either way. Every answer says its `source`, how fresh it is
 //! (`fresh_through`) and the exact `range` it covers.
 
+pub(crate) mod days;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -539,7 +540,16 @@ impl QueryNode {
                 } else {
                     Totals::None
                 };
-                let (per, all) = run(Key::Dim(by.clone()), q.span, totals).await?;
+                let lists = self.day_lists();
+                let (per, all) = if q.filters.is_empty()
+                    && lists.enabled()
+                    && days::answers(by, &q.metrics, *metric, q.span)
+                {
+                    let per = lists.breakdown(engine, &q.site, by, q.span).await?;
+                    (per, Figures::default())
+                } else {
+                    run(Key::Dim(by.clone()), q.span, totals).await?
+                };
                 let all = conversion.then_some(all);
                 let mut rows: Vec<(String, Figures)> = per.into_iter().collect();
                 let rank = |f: &Figures| f.value(*metric, all.as_ref()).as_f64().unwrap_or(0.0);

@@ -1,0 +1,444 @@
+//! Breakdowns by visitors over whole days, kept between questions. The
+//! rollups count events and page views per value, not users, so the
+//! dashboard's lists (ranked by visitors, unfiltered) are event store
+//! questions whose cost grows with the range. Here a node keeps, per site,
+//! dimension and UTC day, each value's events, page views and a sketch of its
+//! users, and answers a range from the kept days plus a scan of only what is
+//! not kept: its partial edge days, and days whose rows changed since (late
+//! events, new or compacted segments; [`StoreView::day_marks`] says which).
+//!
+//! A value's users are a theta sketch: exact up to [`LG_K`]'s 4,096 users,
+//! within about 1.6 % above, like the rollups' unique users are within their
+//! sketch's error. Kept days are bounded in bytes
+//! (`query.breakdown_cache_bytes`), the least recently used going first.
+//!
+//! [`StoreView::day_marks`]: beacon_store::StoreView::day_marks
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use beacon_store::arrow::array::{Array, AsArray, RecordBatch};
+use beacon_store::arrow::datatypes::Int64Type;
+use beacon_store::view::DAY_MS;
+use datasketches::theta::{CompactThetaSketch, ThetaSketch, ThetaSketchBuilder, ThetaUnionBuilder};
+
+use super::Figures;
+use crate::engine::{Metric, Span};
+use crate::error::QueryError;
+use crate::filter::Dim;
+
+/// Log2 of a value's sketch's nominal entries: exact below 4,096 users.
+const LG_K: u8 = 12;
+
+/// Bytes a kept value costs beyond its name and its sketch's entries.
+const VALUE_OVERHEAD: usize = 96;
+
+/// Whether a breakdown can be answered from days: unfiltered (checked by the
+/// caller), by a dimension an event carries, with figures that add up per
+/// day (events, page views) or union (users), over at least two whole days.
+pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) -> bool {
+    let summable = |m: &Metric| {
+        matches!(
+            m,
+            Metric::Events | Metric::Pageviews | Metric::Users | Metric::Visitors
+        )
+    };
+    by.event_sql().is_some()
+        && metrics.iter().all(summable)
+        && summable(&rank)
+        && span.from >= 0
+        && whole_days(span).end - whole_days(span).start >= 2
+}
+
+/// The UTC days wholly inside `span`.
+fn whole_days(span: Span) -> Range<i64> {
+    span.from.div_euclid(DAY_MS) + i64::from(span.from.rem_euclid(DAY_MS) != 0)
+        ..span.to.div_euclid(DAY_MS)
+}
+
+/// One value's figures while rows come in.
+struct Counting {
+    events: i64,
+    pageviews: i64,
+    users: ThetaSketch,
+}
+
+impl Counting {
+    fn new() -> Counting {
+        Counting {
+            events: 0,
+            pageviews: 0,
+            users: ThetaSketchBuilder::default()
+                .lg_k(LG_K)
+                .build()
+                .unwrap_or_else(|_| unreachable!("LG_K is valid")),
+        }
+    }
+}
+
+/// One value's figures of a kept day.
+struct Tally {
+    events: i64,
+    pageviews: i64,
+    users: CompactThetaSketch,
+}
+
+/// A day's values of one dimension.
+struct DayList {
+    values: HashMap<String, Tally>,
+    bytes: usize,
+}
+
+impl DayList {
+    fn of(counted: HashMap<String, Counting>) -> DayList {
+        let mut bytes = 0;
+        let values = counted
+            .into_iter()
+            .map(|(value, c)| {
+                let users = c.users.compact(true);
+                bytes += VALUE_OVERHEAD + value.len() + users.num_retained() * 8;
+                let tally = Tally {
+                    events: c.events,
+                    pageviews: c.pageviews,
+                    users,
+                };
+                (value, tally)
+            })
+            .collect();
+        DayList { values, bytes }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DayKey {
+    site: String,
+    dim: Dim,
+    day: i64,
+}
+
+struct Kept {
+    /// What the view held of the day when it was counted.
+    mark: u64,
+    list: Arc<DayList>,
+    /// Tick of the last use: the smallest goes first.
+    used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    days: HashMap<DayKey, Kept>,
+    bytes: usize,
+    tick: u64,
+}
+
+/// The kept days of one query node.
+pub(crate) struct DayLists {
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for DayLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("DayLists")
+            .field("max_bytes", &self.max_bytes)
+            .field("days", &state.days.len())
+            .field("bytes", &state.bytes)
+            .finish()
+    }
+}
+
+impl DayLists {
+    /// Keep at most `max_bytes` of days; 0 keeps none (and answers nothing).
+    pub fn new(max_bytes: usize) -> DayLists {
+        DayLists {
+            max_bytes,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes kept now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The kept list of a day, if the view still holds what it was counted from.
+    fn get(&self, key: &DayKey, mark: u64) -> Option<Arc<DayList>> {
+        let mut state = self.lock();
+        state.tick += 1;
+        let tick = state.tick;
+        let kept = state.days.get_mut(key).filter(|k| k.mark == mark)?;
+        kept.used = tick;
+        Some(kept.list.clone())
+    }
+
+    fn put(&self, key: DayKey, mark: u64, list: Arc<DayList>) {
+        if list.bytes > self.max_bytes {
+            return;
+        }
+        let mut state = self.lock();
+        state.tick += 1;
+        let used = state.tick;
+        state.bytes += list.bytes;
+        if let Some(old) = state.days.insert(key, Kept { mark, list, used }) {
+            state.bytes -= old.list.bytes;
+        }
+        while state.bytes > self.max_bytes {
+            let Some(oldest) = state
+                .days
+                .iter()
+                .min_by_key(|(_, k)| k.used)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = state.days.remove(&oldest) {
+                state.bytes -= gone.list.bytes;
+            }
+        }
+    }
+
+    /// Per value of `by` in `span`: events, page views and users of `site`'s
+    /// traffic (no bots, no engagement pings), as the planner's breakdown
+    /// counts them.
+    pub(super) async fn breakdown(
+        &self,
+        engine: &beacon_store::Engine,
+        site: &str,
+        by: &Dim,
+        span: Span,
+    ) -> Result<BTreeMap<String, Figures>, QueryError> {
+        let days = whole_days(span);
+        let marks = engine.view().day_marks(site, days.clone());
+        let key = |day: i64| DayKey {
+            site: site.to_owned(),
+            dim: by.clone(),
+            day,
+        };
+        let mut kept = Vec::new();
+        let mut missing = Vec::new();
+        for (day, mark) in days.clone().zip(&marks) {
+            match self.get(&key(day), *mark) {
+                Some(list) => kept.push(list),
+                None => missing.push(day),
+            }
+        }
+        // What to scan: the edges outside whole days, and the missing days,
+        // as few contiguous ranges as they make.
+        let mut scan: Vec<Range<i64>> = Vec::new();
+        let mut add = |r: Range<i64>| {
+            if r.is_empty() {
+                return;
+            }
+            match scan.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => scan.push(r),
+            }
+        };
+        add(span.from..days.start * DAY_MS);
+        for day in &missing {
+            add(day * DAY_MS..(day + 1) * DAY_MS);
+        }
+        add(days.end * DAY_MS..span.to);
+        let mut counted: HashMap<i64, HashMap<String, Counting>> = HashMap::new();
+        let mut edges: HashMap<String, Counting> = HashMap::new();
+        let value = by.event_sql().ok_or_else(|| {
+            QueryError::internal("a breakdown from days needs an event dimension")
+        })?;
+        for range in scan {
+            let sql = format!(
+                "SELECT CAST(arrow_cast(ts, 'Int64') / {DAY_MS} AS BIGINT) AS d, \
+                   CAST({value} AS VARCHAR) AS k, user_key, CAST(count(*) AS BIGINT) AS events, \
+                   CAST(sum(CASE WHEN name = 'pageview' THEN 1 ELSE 0 END) AS BIGINT) AS pageviews \
+                 FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}) \
+                   AND bot IS NULL AND name <> 'engagement' \
+                 GROUP BY 1, 2, 3",
+                range.start, range.end
+            );
+            engine
+                .scan(site, &sql, |batch| {
+                    count_rows(batch, &days, &mut counted, &mut edges);
+                })
+                .await
+                .map_err(|e| super::planner_error(e, &sql))?;
+        }
+        for (day, mark) in days.clone().zip(&marks) {
+            if !missing.contains(&day) {
+                continue;
+            }
+            let list = Arc::new(DayList::of(counted.remove(&day).unwrap_or_default()));
+            self.put(key(day), *mark, list.clone());
+            kept.push(list);
+        }
+        Ok(merge(&kept, edges))
+    }
+}
+
+/// Rows `(d, k, user_key, events, pageviews)` into the day they fall in, or
+/// into `edges` when that day is not whole in the range.
+fn count_rows(
+    batch: &RecordBatch,
+    days: &Range<i64>,
+    counted: &mut HashMap<i64, HashMap<String, Counting>>,
+    edges: &mut HashMap<String, Counting>,
+) {
+    let d = batch.column(0).as_primitive::<Int64Type>();
+    let k = batch.column(1).as_string::<i32>();
+    let user = batch.column(2).as_string::<i32>();
+    let events = batch.column(3).as_primitive::<Int64Type>();
+    let pageviews = batch.column(4).as_primitive::<Int64Type>();
+    for row in 0..batch.num_rows() {
+        let day = d.value(row);
+        let values = if days.contains(&day) {
+            counted.entry(day).or_default()
+        } else {
+            &mut *edges
+        };
+        let value = if k.is_null(row) { "" } else { k.value(row) };
+        let c = match values.get_mut(value) {
+            Some(c) => c,
+            None => values.entry(value.to_owned()).or_insert_with(Counting::new),
+        };
+        c.events += events.value(row);
+        c.pageviews += pageviews.value(row);
+        c.users.update(user.value(row));
+    }
+}
+
+/// The kept days and the scanned edges, per value.
+fn merge(days: &[Arc<DayList>], edges: HashMap<String, Counting>) -> BTreeMap<String, Figures> {
+    let mut sources: HashMap<&str, Vec<&Tally>> = HashMap::new();
+    for list in days {
+        for (value, tally) in &list.values {
+            sources.entry(value.as_str()).or_default().push(tally);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (value, tallies) in &sources {
+        let edge = edges.get(*value);
+        let f = figures(tallies, edge);
+        out.insert((*value).to_owned(), f);
+    }
+    for (value, c) in &edges {
+        if !sources.contains_key(value.as_str()) {
+            out.insert(value.clone(), figures(&[], Some(c)));
+        }
+    }
+    out
+}
+
+/// One value's figures from its days' tallies and its edge rows.
+fn figures(tallies: &[&Tally], edge: Option<&Counting>) -> Figures {
+    let events = tallies.iter().map(|t| t.events).sum::<i64>() + edge.map_or(0, |c| c.events);
+    let pageviews =
+        tallies.iter().map(|t| t.pageviews).sum::<i64>() + edge.map_or(0, |c| c.pageviews);
+    let users = match (tallies, edge) {
+        ([], Some(c)) => c.users.estimate(),
+        ([one], None) => one.users.estimate(),
+        _ => {
+            let mut union = ThetaUnionBuilder::default()
+                .lg_k(LG_K)
+                .build()
+                .unwrap_or_else(|_| unreachable!("LG_K is valid"));
+            for t in tallies {
+                // Sketches of one seed and lg_k always union.
+                let _ = union.update(&t.users);
+            }
+            if let Some(c) = edge {
+                let _ = union.update(c.users.as_view());
+            }
+            union.to_sketch(false).estimate()
+        }
+    };
+    Figures {
+        events,
+        pageviews,
+        users: users.round() as i64,
+        ..Figures::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting(users: &[&str], events: i64) -> Counting {
+        let mut c = Counting::new();
+        for u in users {
+            c.users.update(*u);
+        }
+        c.events = events;
+        c.pageviews = events / 2;
+        c
+    }
+
+    #[test]
+    fn whole_days_are_those_the_span_covers_entirely() {
+        let span = |from, to| Span { from, to };
+        assert_eq!(whole_days(span(0, 3 * DAY_MS)), 0..3);
+        assert_eq!(whole_days(span(1, 3 * DAY_MS - 1)), 1..2);
+        assert_eq!(whole_days(span(DAY_MS - 1, DAY_MS + 1)), 1..1);
+    }
+
+    #[test]
+    fn days_and_edges_add_events_and_union_users() {
+        let day = |users: &[&str], events| {
+            let mut m = HashMap::new();
+            m.insert("/a".to_owned(), counting(users, events));
+            Arc::new(DayList::of(m))
+        };
+        let days = [day(&["u1", "u2"], 4), day(&["u2", "u3"], 6)];
+        let mut edges = HashMap::new();
+        edges.insert("/a".to_owned(), counting(&["u3", "u4"], 2));
+        edges.insert("/b".to_owned(), counting(&["u5"], 1));
+        let out = merge(&days, edges);
+        assert_eq!(out["/a"].events, 12);
+        assert_eq!(out["/a"].pageviews, 2 + 3 + 1);
+        assert_eq!(out["/a"].users, 4);
+        assert_eq!(out["/b"].users, 1);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn the_least_recently_used_day_goes_first() {
+        let list = |n: usize| {
+            let mut m = HashMap::new();
+            for i in 0..n {
+                m.insert(format!("/{i}"), counting(&["u"], 1));
+            }
+            Arc::new(DayList::of(m))
+        };
+        let one = list(1).bytes;
+        let lists = DayLists::new(2 * one);
+        let key = |day| DayKey {
+            site: "s".into(),
+            dim: Dim::Path,
+            day,
+        };
+        lists.put(key(1), 7, list(1));
+        lists.put(key(2), 7, list(1));
+        assert!(lists.get(&key(1), 7).is_some());
+        // A changed mark is a miss.
+        assert!(lists.get(&key(1), 8).is_none());
+        lists.put(key(3), 7, list(1));
+        assert!(
+            lists.get(&key(2), 7).is_none(),
+            "day 2 was used least recently"
+        );
+        assert!(lists.get(&key(1), 7).is_some());
+        assert!(lists.get(&key(3), 7).is_some());
+        assert_eq!(lists.bytes(), 2 * one);
+        // A list larger than the whole budget is not kept.
+        lists.put(key(4), 7, list(3));
+        assert!(lists.get(&key(4), 7).is_none());
+    }
+}

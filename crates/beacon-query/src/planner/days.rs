@@ -31,6 +31,11 @@ use crate::filter::Dim;
 /// Log2 of a value's sketch's nominal entries: exact below 4,096 users.
 const LG_K: u8 = 12;
 
+/// Whole days a breakdown read, by where from: `kept` or `scan`.
+const DAYS: &str = "beacon_query_breakdown_days_total";
+/// Bytes of days kept.
+const KEPT_BYTES: &str = "beacon_query_breakdown_kept_bytes";
+
 /// Bytes a kept value costs beyond its name and its sketch's entries.
 const VALUE_OVERHEAD: usize = 96;
 
@@ -205,6 +210,7 @@ impl DayLists {
                 state.bytes -= gone.list.bytes;
             }
         }
+        metrics::gauge!(KEPT_BYTES).set(state.bytes as f64);
     }
 
     /// Per value of `by` in `span`: events, page views and users of `site`'s
@@ -232,6 +238,8 @@ impl DayLists {
                 None => missing.push(day),
             }
         }
+        metrics::counter!(DAYS, "from" => "kept").increment(kept.len() as u64);
+        metrics::counter!(DAYS, "from" => "scan").increment(missing.len() as u64);
         // What to scan: the edges outside whole days, and the missing days,
         // as few contiguous ranges as they make.
         let mut scan: Vec<Range<i64>> = Vec::new();

@@ -91,11 +91,12 @@ async fn the_query_benchmark_measures_every_figure() {
     let kinds = report["by_request"]
         .as_object()
         .expect("figures per request");
-    assert_eq!(kinds.len(), 10, "{report}");
+    assert_eq!(kinds.len(), 11, "{report}");
     // The dashboard's list by visitors, the filtered questions, a funnel and
     // a retention table, answered from the event store, beside the rollups'.
     for kind in [
         "breakdown_path_by_visitors",
+        "breakdown_path_by_visitors_scanned",
         "summary_two_filters_every_metric",
         "breakdown_property",
         "funnel_three_steps",

@@ -343,10 +343,10 @@ impl Engine {
         self.bounded(run).await
     }
 
-    /// Run `sql` over `site`'s events and hand each batch of its rows (text
-    /// as plain strings) to `each`, as they come: for callers that fold many
-    /// rows into something small, so no row limit applies; the memory and
-    /// time limits do.
+    /// Run `sql` over `site`'s events and hand each batch of its rows to
+    /// `each` as the engine makes it (text may be string views): for callers
+    /// that fold many rows into something small, so no row limit applies;
+    /// the memory and time limits do.
     pub async fn scan(
         &self,
         site: &str,
@@ -359,13 +359,8 @@ impl Engine {
             let plan = select(&ctx, sql).await?;
             let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
             let mut stream = frame.execute_stream().await.map_err(classify)?;
-            let schema = plain_text(&stream.schema());
             while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(classify)?;
-                let batch = recast(&batch, &schema).map_err(|e| {
-                    SqlError::new(SqlErrorKind::Invalid, format!("cannot read the rows: {e}"))
-                })?;
-                each(&batch);
+                each(&batch.map_err(classify)?);
             }
             Ok(())
         };

@@ -18,8 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use beacon_store::arrow::array::{Array, AsArray, RecordBatch};
-use beacon_store::arrow::datatypes::Int64Type;
+use beacon_store::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringViewArray,
+};
+use beacon_store::arrow::datatypes::{DataType, Int64Type};
 use beacon_store::view::DAY_MS;
 use datasketches::theta::{CompactThetaSketch, ThetaSketch, ThetaSketchBuilder, ThetaUnionBuilder};
 
@@ -263,21 +265,28 @@ impl DayLists {
             QueryError::internal("a breakdown from days needs an event dimension")
         })?;
         for range in scan {
+            // Rows, not groups: grouped by day, value and user in SQL, a
+            // month of a busy site outgrew the query's memory limit; streamed,
+            // the engine holds a batch at a time and the sketches stay small.
             let sql = format!(
-                "SELECT CAST(arrow_cast(ts, 'Int64') / {DAY_MS} AS BIGINT) AS d, \
-                   CAST({value} AS VARCHAR) AS k, user_key, CAST(count(*) AS BIGINT) AS events, \
-                   CAST(sum(CASE WHEN name = 'pageview' THEN 1 ELSE 0 END) AS BIGINT) AS pageviews \
+                "SELECT CAST(arrow_cast(ts, 'Int64') / {DAY_MS} AS BIGINT) AS d, {value} AS k, \
+                   user_key, name = 'pageview' AS pageview \
                  FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}) \
-                   AND bot IS NULL AND name <> 'engagement' \
-                 GROUP BY 1, 2, 3",
+                   AND bot IS NULL AND name <> 'engagement'",
                 range.start, range.end
             );
+            let mut failed = None;
             engine
                 .scan(site, &sql, |batch| {
-                    count_rows(batch, &days, &mut counted, &mut edges);
+                    if failed.is_none() {
+                        failed = count_rows(batch, &days, &mut counted, &mut edges).err();
+                    }
                 })
                 .await
                 .map_err(|e| super::planner_error(e, &sql))?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         for (day, mark) in days.clone().zip(&marks) {
             if !missing.contains(&day) {
@@ -291,19 +300,22 @@ impl DayLists {
     }
 }
 
-/// Rows `(d, k, user_key, events, pageviews)` into the day they fall in, or
-/// into `edges` when that day is not whole in the range.
+/// Rows `(d, k, user_key, pageview)` into the day they fall in, or into
+/// `edges` when that day is not whole in the range.
 fn count_rows(
     batch: &RecordBatch,
     days: &Range<i64>,
     counted: &mut HashMap<i64, HashMap<String, Counting>>,
     edges: &mut HashMap<String, Counting>,
-) {
-    let d = batch.column(0).as_primitive::<Int64Type>();
-    let k = batch.column(1).as_string::<i32>();
-    let user = batch.column(2).as_string::<i32>();
-    let events = batch.column(3).as_primitive::<Int64Type>();
-    let pageviews = batch.column(4).as_primitive::<Int64Type>();
+) -> Result<(), QueryError> {
+    let unexpected = || QueryError::internal("a breakdown's rows came in an unexpected shape");
+    let d = batch
+        .column(0)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(unexpected)?;
+    let k = Text::of(batch.column(1)).ok_or_else(unexpected)?;
+    let user = Text::of(batch.column(2)).ok_or_else(unexpected)?;
+    let pageview = batch.column(3).as_boolean_opt().ok_or_else(unexpected)?;
     for row in 0..batch.num_rows() {
         let day = d.value(row);
         let values = if days.contains(&day) {
@@ -311,14 +323,39 @@ fn count_rows(
         } else {
             &mut *edges
         };
-        let value = if k.is_null(row) { "" } else { k.value(row) };
+        let value = k.get(row).unwrap_or("");
         let c = match values.get_mut(value) {
             Some(c) => c,
             None => values.entry(value.to_owned()).or_insert_with(Counting::new),
         };
-        c.events += events.value(row);
-        c.pageviews += pageviews.value(row);
-        c.users.update(user.value(row));
+        c.events += 1;
+        c.pageviews += i64::from(pageview.value(row));
+        c.users.update(user.get(row).unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// A text column as the engine gives it: plain strings or string views.
+enum Text<'a> {
+    Plain(&'a StringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Text<'a> {
+    fn of(column: &'a ArrayRef) -> Option<Text<'a>> {
+        match column.data_type() {
+            DataType::Utf8 => column.as_string_opt().map(Text::Plain),
+            DataType::Utf8View => column.as_string_view_opt().map(Text::View),
+            _ => None,
+        }
+    }
+
+    /// The value of `row`, `None` when null.
+    fn get(&self, row: usize) -> Option<&'a str> {
+        match self {
+            Text::Plain(a) => (!a.is_null(row)).then(|| a.value(row)),
+            Text::View(a) => (!a.is_null(row)).then(|| a.value(row)),
+        }
     }
 }
 

@@ -269,17 +269,17 @@ impl StoreView {
         snapshot
     }
 
-    /// Per UTC day of `days` (day numbers since the epoch), a mark of what
-    /// the view holds of `site` that day: the names of the segments that may
-    /// hold its rows, and how many tail rows (of any site) fall in it. Rows are
-    /// only ever added to the tail or moved from it into a new segment, and
-    /// segments only replaced by new ones, so an unchanged mark means
-    /// unchanged rows (a changed one may not: compaction moves rows).
-    pub fn day_marks(&self, site: &str, days: std::ops::Range<i64>) -> Vec<u64> {
+    /// Per period `[from, to)` (Unix ms) of `periods`, sorted and disjoint,
+    /// a mark of what the view holds of `site` in it: the names of the
+    /// segments that may hold its rows there, and how many tail rows (of any
+    /// site) fall in it. Rows only ever enter the tail or move from it into a
+    /// new segment, and segments are only replaced by new ones, so an
+    /// unchanged mark means unchanged rows (a changed one may not: compaction
+    /// moves rows).
+    pub fn marks(&self, site: &str, periods: &[(i64, i64)]) -> Vec<u64> {
         use std::hash::{Hash, Hasher};
         let mut state = self.lock();
-        let span = |d: i64| (d * DAY_MS, (d + 1) * DAY_MS);
-        let mut tail = vec![0u64; usize::try_from(days.end - days.start).unwrap_or(0)];
+        let mut tail = vec![0u64; periods.len()];
         for partition in state.partitions.values_mut() {
             partition.tail.flush();
             for batch in &partition.tail.batches {
@@ -287,17 +287,17 @@ impl StoreView {
                     .column(TS_COLUMN)
                     .as_primitive::<TimestampMillisecondType>();
                 for t in ts.values() {
-                    let d = t.div_euclid(DAY_MS);
-                    if days.contains(&d) {
-                        tail[(d - days.start) as usize] += 1;
+                    let i = periods.partition_point(|(_, to)| to <= t);
+                    if periods.get(i).is_some_and(|(from, _)| from <= t) {
+                        tail[i] += 1;
                     }
                 }
             }
         }
-        days.clone()
+        periods
+            .iter()
             .zip(tail)
-            .map(|(d, tail_rows)| {
-                let (from, to) = span(d);
+            .map(|(&(from, to), tail_rows)| {
                 let mut names: Vec<&str> = state
                     .partitions
                     .values()

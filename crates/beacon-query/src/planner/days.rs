@@ -5,14 +5,16 @@
 //! dimension and UTC day, each value's events, page views and a sketch of its
 //! users, and answers a range from the kept days plus a scan of only what is
 //! not kept: its partial edge days, and days whose rows changed since (late
-//! events, new or compacted segments; [`StoreView::day_marks`] says which).
+//! events, new or compacted segments; [`StoreView::marks`] says which). The
+//! whole UTC hours around the whole days are kept the same way, so only the
+//! partial hours at a range's edges are scanned every time.
 //!
 //! A value's users are a theta sketch: exact up to [`LG_K`]'s 4,096 users,
 //! within about 1.6 % above, like the rollups' unique users are within their
 //! sketch's error. Kept days are bounded in bytes
 //! (`query.breakdown_cache_bytes`), the least recently used going first.
 //!
-//! [`StoreView::day_marks`]: beacon_store::StoreView::day_marks
+//! [`StoreView::marks`]: beacon_store::StoreView::marks
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -23,6 +25,9 @@ use beacon_store::arrow::array::{
 };
 use beacon_store::arrow::datatypes::{DataType, Int64Type};
 use beacon_store::view::DAY_MS;
+
+/// A UTC hour in ms.
+const HOUR_MS: i64 = 3_600_000;
 use datasketches::theta::{CompactThetaSketch, ThetaSketch, ThetaSketchBuilder, ThetaUnionBuilder};
 
 use super::Figures;
@@ -33,9 +38,9 @@ use crate::filter::Dim;
 /// Log2 of a value's sketch's nominal entries: exact below 4,096 users.
 const LG_K: u8 = 12;
 
-/// Whole days a breakdown read, by where from: `kept` or `scan`.
-const DAYS: &str = "beacon_query_breakdown_days_total";
-/// Bytes of days kept.
+/// Whole days and hours a breakdown read, by where from: `kept` or `scan`.
+const PERIODS: &str = "beacon_query_breakdown_periods_total";
+/// Bytes of days and hours kept.
 const KEPT_BYTES: &str = "beacon_query_breakdown_kept_bytes";
 
 /// Bytes a kept value costs beyond its name and its sketch's entries.
@@ -51,17 +56,31 @@ pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) ->
             Metric::Events | Metric::Pageviews | Metric::Users | Metric::Visitors
         )
     };
+    let days = whole(span, DAY_MS);
     by.event_sql().is_some()
         && metrics.iter().all(summable)
         && summable(&rank)
         && span.from >= 0
-        && whole_days(span).end - whole_days(span).start >= 2
+        && days.end - days.start >= 2
 }
 
-/// The UTC days wholly inside `span`.
-fn whole_days(span: Span) -> Range<i64> {
-    span.from.div_euclid(DAY_MS) + i64::from(span.from.rem_euclid(DAY_MS) != 0)
-        ..span.to.div_euclid(DAY_MS)
+/// The `len`-long UTC periods (by number) wholly inside `span`.
+fn whole(span: Span, len: i64) -> Range<i64> {
+    span.from.div_euclid(len) + i64::from(span.from.rem_euclid(len) != 0)..span.to.div_euclid(len)
+}
+
+/// What `span` is kept as, in time order: its whole UTC days, and the whole
+/// UTC hours around them. Only the partial hours at its edges are left.
+fn tiles(span: Span) -> Vec<Range<i64>> {
+    let days = whole(span, DAY_MS);
+    let hours = whole(span, HOUR_MS);
+    let hour = |h: i64| h * HOUR_MS..(h + 1) * HOUR_MS;
+    let mut tiles: Vec<Range<i64>> = (hours.start..(days.start * 24).max(hours.start))
+        .map(hour)
+        .collect();
+    tiles.extend(days.clone().map(|d| d * DAY_MS..(d + 1) * DAY_MS));
+    tiles.extend(((days.end * 24).min(hours.end)..hours.end).map(hour));
+    tiles
 }
 
 /// One value's figures while rows come in.
@@ -117,11 +136,13 @@ impl DayList {
     }
 }
 
+/// A kept period: a site's dimension over a UTC day or hour (ms).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DayKey {
     site: String,
     dim: Dim,
-    day: i64,
+    start: i64,
+    end: i64,
 }
 
 struct Kept {
@@ -225,25 +246,29 @@ impl DayLists {
         by: &Dim,
         span: Span,
     ) -> Result<BTreeMap<String, Figures>, QueryError> {
-        let days = whole_days(span);
-        let marks = engine.view().day_marks(site, days.clone());
-        let key = |day: i64| DayKey {
+        let tiles = tiles(span);
+        let ranges: Vec<(i64, i64)> = tiles.iter().map(|t| (t.start, t.end)).collect();
+        let marks = engine.view().marks(site, &ranges);
+        let key = |t: &Range<i64>| DayKey {
             site: site.to_owned(),
             dim: by.clone(),
-            day,
+            start: t.start,
+            end: t.end,
         };
         let mut kept = Vec::new();
         let mut missing = Vec::new();
-        for (day, mark) in days.clone().zip(&marks) {
-            match self.get(&key(day), *mark) {
+        for (tile, mark) in tiles.iter().zip(&marks) {
+            match self.get(&key(tile), *mark) {
                 Some(list) => kept.push(list),
-                None => missing.push(day),
+                None => missing.push((tile.clone(), *mark)),
             }
         }
-        metrics::counter!(DAYS, "from" => "kept").increment(kept.len() as u64);
-        metrics::counter!(DAYS, "from" => "scan").increment(missing.len() as u64);
-        // What to scan: the edges outside whole days, and the missing days,
+        metrics::counter!(PERIODS, "from" => "kept").increment(kept.len() as u64);
+        metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
+        // What to scan: the partial hours at the edges and the missing tiles,
         // as few contiguous ranges as they make.
+        let whole =
+            tiles.first().map_or(span.from, |t| t.start)..tiles.last().map_or(span.from, |t| t.end);
         let mut scan: Vec<Range<i64>> = Vec::new();
         let mut add = |r: Range<i64>| {
             if r.is_empty() {
@@ -254,22 +279,27 @@ impl DayLists {
                 _ => scan.push(r),
             }
         };
-        add(span.from..days.start * DAY_MS);
-        for day in &missing {
-            add(day * DAY_MS..(day + 1) * DAY_MS);
+        add(span.from..whole.start);
+        for (tile, _) in &missing {
+            add(tile.clone());
         }
-        add(days.end * DAY_MS..span.to);
-        let mut counted: HashMap<i64, HashMap<String, Counting>> = HashMap::new();
+        add(whole.end..span.to);
+        let starts: HashMap<i64, usize> = tiles
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.start, i))
+            .collect();
+        let mut counted: HashMap<usize, HashMap<String, Counting>> = HashMap::new();
         let mut edges: HashMap<String, Counting> = HashMap::new();
         let value = by.event_sql().ok_or_else(|| {
             QueryError::internal("a breakdown from days needs an event dimension")
         })?;
         for range in scan {
-            // Rows, not groups: grouped by day, value and user in SQL, a
+            // Rows, not groups: grouped by hour, value and user in SQL, a
             // month of a busy site outgrew the query's memory limit; streamed,
             // the engine holds a batch at a time and the sketches stay small.
             let sql = format!(
-                "SELECT CAST(arrow_cast(ts, 'Int64') / {DAY_MS} AS BIGINT) AS d, {value} AS k, \
+                "SELECT CAST(arrow_cast(ts, 'Int64') / {HOUR_MS} AS BIGINT) AS h, {value} AS k, \
                    user_key, name = 'pageview' AS pageview \
                  FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}) \
                    AND bot IS NULL AND name <> 'engagement'",
@@ -279,7 +309,8 @@ impl DayLists {
             engine
                 .scan(site, &sql, |batch| {
                     if failed.is_none() {
-                        failed = count_rows(batch, &days, &mut counted, &mut edges).err();
+                        let into = |hour: i64| tile_of(hour, &whole, &starts);
+                        failed = count_rows(batch, into, &mut counted, &mut edges).err();
                     }
                 })
                 .await
@@ -288,28 +319,41 @@ impl DayLists {
                 return Err(e);
             }
         }
-        for (day, mark) in days.clone().zip(&marks) {
-            if !missing.contains(&day) {
-                continue;
-            }
-            let list = Arc::new(DayList::of(counted.remove(&day).unwrap_or_default()));
-            self.put(key(day), *mark, list.clone());
+        for (tile, mark) in missing {
+            let i = starts.get(&tile.start).copied();
+            let rows = i.and_then(|i| counted.remove(&i)).unwrap_or_default();
+            let list = Arc::new(DayList::of(rows));
+            self.put(key(&tile), mark, list.clone());
             kept.push(list);
         }
         Ok(merge(&kept, edges))
     }
 }
 
-/// Rows `(d, k, user_key, pageview)` into the day they fall in, or into
-/// `edges` when that day is not whole in the range.
+/// The tile (index into the span's tiles) an hour's rows count in: its day
+/// when that day is a tile, else the hour itself when it is one; `None` for
+/// the partial hours at the edges.
+fn tile_of(hour: i64, whole: &Range<i64>, starts: &HashMap<i64, usize>) -> Option<usize> {
+    let at = hour * HOUR_MS;
+    if !whole.contains(&at) {
+        return None;
+    }
+    starts
+        .get(&(hour.div_euclid(24) * DAY_MS))
+        .or_else(|| starts.get(&at))
+        .copied()
+}
+
+/// Rows `(h, k, user_key, pageview)` (`h` the hour since the epoch) into the
+/// tile `into` says, or into `edges` for none.
 fn count_rows(
     batch: &RecordBatch,
-    days: &Range<i64>,
-    counted: &mut HashMap<i64, HashMap<String, Counting>>,
+    into: impl Fn(i64) -> Option<usize>,
+    counted: &mut HashMap<usize, HashMap<String, Counting>>,
     edges: &mut HashMap<String, Counting>,
 ) -> Result<(), QueryError> {
     let unexpected = || QueryError::internal("a breakdown's rows came in an unexpected shape");
-    let d = batch
+    let h = batch
         .column(0)
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(unexpected)?;
@@ -317,11 +361,9 @@ fn count_rows(
     let user = Text::of(batch.column(2)).ok_or_else(unexpected)?;
     let pageview = batch.column(3).as_boolean_opt().ok_or_else(unexpected)?;
     for row in 0..batch.num_rows() {
-        let day = d.value(row);
-        let values = if days.contains(&day) {
-            counted.entry(day).or_default()
-        } else {
-            &mut *edges
+        let values = match into(h.value(row)) {
+            Some(tile) => counted.entry(tile).or_default(),
+            None => &mut *edges,
         };
         let value = k.get(row).unwrap_or("");
         let c = match values.get_mut(value) {
@@ -427,11 +469,36 @@ mod tests {
     }
 
     #[test]
-    fn whole_days_are_those_the_span_covers_entirely() {
+    fn a_span_is_kept_as_whole_days_and_the_whole_hours_around_them() {
         let span = |from, to| Span { from, to };
-        assert_eq!(whole_days(span(0, 3 * DAY_MS)), 0..3);
-        assert_eq!(whole_days(span(1, 3 * DAY_MS - 1)), 1..2);
-        assert_eq!(whole_days(span(DAY_MS - 1, DAY_MS + 1)), 1..1);
+        assert_eq!(whole(span(0, 3 * DAY_MS), DAY_MS), 0..3);
+        assert_eq!(whole(span(1, 3 * DAY_MS - 1), DAY_MS), 1..2);
+        assert_eq!(whole(span(DAY_MS - 1, DAY_MS + 1), DAY_MS), 1..1);
+        let t = tiles(span(DAY_MS - 2 * HOUR_MS - 5, 3 * DAY_MS + HOUR_MS + 5));
+        assert_eq!(
+            t,
+            vec![
+                DAY_MS - 2 * HOUR_MS..DAY_MS - HOUR_MS,
+                DAY_MS - HOUR_MS..DAY_MS,
+                DAY_MS..2 * DAY_MS,
+                2 * DAY_MS..3 * DAY_MS,
+                3 * DAY_MS..3 * DAY_MS + HOUR_MS,
+            ]
+        );
+        assert_eq!(
+            tiles(span(0, 2 * DAY_MS)),
+            vec![0..DAY_MS, DAY_MS..2 * DAY_MS]
+        );
+        let whole_range = t[0].start..t[4].end;
+        let starts: HashMap<i64, usize> = t.iter().enumerate().map(|(i, r)| (r.start, i)).collect();
+        // An hour of a whole day counts in the day; of a kept hour, in it;
+        // a partial hour at an edge, in none.
+        assert_eq!(tile_of(24 + 5, &whole_range, &starts), Some(2));
+        assert_eq!(tile_of(23, &whole_range, &starts), Some(1));
+        assert_eq!(tile_of(22, &whole_range, &starts), Some(0));
+        assert_eq!(tile_of(21, &whole_range, &starts), None);
+        assert_eq!(tile_of(72, &whole_range, &starts), Some(4));
+        assert_eq!(tile_of(73, &whole_range, &starts), None);
     }
 
     #[test]
@@ -464,10 +531,11 @@ mod tests {
         };
         let one = list(1).bytes;
         let lists = DayLists::new(2 * one);
-        let key = |day| DayKey {
+        let key = |day: i64| DayKey {
             site: "s".into(),
             dim: Dim::Path,
-            day,
+            start: day * DAY_MS,
+            end: (day + 1) * DAY_MS,
         };
         lists.put(key(1), 7, list(1));
         lists.put(key(2), 7, list(1));

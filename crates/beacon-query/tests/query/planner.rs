@@ -673,17 +673,19 @@ async fn entry_pages_series_and_conversion_rates_equal_the_truth() {
 
 /// The dashboard's lists (unfiltered, ranked by visitors) come from days the
 /// node keeps: the same rows as the store's SQL gives for the same question
-/// (here forced by a filter every event passes), over whole days and partial
-/// edges, asked twice; and an event arriving late into a kept day is counted.
+/// (here forced by a filter every event passes), over whole days, whole hours
+/// and partial hours at the edges, asked twice; and an event arriving late
+/// into a kept day is counted.
 #[tokio::test]
 async fn lists_by_visitors_from_kept_days_equal_the_stores_sql() {
     let (s, node, all) = ready().await;
     let end = end_ms();
     const DAY: i64 = 86_400_000;
+    // Partial hours at both edges, whole hours, whole days.
     let range = format!(
         "from={}&to={}",
-        rfc3339(end - 3 * DAY + 3_600_000),
-        rfc3339(end)
+        rfc3339(end - 3 * DAY + 77 * 60_000),
+        rfc3339(end - 7 * 60_000)
     );
     let list = |dim: &str| {
         format!(

@@ -1,17 +1,16 @@
-//! Breakdowns by visitors over whole days, kept between questions. The
-//! rollups count events and page views per value, not users, so the
+//! Breakdowns by visitors over whole days and hours, kept between questions.
+//! The rollups count events and page views per value, not users, so the
 //! dashboard's lists (ranked by visitors, unfiltered) are event store
 //! questions whose cost grows with the range. Here a node keeps, per site,
-//! dimension and UTC day, each value's events, page views and a sketch of its
-//! users, and answers a range from the kept days plus a scan of only what is
-//! not kept: its partial edge days, and days whose rows changed since (late
-//! events, new or compacted segments; [`StoreView::marks`] says which). The
-//! whole UTC hours around the whole days are kept the same way, so only the
-//! partial hours at a range's edges are scanned every time.
+//! dimension and UTC day (and whole UTC hour around a range's whole days),
+//! each value's events, page views and a sketch of its users, and answers a
+//! range from the kept periods plus a scan of only what is not kept: the
+//! partial hours at its edges, and periods whose rows changed since (late
+//! events, new or compacted segments; [`StoreView::marks`] says which).
 //!
 //! A value's users are a theta sketch: exact up to [`LG_K`]'s 4,096 users,
 //! within about 1.6 % above, like the rollups' unique users are within their
-//! sketch's error. Kept days are bounded in bytes
+//! sketch's error. Kept periods are bounded in bytes
 //! (`query.breakdown_cache_bytes`), the least recently used going first.
 //!
 //! [`StoreView::marks`]: beacon_store::StoreView::marks
@@ -25,9 +24,6 @@ use beacon_store::arrow::array::{
 };
 use beacon_store::arrow::datatypes::{DataType, Int64Type};
 use beacon_store::view::DAY_MS;
-
-/// A UTC hour in ms.
-const HOUR_MS: i64 = 3_600_000;
 use datasketches::theta::{CompactThetaSketch, ThetaSketch, ThetaSketchBuilder, ThetaUnionBuilder};
 
 use super::Figures;
@@ -37,6 +33,9 @@ use crate::filter::Dim;
 
 /// Log2 of a value's sketch's nominal entries: exact below 4,096 users.
 const LG_K: u8 = 12;
+
+/// A UTC hour in ms.
+const HOUR_MS: i64 = 3_600_000;
 
 /// Whole days and hours a breakdown read, by where from: `kept` or `scan`.
 const PERIODS: &str = "beacon_query_breakdown_periods_total";

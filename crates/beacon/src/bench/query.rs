@@ -190,19 +190,15 @@ async fn measure(args: &QueryArgs, urls: &[String], addr: SocketAddr) -> anyhow:
         args.events, args.users, args.days
     );
     let whole_day = format!("{api}/timeseries?from={from}&to={to}&interval=1h&metrics=events");
-    loop {
-        let (status, body) = get(&http, &whole_day).await?;
-        let counted = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["totals"]["events"].as_u64());
-        if status.is_success() && counted == Some(args.events as u64) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!("the query node did not count the day within 30 minutes (last answer {status})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let counted = |v: &Value| v["totals"]["events"].as_u64() == Some(args.events as u64);
+    until(
+        &http,
+        &whole_day,
+        started,
+        "the query node to count the day",
+        counted,
+    )
+    .await?;
     let queryable_after = started.elapsed().as_secs_f64();
     eprintln!("the query node counts all of them after {queryable_after:.1} s");
     // The node's live feed reads the same events from the stream; time the
@@ -214,40 +210,30 @@ async fn measure(args: &QueryArgs, urls: &[String], addr: SocketAddr) -> anyhow:
         .await?
         .state
         .last_sequence;
-    loop {
-        let (status, body) = get(&http, &format!("{api}/live")).await?;
-        let seen = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["last_seq"].as_u64());
-        if status.is_success() && seen >= Some(last) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!(
-                "the live feed did not reach the stream's end within 30 minutes ({seen:?} of {last})"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let read = |v: &Value| v["last_seq"].as_u64() >= Some(last);
+    until(
+        &http,
+        &format!("{api}/live"),
+        started,
+        "the live feed to reach the stream's end",
+        read,
+    )
+    .await?;
     let live_after = started.elapsed().as_secs_f64();
     eprintln!("its live feed has read them all after {live_after:.1} s");
     // The store's questions read segments, and the stream's tail only above
     // them: time them once the writers have committed every event, as a
     // node serving steady traffic holds at most a flush interval in its tail.
+    let committed = |v: &Value| v["store_lag"].as_u64() == Some(0);
     let status = format!("http://{addr}/api/v1/status");
-    loop {
-        let (code, body) = get(&http, &status).await?;
-        let lag = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["store_lag"].as_u64());
-        if code.is_success() && lag == Some(0) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!("the event store did not commit the day within 30 minutes (store lag {lag:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(
+        &http,
+        &status,
+        started,
+        "the event store to commit the day",
+        committed,
+    )
+    .await?;
     eprintln!(
         "the event store has committed them all after {:.1} s",
         started.elapsed().as_secs_f64()
@@ -285,6 +271,30 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(reqwest::Stat
     let response = http.get(url).bearer_auth(READ_KEY).send().await?;
     let status = response.status();
     Ok((status, response.bytes().await?))
+}
+
+/// Ask `url` every 100 ms until a 2xx JSON answer is `done`; fail if
+/// `waiting_for` has not happened 30 minutes after `started`.
+async fn until(
+    http: &reqwest::Client,
+    url: &str,
+    started: Instant,
+    waiting_for: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<()> {
+    loop {
+        let (status, body) = get(http, url).await?;
+        let answer = serde_json::from_slice::<Value>(&body).ok();
+        if status.is_success() && answer.as_ref().is_some_and(&done) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            let text = String::from_utf8_lossy(&body);
+            let excerpt: String = text.chars().take(300).collect();
+            bail!("waited 30 minutes for {waiting_for}; the last answer was {status}: {excerpt}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Which questions [`latencies`] asks.

@@ -269,14 +269,14 @@ impl StoreView {
         snapshot
     }
 
-    /// Per period `[from, to)` (Unix ms) of `periods`, sorted and disjoint,
+    /// Per period (Unix ms) of `periods`, sorted and disjoint,
     /// a mark of what the view holds of `site` in it: the names of the
     /// segments that may hold its rows there, and how many tail rows (of any
     /// site) fall in it. Rows only ever enter the tail or move from it into a
     /// new segment, and segments are only replaced by new ones, so an
     /// unchanged mark means unchanged rows (a changed one may not: compaction
     /// moves rows).
-    pub fn marks(&self, site: &str, periods: &[(i64, i64)]) -> Vec<u64> {
+    pub fn marks(&self, site: &str, periods: &[std::ops::Range<i64>]) -> Vec<u64> {
         use std::hash::{Hash, Hasher};
         let mut state = self.lock();
         let mut tail = vec![0u64; periods.len()];
@@ -287,8 +287,8 @@ impl StoreView {
                     .column(TS_COLUMN)
                     .as_primitive::<TimestampMillisecondType>();
                 for t in ts.values() {
-                    let i = periods.partition_point(|(_, to)| to <= t);
-                    if periods.get(i).is_some_and(|(from, _)| from <= t) {
+                    let i = periods.partition_point(|p| p.end <= *t);
+                    if periods.get(i).is_some_and(|p| p.contains(t)) {
                         tail[i] += 1;
                     }
                 }
@@ -297,12 +297,12 @@ impl StoreView {
         periods
             .iter()
             .zip(tail)
-            .map(|(&(from, to), tail_rows)| {
+            .map(|(period, tail_rows)| {
                 let mut names: Vec<&str> = state
                     .partitions
                     .values()
                     .filter_map(|p| p.manifest.as_deref())
-                    .flat_map(|m| m.prune(site, from, to))
+                    .flat_map(|m| m.prune(site, period.start, period.end))
                     .map(|s| s.name.as_str())
                     .collect();
                 names.sort_unstable();

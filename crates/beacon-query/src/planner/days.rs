@@ -246,8 +246,7 @@ impl DayLists {
         span: Span,
     ) -> Result<BTreeMap<String, Figures>, QueryError> {
         let tiles = tiles(span);
-        let ranges: Vec<(i64, i64)> = tiles.iter().map(|t| (t.start, t.end)).collect();
-        let marks = engine.view().marks(site, &ranges);
+        let marks = engine.view().marks(site, &tiles);
         let key = |t: &Range<i64>| DayKey {
             site: site.to_owned(),
             dim: by.clone(),
@@ -266,7 +265,7 @@ impl DayLists {
         metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
         // What to scan: the partial hours at the edges and the missing tiles,
         // as few contiguous ranges as they make.
-        let whole =
+        let covered =
             tiles.first().map_or(span.from, |t| t.start)..tiles.last().map_or(span.from, |t| t.end);
         let mut scan: Vec<Range<i64>> = Vec::new();
         let mut add = |r: Range<i64>| {
@@ -278,11 +277,11 @@ impl DayLists {
                 _ => scan.push(r),
             }
         };
-        add(span.from..whole.start);
+        add(span.from..covered.start);
         for (tile, _) in &missing {
             add(tile.clone());
         }
-        add(whole.end..span.to);
+        add(covered.end..span.to);
         let starts: HashMap<i64, usize> = tiles
             .iter()
             .enumerate()
@@ -308,7 +307,7 @@ impl DayLists {
             engine
                 .scan(site, &sql, |batch| {
                     if failed.is_none() {
-                        let into = |hour: i64| tile_of(hour, &whole, &starts);
+                        let into = |hour: i64| tile_of(hour, &covered, &starts);
                         failed = count_rows(batch, into, &mut counted, &mut edges).err();
                     }
                 })
@@ -332,9 +331,9 @@ impl DayLists {
 /// The tile (index into the span's tiles) an hour's rows count in: its day
 /// when that day is a tile, else the hour itself when it is one; `None` for
 /// the partial hours at the edges.
-fn tile_of(hour: i64, whole: &Range<i64>, starts: &HashMap<i64, usize>) -> Option<usize> {
+fn tile_of(hour: i64, covered: &Range<i64>, starts: &HashMap<i64, usize>) -> Option<usize> {
     let at = hour * HOUR_MS;
-    if !whole.contains(&at) {
+    if !covered.contains(&at) {
         return None;
     }
     starts
@@ -488,16 +487,16 @@ mod tests {
             tiles(span(0, 2 * DAY_MS)),
             vec![0..DAY_MS, DAY_MS..2 * DAY_MS]
         );
-        let whole_range = t[0].start..t[4].end;
+        let covered = t[0].start..t[4].end;
         let starts: HashMap<i64, usize> = t.iter().enumerate().map(|(i, r)| (r.start, i)).collect();
         // An hour of a whole day counts in the day; of a kept hour, in it;
         // a partial hour at an edge, in none.
-        assert_eq!(tile_of(24 + 5, &whole_range, &starts), Some(2));
-        assert_eq!(tile_of(23, &whole_range, &starts), Some(1));
-        assert_eq!(tile_of(22, &whole_range, &starts), Some(0));
-        assert_eq!(tile_of(21, &whole_range, &starts), None);
-        assert_eq!(tile_of(72, &whole_range, &starts), Some(4));
-        assert_eq!(tile_of(73, &whole_range, &starts), None);
+        assert_eq!(tile_of(24 + 5, &covered, &starts), Some(2));
+        assert_eq!(tile_of(23, &covered, &starts), Some(1));
+        assert_eq!(tile_of(22, &covered, &starts), Some(0));
+        assert_eq!(tile_of(21, &covered, &starts), None);
+        assert_eq!(tile_of(72, &covered, &starts), Some(4));
+        assert_eq!(tile_of(73, &covered, &starts), None);
     }
 
     #[test]

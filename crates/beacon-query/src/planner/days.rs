@@ -44,10 +44,19 @@ const KEPT_BYTES: &str = "beacon_query_breakdown_kept_bytes";
 
 /// Bytes a kept value costs beyond its name and its sketch's entries.
 const VALUE_OVERHEAD: usize = 96;
+/// Bytes a kept period costs however few values it holds, so even empty
+/// ones count against the bound.
+const PERIOD_OVERHEAD: usize = 256;
+
+/// The longest range answered from kept periods (two years of days); a
+/// longer one is scanned, so a range of centuries never makes a million
+/// periods to look up and keep.
+const MAX_DAYS: i64 = 731;
 
 /// Whether a breakdown can be answered from days: unfiltered (checked by the
 /// caller), by a dimension an event carries, with figures that add up per
-/// day (events, page views) or union (users), over at least two whole days.
+/// day (events, page views) or union (users), over at least two whole days
+/// and at most [`MAX_DAYS`].
 pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) -> bool {
     let summable = |m: &Metric| {
         matches!(
@@ -60,7 +69,7 @@ pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) ->
         && metrics.iter().all(summable)
         && summable(&rank)
         && span.from >= 0
-        && days.end - days.start >= 2
+        && (2..=MAX_DAYS).contains(&(days.end - days.start))
 }
 
 /// The `len`-long UTC periods (by number) wholly inside `span`.
@@ -117,7 +126,7 @@ struct DayList {
 
 impl DayList {
     fn of(counted: HashMap<String, Counting>) -> DayList {
-        let mut bytes = 0;
+        let mut bytes = PERIOD_OVERHEAD;
         let values = counted
             .into_iter()
             .map(|(value, c)| {
@@ -500,6 +509,38 @@ mod tests {
     }
 
     #[test]
+    fn only_ranges_of_two_days_to_two_years_are_kept() {
+        let span = |days: i64| Span {
+            from: 10 * DAY_MS,
+            to: (10 + days) * DAY_MS,
+        };
+        let answers = |span| answers(&Dim::Path, &[Metric::Users], Metric::Users, span);
+        assert!(!answers(span(1)));
+        assert!(answers(span(2)));
+        assert!(answers(span(MAX_DAYS)));
+        assert!(!answers(span(MAX_DAYS + 1)));
+        // Hostile edges: before 1970, to the year 9999, a filter-only dimension.
+        assert!(!answers(Span {
+            from: -DAY_MS,
+            to: 5 * DAY_MS
+        }));
+        assert!(!answers(Span {
+            from: 0,
+            to: 253_402_300_799_999
+        }));
+        assert!(!answers_by(&Dim::Goal));
+        assert!(!answers_by(&Dim::EntryPage));
+    }
+
+    fn answers_by(dim: &Dim) -> bool {
+        let span = Span {
+            from: 0,
+            to: 7 * DAY_MS,
+        };
+        answers(dim, &[Metric::Users], Metric::Users, span)
+    }
+
+    #[test]
     fn days_and_edges_add_events_and_union_users() {
         let day = |users: &[&str], events| {
             let mut m = HashMap::new();
@@ -549,7 +590,16 @@ mod tests {
         assert!(lists.get(&key(3), 7).is_some());
         assert_eq!(lists.bytes(), 2 * one);
         // A list larger than the whole budget is not kept.
-        lists.put(key(4), 7, list(3));
+        lists.put(key(4), 7, list(8));
+        assert!(list(8).bytes > 2 * one);
         assert!(lists.get(&key(4), 7).is_none());
+        // An empty period still costs: a flood of them is bounded too.
+        let empty = Arc::new(DayList::of(HashMap::new()));
+        assert!(empty.bytes > 0);
+        for day in 10..10_000 {
+            lists.put(key(day), 7, empty.clone());
+        }
+        assert!(lists.bytes() <= 2 * one);
+        assert!(lists.lock().days.len() <= 2 * one / empty.bytes);
     }
 }

@@ -233,15 +233,24 @@ impl QueryNode {
             let Some(engine) = &self.store else {
                 return Ok(());
             };
-            beacon_store::follow::follow(
+            let follow = beacon_store::follow::follow(
                 self.js.clone(),
                 engine.view().clone(),
                 self.partitions,
                 self.max_tail_rows,
                 self.shutdown.clone(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("the event store follower stopped: {e}"))
+            );
+            // Fetching ahead ends only at shutdown; the follower's end is the answer.
+            let ahead = async {
+                beacon_store::follow::fetch_ahead(engine.clone(), self.shutdown.clone()).await;
+                std::future::pending().await
+            };
+            tokio::select! {
+                followed = follow => {
+                    followed.map_err(|e| anyhow::anyhow!("the event store follower stopped: {e}"))
+                }
+                never = ahead => never,
+            }
         };
         tokio::try_join!(follower, tail, nats, store).map(drop)
     }

@@ -22,6 +22,9 @@ pub struct CacheSettings {
     pub dir: Option<PathBuf>,
     /// Bytes of segment files kept; the least recently used go first.
     pub max_bytes: u64,
+    /// Fetch newly committed segments before a query asks for them, the
+    /// newest first, into at most half of `max_bytes`.
+    pub fetch_ahead: bool,
 }
 
 impl Default for CacheSettings {
@@ -29,6 +32,7 @@ impl Default for CacheSettings {
         CacheSettings {
             dir: None,
             max_bytes: 2 << 30,
+            fetch_ahead: true,
         }
     }
 }
@@ -66,6 +70,7 @@ struct State {
 struct Inner {
     dir: PathBuf,
     max_bytes: u64,
+    fetch_ahead: bool,
     state: Mutex<State>,
     /// One fetch at a time: two queries needing the same file wait for one copy.
     fetching: tokio::sync::Mutex<()>,
@@ -214,6 +219,7 @@ impl SegmentCache {
         let inner = Inner {
             dir,
             max_bytes: settings.max_bytes,
+            fetch_ahead: settings.fetch_ahead,
             state: Mutex::new(state),
             fetching: tokio::sync::Mutex::new(()),
             _temporary: temporary,
@@ -268,7 +274,7 @@ impl SegmentCache {
                         })?);
                     }
                     if let Some(store) = &store {
-                        self.fetch(store, name).await?;
+                        self.fetch(store, name, 1).await?;
                     }
                 }
             }
@@ -276,6 +282,61 @@ impl SegmentCache {
             paths.push(self.inner.path(name));
         }
         Ok((pinned, paths))
+    }
+
+    /// Fetch the newest of `segments` (by their latest event) that are not
+    /// held yet, as many as fit in half the bound together with the newer
+    /// ones held already; the number fetched (none when `fetch_ahead` is
+    /// off). Queries about the recent past then find their files on disk, and
+    /// fetching ahead never takes more than half of the bound from the files
+    /// queries brought in.
+    pub async fn prefetch<F, Fut>(
+        &self,
+        segments: &[SegmentMeta],
+        bucket: F,
+    ) -> Result<usize, CacheError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<ObjectStore, String>>,
+    {
+        if !self.inner.fetch_ahead {
+            return Ok(0);
+        }
+        let mut newest: Vec<&SegmentMeta> = segments.iter().collect();
+        newest.sort_by_key(|s| std::cmp::Reverse(s.max_ts_ms));
+        let mut room = self.inner.max_bytes / 2;
+        let mut store = None;
+        let mut fetched = 0;
+        for segment in newest {
+            let Some(left) = room.checked_sub(segment.bytes) else {
+                break;
+            };
+            room = left;
+            let name = &segment.name;
+            if self.holds(name) {
+                continue;
+            }
+            let _one = self.inner.fetching.lock().await;
+            if self.holds(name) {
+                continue;
+            }
+            if store.is_none() {
+                store = Some(bucket().await.map_err(|reason| CacheError::Fetch {
+                    name: name.clone(),
+                    reason,
+                })?);
+            }
+            if let Some(store) = &store {
+                self.fetch(store, name, 0).await?;
+                fetched += 1;
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Whether `name` is cached (its place in line untouched).
+    pub fn holds(&self, name: &str) -> bool {
+        self.inner.lock().files.contains_key(name)
     }
 
     /// Pin `name` if cached; whether it was.
@@ -293,8 +354,8 @@ impl SegmentCache {
         }
     }
 
-    /// Copy `name` from the object store into the cache, pinned once.
-    async fn fetch(&self, store: &ObjectStore, name: &str) -> Result<(), CacheError> {
+    /// Copy `name` from the object store into the cache, pinned `pins` times.
+    async fn fetch(&self, store: &ObjectStore, name: &str, pins: usize) -> Result<(), CacheError> {
         let path = self.inner.path(name);
         let part = self
             .inner
@@ -329,14 +390,9 @@ impl SegmentCache {
         state.tick += 1;
         let used = state.tick;
         state.bytes += bytes;
-        state.files.insert(
-            name.to_owned(),
-            Entry {
-                bytes,
-                used,
-                pins: 1,
-            },
-        );
+        state
+            .files
+            .insert(name.to_owned(), Entry { bytes, used, pins });
         self.inner.evict(&mut state);
         Ok(())
     }
@@ -373,6 +429,7 @@ mod tests {
         let settings = CacheSettings {
             dir: Some(dir.path().to_owned()),
             max_bytes: 250,
+            ..CacheSettings::default()
         };
         let cache = SegmentCache::open(&settings).expect("open");
         // The oldest file went to fit 250 bytes; the interrupted fetch is gone.

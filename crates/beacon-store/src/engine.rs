@@ -233,6 +233,15 @@ impl Engine {
         &self.limits
     }
 
+    /// Fetch the newest committed segments into the cache before any query
+    /// asks for them ([`SegmentCache::prefetch`]); the number fetched.
+    pub async fn prefetch(&self) -> Result<usize, CacheError> {
+        let segments = self.view.segments();
+        self.cache
+            .prefetch(&segments, || segment_bucket(self.js.clone()))
+            .await
+    }
+
     /// Whether queries can be answered: the manifests present at start-up are read.
     fn ready(&self) -> Result<(), SqlError> {
         if let Some(reason) = self.view.failure() {
@@ -781,18 +790,9 @@ impl TableProvider for SiteRows {
         }
         let mut inputs = Vec::new();
         if !segments.is_empty() {
-            let js = self.js.clone();
-            let bucket = || {
-                let js = js.clone();
-                async move {
-                    js.get_object_store(SEGMENT_BUCKET)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            };
             let (pinned, paths) = self
                 .cache
-                .pin::<_, _>(&segments, bucket)
+                .pin(&segments, || segment_bucket(self.js.clone()))
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(Fault::from(e))))?;
             self.pins
@@ -815,6 +815,15 @@ impl TableProvider for SiteRows {
         inputs.push(tail.scan(state, projection, filters, limit).await?);
         UnionExec::try_new(inputs)
     }
+}
+
+/// The object store bucket segment files are fetched from.
+async fn segment_bucket(
+    js: Context,
+) -> Result<async_nats::jetstream::object_store::ObjectStore, String> {
+    js.get_object_store(SEGMENT_BUCKET)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `[from, to)` in Unix ms that the conjunctive `filters` allow for `ts`; the

@@ -18,6 +18,7 @@ use beacon_nats::EVENTS_STREAM;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::engine::Engine;
 use crate::manifest::{MANIFEST_BUCKET, Manifest, ManifestError, partition_of_key};
 use crate::view::StoreView;
 
@@ -324,6 +325,31 @@ async fn open(
         .await?;
     let silence = beacon_nats::Silence::new(stream, filter, from.saturating_sub(1));
     Ok((consumer.messages().await?, silence))
+}
+
+/// Keep the newest committed segments in `engine`'s cache
+/// ([`Engine::prefetch`]), looking again after each manifest move (at most
+/// once per [`RETRY`]) until shutdown, so the first question about the recent
+/// past does not wait for its files. A failed fetch is tried again at the
+/// next move; a query fetches whatever it lacks itself.
+pub async fn fetch_ahead(engine: Engine, mut shutdown: watch::Receiver<bool>) {
+    let mut moves = engine.view().subscribe();
+    loop {
+        match engine.prefetch().await {
+            Ok(0) => {}
+            Ok(segments) => tracing::debug!(segments, "segments fetched ahead into the cache"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch segments ahead; queries fetch what they need")
+            }
+        }
+        tokio::select! {
+            moved = moves.changed() => if moved.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if pause(&mut shutdown).await {
+            return;
+        }
+    }
 }
 
 /// Wait a moment; true if shutdown came first.

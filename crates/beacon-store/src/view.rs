@@ -269,6 +269,17 @@ impl StoreView {
         snapshot
     }
 
+    /// Every committed segment of every partition, as of now.
+    pub fn segments(&self) -> Vec<SegmentMeta> {
+        let state = self.lock();
+        state
+            .partitions
+            .values()
+            .filter_map(|p| p.manifest.as_deref())
+            .flat_map(|m| m.segments.iter().cloned())
+            .collect()
+    }
+
     /// Per period (Unix ms) of `periods`, sorted and disjoint,
     /// a mark of what the view holds of `site` in it: the names of the
     /// segments that may hold its rows there, and how many tail rows (of any

@@ -77,6 +77,7 @@ pub async fn run(mut config: Config, args: ExportArgs) -> anyhow::Result<()> {
     let cache = SegmentCache::open(&CacheSettings {
         dir: None,
         max_bytes: config.query.segment_cache.max_bytes,
+        fetch_ahead: false,
     })?;
     let view = StoreView::default();
     let engine = Engine::new(js.clone(), view.clone(), cache, config.query.sql.clone());

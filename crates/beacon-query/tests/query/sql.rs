@@ -79,7 +79,7 @@ async fn commit_segment(
     partition: u32,
     rows: &[(u64, Event)],
     through_seq: u64,
-) {
+) -> Option<beacon_store::manifest::SegmentMeta> {
     let entry = manifests
         .entry(manifest_key(partition))
         .await
@@ -88,6 +88,7 @@ async fn commit_segment(
         Some(e) => (Manifest::decode(&e.value).expect("manifest"), e.revision),
         None => (Manifest::empty(partition), 0),
     };
+    let mut written = None;
     if !rows.is_empty() {
         let mut builder = Rows::new();
         for (seq, event) in rows {
@@ -105,7 +106,8 @@ async fn commit_segment(
             .put(name.as_str(), &mut file.as_ref())
             .await
             .expect("put segment");
-        manifest.segments.push(meta);
+        manifest.segments.push(meta.clone());
+        written = Some(meta);
     }
     manifest.through_seq = through_seq;
     manifest.writer = "test".into();
@@ -120,6 +122,7 @@ async fn commit_segment(
             .await
             .expect("update manifest");
     }
+    written
 }
 
 /// Commit, per partition, the first `share` of its events as two segments.
@@ -401,26 +404,39 @@ async fn sql_equals_the_truth_across_segments_and_tail_as_manifests_move() {
     assert_eq!(rows, want.events as usize);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_question_about_one_day_opens_only_that_days_segments() {
-    let (_nats, client, js, stored) = data(6_000).await;
-    // One segment per partition and day, as compaction by day leaves them.
-    let (manifests, segments) = store_buckets(&js).await;
-    let day_of = |e: &Event| e.ts.timestamp_millis().div_euclid(86_400_000);
+fn day_of(e: &Event) -> i64 {
+    e.ts.timestamp_millis().div_euclid(86_400_000)
+}
+
+/// Commit one segment per partition and day, as compaction by day leaves
+/// them: each one's rows by (partition, day), and what was written.
+async fn commit_by_day(
+    js: &jetstream::Context,
+    stored: &[(u64, Event)],
+) -> (
+    BTreeMap<(u32, i64), Vec<(u64, Event)>>,
+    Vec<beacon_store::manifest::SegmentMeta>,
+) {
+    let (manifests, segments) = store_buckets(js).await;
     let mut per_day: BTreeMap<(u32, i64), Vec<(u64, Event)>> = BTreeMap::new();
-    for (seq, e) in &stored {
+    for (seq, e) in stored {
         per_day
             .entry((e.partition, day_of(e)))
             .or_default()
             .push((*seq, e.clone()));
     }
     // The generator's time only moves forward, so each day is a run of sequences.
+    let mut written = Vec::new();
     for ((p, _), rows) in &per_day {
         let through = rows.last().map_or(0, |(s, _)| *s);
-        commit_segment(&manifests, &segments, *p, rows, through).await;
+        written.extend(commit_segment(&manifests, &segments, *p, rows, through).await);
     }
-    let node = store_node(&client, QuerySettings::default()).await;
-    // Wait (bounded) for the manifests, without a query that would open every segment.
+    (per_day, written)
+}
+
+/// Wait (bounded) for every partition's manifest, without a query that would
+/// open a segment.
+async fn until_manifests_loaded(node: &Node) {
     let view = node.node.store().expect("store").view().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !(view.is_loaded() && view.status().len() == PARTITIONS as usize) {
@@ -430,6 +446,30 @@ async fn a_question_about_one_day_opens_only_that_days_segments() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Query settings with the segment cache as `cache` says.
+fn with_cache(cache: beacon_store::CacheSettings) -> QuerySettings {
+    QuerySettings {
+        segment_cache: cache,
+        ..QuerySettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_about_one_day_opens_only_that_days_segments() {
+    let (_nats, client, js, stored) = data(6_000).await;
+    let (per_day, _) = commit_by_day(&js, &stored).await;
+    // Nothing fetched ahead: the files in the cache are the ones queries opened.
+    let node = store_node(
+        &client,
+        with_cache(beacon_store::CacheSettings {
+            fetch_ahead: false,
+            ..Default::default()
+        }),
+    )
+    .await;
+    until_manifests_loaded(&node).await;
     let day = day_of(&stored[stored.len() / 2].1);
     let (from, to) = (day * 86_400_000, (day + 1) * 86_400_000);
     let want = stored
@@ -455,6 +495,64 @@ async fn a_question_about_one_day_opens_only_that_days_segments() {
         .await;
     assert_eq!(empty[0]["n"], 0);
     assert_eq!(cache.files(), that_day, "no segment was fetched for 2001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_segments_are_fetched_before_any_question_within_half_the_bound() {
+    let (_nats, client, js, stored) = data(6_000).await;
+    let (_, mut written) = commit_by_day(&js, &stored).await;
+    // A bound whose half holds the newest half of the segments, not more.
+    written.sort_by_key(|s| std::cmp::Reverse(s.max_ts_ms));
+    let newest = written.len() / 2;
+    assert!(newest >= 2, "{} segments", written.len());
+    let half: u64 = written[..newest].iter().map(|s| s.bytes).sum();
+    let node = store_node(
+        &client,
+        with_cache(beacon_store::CacheSettings {
+            max_bytes: half * 2,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let cache = node.node.store().expect("store").cache().clone();
+    // No question is asked: the node fetches them as the manifests arrive.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cache.files() < newest {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {newest} segments fetched ahead",
+            cache.files()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrong fetch beyond half the bound the time to happen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cache.files(), newest);
+    assert!(cache.bytes() <= half, "{} bytes of {half}", cache.bytes());
+    let held = |s: &&beacon_store::manifest::SegmentMeta| cache.holds(&s.name);
+    let oldest_held = written.iter().filter(held).map(|s| s.max_ts_ms).min();
+    let newest_left = written
+        .iter()
+        .filter(|s| !cache.holds(&s.name))
+        .map(|s| s.max_ts_ms)
+        .max();
+    assert!(
+        oldest_held >= newest_left,
+        "{oldest_held:?} < {newest_left:?}"
+    );
+    // A question about the last day finds its files there and fetches nothing.
+    let last = stored.last().map(|(_, e)| day_of(e)).expect("events");
+    let (from, to) = (last * 86_400_000, (last + 1) * 86_400_000);
+    let want = stored
+        .iter()
+        .filter(|(_, e)| e.site == "site-0" && (from..to).contains(&e.ts.timestamp_millis()))
+        .count() as i64;
+    let sql = format!(
+        "SELECT count(*) AS n FROM events WHERE ts >= to_timestamp_millis({from}) \
+         AND ts < to_timestamp_millis({to})"
+    );
+    node.until_count("site-0", &sql, want).await;
+    assert_eq!(cache.files(), newest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,6 +824,7 @@ fn tail_engine(
     let cache = beacon_store::SegmentCache::open(&beacon_store::CacheSettings {
         dir: None,
         max_bytes: 1 << 20,
+        fetch_ahead: false,
     })
     .expect("cache");
     beacon_store::Engine::new(js.clone(), view, cache, limits)

@@ -396,6 +396,8 @@ async fn measure(args: &StoreArgs, nats: &BenchNats) -> anyhow::Result<Value> {
     let cache = SegmentCache::open(&CacheSettings {
         dir: None,
         max_bytes: written.bytes * 2,
+        // The first run of each question is the cold one, fetching its files.
+        fetch_ahead: false,
     })?;
     let limits = SqlLimits {
         timeout: Duration::from_secs(600),

@@ -77,18 +77,38 @@ fn whole(span: Span, len: i64) -> Range<i64> {
     span.from.div_euclid(len) + i64::from(span.from.rem_euclid(len) != 0)..span.to.div_euclid(len)
 }
 
-/// What `span` is kept as, in time order: its whole UTC days, and the whole
-/// UTC hours around them. Only the partial hours at its edges are left.
+/// What `span` is kept as, in time order: its whole UTC days, the whole
+/// UTC hours around them, and the partial hours at its edges (kept by their
+/// exact bounds: a range asked again, like a bench's or a shared link's,
+/// finds them too).
 fn tiles(span: Span) -> Vec<Range<i64>> {
     let days = whole(span, DAY_MS);
     let hours = whole(span, HOUR_MS);
     let hour = |h: i64| h * HOUR_MS..(h + 1) * HOUR_MS;
-    let mut tiles: Vec<Range<i64>> = (hours.start..(days.start * 24).max(hours.start))
-        .map(hour)
-        .collect();
+    let mut tiles = Vec::new();
+    tiles.push(span.from..(hours.start * HOUR_MS).min(span.to));
+    tiles.extend((hours.start..(days.start * 24).max(hours.start)).map(hour));
     tiles.extend(days.clone().map(|d| d * DAY_MS..(d + 1) * DAY_MS));
     tiles.extend(((days.end * 24).min(hours.end)..hours.end).map(hour));
+    tiles.push((hours.end * HOUR_MS).max(span.from)..span.to);
+    tiles.retain(|t| !t.is_empty());
     tiles
+}
+
+/// The tiles (indexes) that are whole days: one run, as [`tiles`] makes them.
+fn day_run(tiles: &[Range<i64>]) -> Range<usize> {
+    let is_day = |t: &Range<i64>| t.end - t.start == DAY_MS;
+    let first = tiles.iter().position(is_day).unwrap_or(0);
+    let len = tiles[first..].iter().take_while(|t| is_day(t)).count();
+    first..first + len
+}
+
+/// One mark for a run of periods: any of theirs changing changes it.
+fn joint_mark(marks: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    marks.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// One value's figures while rows come in.
@@ -144,7 +164,49 @@ impl DayList {
     }
 }
 
-/// A kept period: a site's dimension over a UTC day or hour (ms).
+impl DayList {
+    /// Every value of `lists`: events and page views added, users the
+    /// union of their sketches.
+    fn union(lists: &[&DayList]) -> DayList {
+        let mut sources: HashMap<&str, Vec<&Tally>> = HashMap::new();
+        for list in lists {
+            for (value, tally) in &list.values {
+                sources.entry(value.as_str()).or_default().push(tally);
+            }
+        }
+        let mut bytes = PERIOD_OVERHEAD;
+        let values = sources
+            .into_iter()
+            .map(|(value, tallies)| {
+                let users = match tallies.as_slice() {
+                    [one] => one.users.clone(),
+                    _ => {
+                        let mut union = ThetaUnionBuilder::default()
+                            .lg_k(LG_K)
+                            .build()
+                            .unwrap_or_else(|_| unreachable!("LG_K is valid"));
+                        for t in &tallies {
+                            // Sketches of one seed and lg_k always union.
+                            let _ = union.update(&t.users);
+                        }
+                        union.to_sketch(true)
+                    }
+                };
+                bytes += VALUE_OVERHEAD + value.len() + users.num_retained() * 8;
+                let tally = Tally {
+                    events: tallies.iter().map(|t| t.events).sum(),
+                    pageviews: tallies.iter().map(|t| t.pageviews).sum(),
+                    users,
+                };
+                (value.to_owned(), tally)
+            })
+            .collect();
+        DayList { values, bytes }
+    }
+}
+
+/// A kept period: a site's dimension over a UTC day or hour (ms), a partial
+/// hour at a range's edge, or a run of whole days (their union).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DayKey {
     site: String,
@@ -262,51 +324,77 @@ impl DayLists {
             start: t.start,
             end: t.end,
         };
-        let mut kept = Vec::new();
-        let mut missing = Vec::new();
-        for (tile, mark) in tiles.iter().zip(&marks) {
-            match self.get(&key(tile), *mark) {
-                Some(list) => kept.push(list),
-                None => missing.push((tile.clone(), *mark)),
-            }
+        // The whole days are also kept as one union, so an ask whose days
+        // are unchanged merges one sketch per value for them, not one a day.
+        let days = day_run(&tiles);
+        let run = (days.len() >= 2).then(|| {
+            let span = tiles[days.start].start..tiles[days.end - 1].end;
+            (key(&span), joint_mark(&marks[days.clone()]))
+        });
+        let mut union = run.as_ref().and_then(|(k, mark)| self.get(k, *mark));
+        let mut lists: Vec<Option<Arc<DayList>>> = Vec::with_capacity(tiles.len());
+        for (i, (tile, mark)) in tiles.iter().zip(&marks).enumerate() {
+            // Looked up even when the union answers, so the days stay in
+            // line for the day one of them changes.
+            let kept = self.get(&key(tile), *mark);
+            let in_union = union.is_some() && days.contains(&i);
+            lists.push(if in_union { None } else { kept });
         }
-        metrics::counter!(PERIODS, "from" => "kept").increment(kept.len() as u64);
-        metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
-        // What to scan: the partial hours at the edges and the missing tiles,
-        // as few contiguous ranges as they make.
-        let covered =
-            tiles.first().map_or(span.from, |t| t.start)..tiles.last().map_or(span.from, |t| t.end);
-        let mut scan: Vec<Range<i64>> = Vec::new();
-        let mut add = |r: Range<i64>| {
-            if r.is_empty() {
-                return;
-            }
-            match scan.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => scan.push(r),
-            }
-        };
-        add(span.from..covered.start);
-        for (tile, _) in &missing {
-            add(tile.clone());
-        }
-        add(covered.end..span.to);
-        let starts: HashMap<i64, usize> = tiles
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.start, i))
+        let missing: Vec<usize> = (0..tiles.len())
+            .filter(|i| lists[*i].is_none() && !(union.is_some() && days.contains(i)))
             .collect();
-        let mut counted: HashMap<usize, HashMap<String, Counting>> = HashMap::new();
-        let mut edges: HashMap<String, Counting> = HashMap::new();
+        metrics::counter!(PERIODS, "from" => "kept")
+            .increment((tiles.len() - missing.len()) as u64);
+        metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
+        let mut counted = self.count(engine, site, by, &tiles, &missing).await?;
+        for i in missing {
+            let list = Arc::new(DayList::of(counted.remove(&i).unwrap_or_default()));
+            self.put(key(&tiles[i]), marks[i], list.clone());
+            lists[i] = Some(list);
+        }
+        if let (None, Some((run_key, mark))) = (&union, run) {
+            let each: Vec<&DayList> = lists[days.clone()].iter().flatten().map(|l| &**l).collect();
+            let joined = Arc::new(DayList::union(&each));
+            self.put(run_key, mark, joined.clone());
+            union = Some(joined);
+        }
+        let mut parts: Vec<&DayList> = Vec::with_capacity(lists.len() + 1);
+        parts.extend(union.as_deref());
+        for (i, list) in lists.iter().enumerate() {
+            if union.is_none() || !days.contains(&i) {
+                parts.extend(list.as_deref());
+            }
+        }
+        Ok(figures(&DayList::union(&parts)))
+    }
+
+    /// The rows of `tiles[missing]`, per tile and value, scanned in as few
+    /// contiguous ranges as they make.
+    async fn count(
+        &self,
+        engine: &beacon_store::Engine,
+        site: &str,
+        by: &Dim,
+        tiles: &[Range<i64>],
+        missing: &[usize],
+    ) -> Result<HashMap<usize, HashMap<String, Counting>>, QueryError> {
+        let mut scan: Vec<Range<i64>> = Vec::new();
+        for tile in missing.iter().map(|i| &tiles[*i]) {
+            match scan.last_mut() {
+                Some(last) if last.end == tile.start => last.end = tile.end,
+                _ => scan.push(tile.clone()),
+            }
+        }
         let value = by.event_sql().ok_or_else(|| {
             QueryError::internal("a breakdown from days needs an event dimension")
         })?;
+        let mut counted = HashMap::new();
         for range in scan {
             // Rows, not groups: grouped by hour, value and user in SQL, a
             // month of a busy site outgrew the query's memory limit; streamed,
             // the engine holds a batch at a time and the sketches stay small.
             let sql = format!(
-                "SELECT CAST(arrow_cast(ts, 'Int64') / {HOUR_MS} AS BIGINT) AS h, {value} AS k, \
+                "SELECT CAST(arrow_cast(ts, 'Int64') AS BIGINT) AS t, {value} AS k, \
                    user_key, name = 'pageview' AS pageview \
                  FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}) \
                    AND bot IS NULL AND name <> 'engagement'",
@@ -316,8 +404,7 @@ impl DayLists {
             engine
                 .scan(site, &sql, |batch| {
                     if failed.is_none() {
-                        let into = |hour: i64| tile_of(hour, &covered, &starts);
-                        failed = count_rows(batch, into, &mut counted, &mut edges).err();
+                        failed = count_rows(batch, tiles, &mut counted).err();
                     }
                 })
                 .await
@@ -326,52 +413,36 @@ impl DayLists {
                 return Err(e);
             }
         }
-        for (tile, mark) in missing {
-            let i = starts.get(&tile.start).copied();
-            let rows = i.and_then(|i| counted.remove(&i)).unwrap_or_default();
-            let list = Arc::new(DayList::of(rows));
-            self.put(key(&tile), mark, list.clone());
-            kept.push(list);
-        }
-        Ok(merge(&kept, edges))
+        Ok(counted)
     }
 }
 
-/// The tile (index into the span's tiles) an hour's rows count in: its day
-/// when that day is a tile, else the hour itself when it is one; `None` for
-/// the partial hours at the edges.
-fn tile_of(hour: i64, covered: &Range<i64>, starts: &HashMap<i64, usize>) -> Option<usize> {
-    let at = hour * HOUR_MS;
-    if !covered.contains(&at) {
-        return None;
-    }
-    starts
-        .get(&(hour.div_euclid(24) * DAY_MS))
-        .or_else(|| starts.get(&at))
-        .copied()
-}
-
-/// Rows `(h, k, user_key, pageview)` (`h` the hour since the epoch) into the
-/// tile `into` says, or into `edges` for none.
+/// Rows `(t, k, user_key, pageview)` (`t` the event time in Unix ms) into
+/// the tile of `tiles` (sorted, disjoint) holding `t`, by index.
 fn count_rows(
     batch: &RecordBatch,
-    into: impl Fn(i64) -> Option<usize>,
+    tiles: &[Range<i64>],
     counted: &mut HashMap<usize, HashMap<String, Counting>>,
-    edges: &mut HashMap<String, Counting>,
 ) -> Result<(), QueryError> {
     let unexpected = || QueryError::internal("a breakdown's rows came in an unexpected shape");
-    let h = batch
+    let t = batch
         .column(0)
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(unexpected)?;
     let k = Text::of(batch.column(1)).ok_or_else(unexpected)?;
     let user = Text::of(batch.column(2)).ok_or_else(unexpected)?;
     let pageview = batch.column(3).as_boolean_opt().ok_or_else(unexpected)?;
+    let mut at = 0;
     for row in 0..batch.num_rows() {
-        let values = match into(h.value(row)) {
-            Some(tile) => counted.entry(tile).or_default(),
-            None => &mut *edges,
-        };
+        let ts = t.value(row);
+        // Rows mostly come in time order: try the last row's tile first.
+        if !tiles.get(at).is_some_and(|tile| tile.contains(&ts)) {
+            at = tiles.partition_point(|tile| tile.end <= ts);
+            if !tiles.get(at).is_some_and(|tile| tile.contains(&ts)) {
+                continue;
+            }
+        }
+        let values = counted.entry(at).or_default();
         let value = k.get(row).unwrap_or("");
         let c = match values.get_mut(value) {
             Some(c) => c,
@@ -408,62 +479,26 @@ impl<'a> Text<'a> {
     }
 }
 
-/// The kept days and the scanned edges, per value.
-fn merge(days: &[Arc<DayList>], edges: HashMap<String, Counting>) -> BTreeMap<String, Figures> {
-    let mut sources: HashMap<&str, Vec<&Tally>> = HashMap::new();
-    for list in days {
-        for (value, tally) in &list.values {
-            sources.entry(value.as_str()).or_default().push(tally);
-        }
-    }
-    let mut out = BTreeMap::new();
-    for (value, tallies) in &sources {
-        let edge = edges.get(*value);
-        let f = figures(tallies, edge);
-        out.insert((*value).to_owned(), f);
-    }
-    for (value, c) in &edges {
-        if !sources.contains_key(value.as_str()) {
-            out.insert(value.clone(), figures(&[], Some(c)));
-        }
-    }
-    out
-}
-
-/// One value's figures from its days' tallies and its edge rows.
-fn figures(tallies: &[&Tally], edge: Option<&Counting>) -> Figures {
-    let events = tallies.iter().map(|t| t.events).sum::<i64>() + edge.map_or(0, |c| c.events);
-    let pageviews =
-        tallies.iter().map(|t| t.pageviews).sum::<i64>() + edge.map_or(0, |c| c.pageviews);
-    let users = match (tallies, edge) {
-        ([], Some(c)) => c.users.estimate(),
-        ([one], None) => one.users.estimate(),
-        _ => {
-            let mut union = ThetaUnionBuilder::default()
-                .lg_k(LG_K)
-                .build()
-                .unwrap_or_else(|_| unreachable!("LG_K is valid"));
-            for t in tallies {
-                // Sketches of one seed and lg_k always union.
-                let _ = union.update(&t.users);
-            }
-            if let Some(c) = edge {
-                let _ = union.update(c.users.as_view());
-            }
-            union.to_sketch(false).estimate()
-        }
-    };
-    Figures {
-        events,
-        pageviews,
-        users: users.round() as i64,
-        ..Figures::default()
-    }
+/// Each value's figures of a merged list.
+fn figures(list: &DayList) -> BTreeMap<String, Figures> {
+    list.values
+        .iter()
+        .map(|(value, t)| {
+            let f = Figures {
+                events: t.events,
+                pageviews: t.pageviews,
+                users: t.users.estimate().round() as i64,
+                ..Figures::default()
+            };
+            (value.clone(), f)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use beacon_store::arrow::array::{BooleanArray, Int64Array};
 
     fn counting(users: &[&str], events: i64) -> Counting {
         let mut c = Counting::new();
@@ -481,31 +516,75 @@ mod tests {
         assert_eq!(whole(span(0, 3 * DAY_MS), DAY_MS), 0..3);
         assert_eq!(whole(span(1, 3 * DAY_MS - 1), DAY_MS), 1..2);
         assert_eq!(whole(span(DAY_MS - 1, DAY_MS + 1), DAY_MS), 1..1);
-        let t = tiles(span(DAY_MS - 2 * HOUR_MS - 5, 3 * DAY_MS + HOUR_MS + 5));
+        let (from, to) = (DAY_MS - 2 * HOUR_MS - 5, 3 * DAY_MS + HOUR_MS + 5);
+        let t = tiles(span(from, to));
         assert_eq!(
             t,
             vec![
+                from..DAY_MS - 2 * HOUR_MS,
                 DAY_MS - 2 * HOUR_MS..DAY_MS - HOUR_MS,
                 DAY_MS - HOUR_MS..DAY_MS,
                 DAY_MS..2 * DAY_MS,
                 2 * DAY_MS..3 * DAY_MS,
                 3 * DAY_MS..3 * DAY_MS + HOUR_MS,
+                3 * DAY_MS + HOUR_MS..to,
             ]
         );
+        assert_eq!(day_run(&t), 3..5);
         assert_eq!(
             tiles(span(0, 2 * DAY_MS)),
             vec![0..DAY_MS, DAY_MS..2 * DAY_MS]
         );
-        let covered = t[0].start..t[4].end;
-        let starts: HashMap<i64, usize> = t.iter().enumerate().map(|(i, r)| (r.start, i)).collect();
-        // An hour of a whole day counts in the day; of a kept hour, in it;
-        // a partial hour at an edge, in none.
-        assert_eq!(tile_of(24 + 5, &covered, &starts), Some(2));
-        assert_eq!(tile_of(23, &covered, &starts), Some(1));
-        assert_eq!(tile_of(22, &covered, &starts), Some(0));
-        assert_eq!(tile_of(21, &covered, &starts), None);
-        assert_eq!(tile_of(72, &covered, &starts), Some(4));
-        assert_eq!(tile_of(73, &covered, &starts), None);
+        assert_eq!(day_run(&tiles(span(0, 2 * DAY_MS))), 0..2);
+        // Rows count in the tile holding their time, in any order; rows
+        // outside every tile in none.
+        let rows = [
+            (from, "/a"),
+            (2 * DAY_MS + 5, "/a"),
+            (DAY_MS - HOUR_MS - 1, "/b"),
+            (DAY_MS + 1, "/a"),
+            (from - 1, "/a"),
+            (to - 1, "/b"),
+            (to, "/b"),
+        ];
+        let batch = RecordBatch::try_from_iter([
+            (
+                "t",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            ),
+            (
+                "k",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "user_key",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "u"))),
+            ),
+            (
+                "pageview",
+                Arc::new(BooleanArray::from(vec![true; rows.len()])),
+            ),
+        ])
+        .expect("batch");
+        let mut counted = HashMap::new();
+        count_rows(&batch, &t, &mut counted).expect("counted");
+        let events = |tile: usize, value: &str| {
+            counted
+                .get(&tile)
+                .and_then(|v| v.get(value))
+                .map(|c| c.events)
+        };
+        assert_eq!(events(0, "/a"), Some(1));
+        assert_eq!(events(1, "/b"), Some(1));
+        assert_eq!(events(3, "/a"), Some(1));
+        assert_eq!(events(4, "/a"), Some(1));
+        assert_eq!(events(6, "/b"), Some(1));
+        let all: i64 = counted
+            .values()
+            .flat_map(|v| v.values())
+            .map(|c| c.events)
+            .sum();
+        assert_eq!(all, 5, "two rows fall outside the span");
     }
 
     #[test]
@@ -541,22 +620,32 @@ mod tests {
     }
 
     #[test]
-    fn days_and_edges_add_events_and_union_users() {
-        let day = |users: &[&str], events| {
-            let mut m = HashMap::new();
-            m.insert("/a".to_owned(), counting(users, events));
-            Arc::new(DayList::of(m))
+    fn periods_add_events_and_union_users() {
+        let list = |values: &[(&str, &[&str], i64)]| {
+            let counted = values
+                .iter()
+                .map(|(value, users, events)| (value.to_string(), counting(users, *events)))
+                .collect();
+            DayList::of(counted)
         };
-        let days = [day(&["u1", "u2"], 4), day(&["u2", "u3"], 6)];
-        let mut edges = HashMap::new();
-        edges.insert("/a".to_owned(), counting(&["u3", "u4"], 2));
-        edges.insert("/b".to_owned(), counting(&["u5"], 1));
-        let out = merge(&days, edges);
-        assert_eq!(out["/a"].events, 12);
-        assert_eq!(out["/a"].pageviews, 2 + 3 + 1);
-        assert_eq!(out["/a"].users, 4);
-        assert_eq!(out["/b"].users, 1);
-        assert_eq!(out.len(), 2);
+        let days = [
+            list(&[("/a", &["u1", "u2"], 4)]),
+            list(&[("/a", &["u2", "u3"], 6)]),
+        ];
+        let edge = list(&[("/a", &["u3", "u4"], 2), ("/b", &["u5"], 1)]);
+        let run = DayList::union(&[&days[0], &days[1]]);
+        // The run of days kept as one union answers as its days do.
+        for parts in [vec![&days[0], &days[1], &edge], vec![&run, &edge]] {
+            let out = figures(&DayList::union(&parts));
+            assert_eq!(out["/a"].events, 12);
+            assert_eq!(out["/a"].pageviews, 2 + 3 + 1);
+            assert_eq!(out["/a"].users, 4);
+            assert_eq!(out["/b"].users, 1);
+            assert_eq!(out.len(), 2);
+        }
+        assert_eq!(figures(&run)["/a"].users, 3);
+        assert!(run.bytes >= PERIOD_OVERHEAD + VALUE_OVERHEAD + 3 * 8);
+        assert_ne!(joint_mark(&[1, 2]), joint_mark(&[1, 3]));
     }
 
     #[test]

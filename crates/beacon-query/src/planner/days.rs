@@ -316,8 +316,10 @@ impl DayLists {
         by: &Dim,
         span: Span,
     ) -> Result<BTreeMap<String, Figures>, QueryError> {
+        let started = std::time::Instant::now();
         let tiles = tiles(span);
         let marks = engine.view().marks(site, &tiles);
+        let marked = started.elapsed();
         let key = |t: &Range<i64>| DayKey {
             site: site.to_owned(),
             dim: by.clone(),
@@ -343,10 +345,12 @@ impl DayLists {
         let missing: Vec<usize> = (0..tiles.len())
             .filter(|i| lists[*i].is_none() && !(union.is_some() && days.contains(i)))
             .collect();
+        let (missing_count, union_kept) = (missing.len(), union.is_some());
         metrics::counter!(PERIODS, "from" => "kept")
             .increment((tiles.len() - missing.len()) as u64);
         metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
         let mut counted = self.count(engine, site, by, &tiles, &missing).await?;
+        let scanned = started.elapsed();
         for i in missing {
             let list = Arc::new(DayList::of(counted.remove(&i).unwrap_or_default()));
             self.put(key(&tiles[i]), marks[i], list.clone());
@@ -365,7 +369,19 @@ impl DayLists {
                 parts.extend(list.as_deref());
             }
         }
-        Ok(figures(&DayList::union(&parts)))
+        let answer = figures(&DayList::union(&parts));
+        tracing::debug!(
+            site,
+            dimension = ?by,
+            tiles = tiles.len(),
+            counted = missing_count,
+            union_kept,
+            marks_ms = marked.as_secs_f64() * 1e3,
+            scan_ms = (scanned - marked).as_secs_f64() * 1e3,
+            merge_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
+            "breakdown from kept periods"
+        );
+        Ok(answer)
     }
 
     /// The rows of `tiles[missing]`, per tile and value, scanned in as few

@@ -36,6 +36,10 @@ const LG_K: u8 = 12;
 
 /// A UTC hour in ms.
 const HOUR_MS: i64 = 3_600_000;
+/// A UTC minute in ms.
+const MINUTE_MS: i64 = 60_000;
+/// Periods ending this close to now are kept by the minute ([`tiles`]).
+const RECENT_MS: i64 = 2 * HOUR_MS;
 
 /// Whole days and hours a breakdown read, by where from: `kept` or `scan`.
 const PERIODS: &str = "beacon_query_breakdown_periods_total";
@@ -80,8 +84,11 @@ fn whole(span: Span, len: i64) -> Range<i64> {
 /// What `span` is kept as, in time order: its whole UTC days, the whole
 /// UTC hours around them, and the partial hours at its edges (kept by their
 /// exact bounds: a range asked again, like a bench's or a shared link's,
-/// finds them too).
-fn tiles(span: Span) -> Vec<Range<i64>> {
+/// finds them too). Whatever ends within [`RECENT_MS`] of `now` is kept by
+/// the UTC minute instead: new events and commits change only the minutes
+/// they fall in, so under steady traffic an ask counts a minute again, not
+/// the current hour or day.
+fn tiles(span: Span, now: i64) -> Vec<Range<i64>> {
     let days = whole(span, DAY_MS);
     let hours = whole(span, HOUR_MS);
     let hour = |h: i64| h * HOUR_MS..(h + 1) * HOUR_MS;
@@ -92,7 +99,34 @@ fn tiles(span: Span) -> Vec<Range<i64>> {
     tiles.extend(((days.end * 24).min(hours.end)..hours.end).map(hour));
     tiles.push((hours.end * HOUR_MS).max(span.from)..span.to);
     tiles.retain(|t| !t.is_empty());
-    tiles
+    tiles.into_iter().flat_map(|t| recent(t, now)).collect()
+}
+
+/// `tile` as it is kept: whole, or by the hour and then the minute where it
+/// ends within [`RECENT_MS`] of `now`.
+fn recent(tile: Range<i64>, now: i64) -> Vec<Range<i64>> {
+    if tile.end <= now.saturating_sub(RECENT_MS) {
+        vec![tile]
+    } else if tile.end - tile.start > HOUR_MS {
+        cut(tile, HOUR_MS)
+            .into_iter()
+            .flat_map(|h| recent(h, now))
+            .collect()
+    } else {
+        cut(tile, MINUTE_MS)
+    }
+}
+
+/// `range` cut at every multiple of `len` inside it.
+fn cut(range: Range<i64>, len: i64) -> Vec<Range<i64>> {
+    let mut out = Vec::new();
+    let mut start = range.start;
+    while start < range.end {
+        let end = ((start.div_euclid(len) + 1) * len).min(range.end);
+        out.push(start..end);
+        start = end;
+    }
+    out
 }
 
 /// The tiles (indexes) that are whole days: one run, as [`tiles`] makes them.
@@ -315,9 +349,10 @@ impl DayLists {
         site: &str,
         by: &Dim,
         span: Span,
+        now: i64,
     ) -> Result<BTreeMap<String, Figures>, QueryError> {
         let started = std::time::Instant::now();
-        let tiles = tiles(span);
+        let tiles = tiles(span, now);
         let marks = engine.view().marks(site, &tiles);
         let marked = started.elapsed();
         let key = |t: &Range<i64>| DayKey {
@@ -533,7 +568,8 @@ mod tests {
         assert_eq!(whole(span(1, 3 * DAY_MS - 1), DAY_MS), 1..2);
         assert_eq!(whole(span(DAY_MS - 1, DAY_MS + 1), DAY_MS), 1..1);
         let (from, to) = (DAY_MS - 2 * HOUR_MS - 5, 3 * DAY_MS + HOUR_MS + 5);
-        let t = tiles(span(from, to));
+        let long_ago = 10 * DAY_MS;
+        let t = tiles(span(from, to), long_ago);
         assert_eq!(
             t,
             vec![
@@ -548,10 +584,29 @@ mod tests {
         );
         assert_eq!(day_run(&t), 3..5);
         assert_eq!(
-            tiles(span(0, 2 * DAY_MS)),
+            tiles(span(0, 2 * DAY_MS), long_ago),
             vec![0..DAY_MS, DAY_MS..2 * DAY_MS]
         );
-        assert_eq!(day_run(&tiles(span(0, 2 * DAY_MS))), 0..2);
+        assert_eq!(day_run(&tiles(span(0, 2 * DAY_MS), long_ago)), 0..2);
+        // What ends within two hours of now is kept by the minute: the last
+        // day's last hour and the hour after it, then the partial edge.
+        let now = 3 * DAY_MS + HOUR_MS + 5;
+        let r = tiles(span(from, to), now);
+        assert_eq!(day_run(&r), 3..4, "the last day is no longer whole");
+        assert_eq!(r[4], 2 * DAY_MS..2 * DAY_MS + HOUR_MS);
+        let hours = r.iter().filter(|r| r.end - r.start == HOUR_MS).count();
+        assert_eq!(hours, 2 + 23, "two before the days, 23 of the last day");
+        let minutes = r.iter().filter(|r| r.end - r.start == MINUTE_MS).count();
+        assert_eq!(minutes, 2 * 60);
+        assert_eq!(r.last(), Some(&(3 * DAY_MS + HOUR_MS..to)));
+        assert_eq!(
+            r[r.len() - 2],
+            3 * DAY_MS + HOUR_MS - MINUTE_MS..3 * DAY_MS + HOUR_MS
+        );
+        // Together, the tiles cover the span exactly, in order.
+        assert_eq!(r.first().map(|r| r.start), Some(from));
+        assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(cut(5..130, 60), vec![5..60, 60..120, 120..130]);
         // Rows count in the tile holding their time, in any order; rows
         // outside every tile in none.
         let rows = [

@@ -545,7 +545,9 @@ impl QueryNode {
                     && lists.enabled()
                     && days::answers(by, &q.metrics, *metric, q.span)
                 {
-                    let per = lists.breakdown(engine, &q.site, by, q.span).await?;
+                    let per = lists
+                        .breakdown(engine, &q.site, by, q.span, q.clock.now())
+                        .await?;
                     (per, Figures::default())
                 } else {
                     run(Key::Dim(by.clone()), q.span, totals).await?

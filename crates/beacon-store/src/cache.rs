@@ -264,19 +264,8 @@ impl SegmentCache {
         for segment in segments {
             let name = &segment.name;
             if !self.take(name) {
-                let _one = self.inner.fetching.lock().await;
-                // Another query may have fetched it while this one waited.
-                if !self.take(name) {
-                    if store.is_none() {
-                        store = Some(bucket().await.map_err(|reason| CacheError::Fetch {
-                            name: name.clone(),
-                            reason,
-                        })?);
-                    }
-                    if let Some(store) = &store {
-                        self.fetch(store, name, 1).await?;
-                    }
-                }
+                self.fetch_once(name, |n| self.take(n), 1, &mut store, &bucket)
+                    .await?;
             }
             pinned.names.push(name.clone());
             paths.push(self.inner.path(name));
@@ -313,25 +302,45 @@ impl SegmentCache {
             };
             room = left;
             let name = &segment.name;
-            if self.holds(name) {
-                continue;
-            }
-            let _one = self.inner.fetching.lock().await;
-            if self.holds(name) {
-                continue;
-            }
-            if store.is_none() {
-                store = Some(bucket().await.map_err(|reason| CacheError::Fetch {
-                    name: name.clone(),
-                    reason,
-                })?);
-            }
-            if let Some(store) = &store {
-                self.fetch(store, name, 0).await?;
+            if !self.holds(name)
+                && self
+                    .fetch_once(name, |n| self.holds(n), 0, &mut store, &bucket)
+                    .await?
+            {
                 fetched += 1;
             }
         }
         Ok(fetched)
+    }
+
+    /// Fetch `name`, pinned `pins` times, unless `held` finds it once this
+    /// is the one fetch running (another may have brought it meanwhile);
+    /// `store` is opened from `bucket` on first need. Whether it fetched.
+    async fn fetch_once<F, Fut>(
+        &self,
+        name: &str,
+        held: impl Fn(&str) -> bool,
+        pins: usize,
+        store: &mut Option<ObjectStore>,
+        bucket: &F,
+    ) -> Result<bool, CacheError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<ObjectStore, String>>,
+    {
+        let _one = self.inner.fetching.lock().await;
+        if held(name) {
+            return Ok(false);
+        }
+        let store = match store {
+            Some(store) => store,
+            None => store.insert(bucket().await.map_err(|reason| CacheError::Fetch {
+                name: name.to_owned(),
+                reason,
+            })?),
+        };
+        self.fetch(store, name, pins).await?;
+        Ok(true)
     }
 
     /// Whether `name` is cached (its place in line untouched).

@@ -103,9 +103,11 @@ fn tiles(span: Span, now: i64) -> Vec<Range<i64>> {
 }
 
 /// `tile` as it is kept: whole, or by the hour and then the minute where it
-/// ends within [`RECENT_MS`] of `now`.
+/// ends within [`RECENT_MS`] of `now`. What starts [`RECENT_MS`] or more
+/// after `now` stays whole, so a range in the future never makes millions
+/// of minutes.
 fn recent(tile: Range<i64>, now: i64) -> Vec<Range<i64>> {
-    if tile.end <= now.saturating_sub(RECENT_MS) {
+    if tile.end <= now.saturating_sub(RECENT_MS) || tile.start >= now.saturating_add(RECENT_MS) {
         vec![tile]
     } else if tile.end - tile.start > HOUR_MS {
         cut(tile, HOUR_MS)
@@ -607,6 +609,13 @@ mod tests {
         assert_eq!(r.first().map(|r| r.start), Some(from));
         assert!(r.windows(2).all(|w| w[0].end == w[1].start));
         assert_eq!(cut(5..130, 60), vec![5..60, 60..120, 120..130]);
+        // A range wholly in the future keeps its days whole.
+        let ahead = tiles(span(from, to), from - DAY_MS);
+        assert_eq!(ahead, t);
+        // Two years from now: minutes only within two hours of now.
+        let now = 100 * DAY_MS;
+        let r = tiles(span(100 * DAY_MS, (100 + MAX_DAYS) * DAY_MS), now);
+        assert_eq!(r.len(), 2 * 60 + 22 + MAX_DAYS as usize - 1, "{}", r.len());
         // Rows count in the tile holding their time, in any order; rows
         // outside every tile in none.
         let rows = [

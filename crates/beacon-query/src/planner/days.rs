@@ -198,9 +198,7 @@ impl DayList {
             .collect();
         DayList { values, bytes }
     }
-}
 
-impl DayList {
     /// Every value of `lists`: events and page views added, users the
     /// union of their sketches.
     fn union(lists: &[&DayList]) -> DayList {
@@ -372,16 +370,20 @@ impl DayLists {
         });
         let mut union = run.as_ref().and_then(|(k, mark)| self.get(k, *mark));
         let mut lists: Vec<Option<Arc<DayList>>> = Vec::with_capacity(tiles.len());
+        let mut missing = Vec::new();
         for (i, (tile, mark)) in tiles.iter().zip(&marks).enumerate() {
             // Looked up even when the union answers, so the days stay in
             // line for the day one of them changes.
             let kept = self.get(&key(tile), *mark);
-            let in_union = union.is_some() && days.contains(&i);
-            lists.push(if in_union { None } else { kept });
+            if union.is_some() && days.contains(&i) {
+                lists.push(None);
+            } else {
+                if kept.is_none() {
+                    missing.push(i);
+                }
+                lists.push(kept);
+            }
         }
-        let missing: Vec<usize> = (0..tiles.len())
-            .filter(|i| lists[*i].is_none() && !(union.is_some() && days.contains(i)))
-            .collect();
         let (missing_count, union_kept) = (missing.len(), union.is_some());
         metrics::counter!(PERIODS, "from" => "kept")
             .increment((tiles.len() - missing.len()) as u64);

@@ -31,6 +31,13 @@ impl Keys {
         keys
     }
 
+    /// Every configured site, in order.
+    pub fn sites(&self) -> Vec<String> {
+        let mut sites: Vec<String> = self.sites.iter().cloned().collect();
+        sites.sort_unstable();
+        sites
+    }
+
     /// The sites `key` may read; 401 without a key or with one that is not a read key.
     pub fn sites_of(&self, key: Option<&str>) -> Result<&BTreeSet<String>, QueryError> {
         let key = key.ok_or_else(|| {

@@ -120,6 +120,8 @@ pub struct QueryNode {
     session_timeout_ms: i64,
     /// Breakdowns by visitors per kept day ([`planner::days`]).
     day_lists: Arc<planner::days::DayLists>,
+    /// Whether [`planner::days::count_ahead`] runs beside the store's follower.
+    count_ahead: bool,
 }
 
 impl QueryNode {
@@ -147,6 +149,7 @@ impl QueryNode {
             max_tail_rows: defaults.tail_max_rows,
             session_timeout_ms: 30 * 60 * 1000,
             day_lists: Arc::new(planner::days::DayLists::new(defaults.breakdown_cache_bytes)),
+            count_ahead: defaults.breakdown_count_ahead,
         }
     }
 
@@ -170,12 +173,25 @@ impl QueryNode {
         self.day_lists.bytes()
     }
 
+    /// Periods of breakdowns by visitors counted (not found kept) since
+    /// this node started, by questions and by counting ahead.
+    pub fn breakdown_periods_counted(&self) -> usize {
+        self.day_lists.counted()
+    }
+
+    /// Passes of counting the dashboard's lists ahead completed since this
+    /// node started (`query.breakdown_count_ahead`).
+    pub fn count_ahead_passes(&self) -> usize {
+        self.day_lists.passes()
+    }
+
     /// The same node with the event store set up as `settings` say (cache
     /// directory and size, SQL limits, tail bound).
     pub fn with_store(mut self, settings: &QuerySettings) -> std::io::Result<Self> {
         self.store = Some(engine(&self.js, settings)?);
         self.max_tail_rows = settings.tail_max_rows;
         self.day_lists = Arc::new(planner::days::DayLists::new(settings.breakdown_cache_bytes));
+        self.count_ahead = settings.breakdown_count_ahead;
         Ok(self)
     }
 
@@ -240,9 +256,24 @@ impl QueryNode {
                 self.max_tail_rows,
                 self.shutdown.clone(),
             );
-            // Fetching ahead ends only at shutdown; the follower's end is the answer.
+            // Fetching and counting ahead end only at shutdown; the
+            // follower's end is the answer.
             let ahead = async {
-                beacon_store::follow::fetch_ahead(engine.clone(), self.shutdown.clone()).await;
+                let counting = async {
+                    if self.count_ahead {
+                        planner::days::count_ahead(
+                            self.day_lists.clone(),
+                            engine.clone(),
+                            self.keys.sites(),
+                            self.shutdown.clone(),
+                        )
+                        .await;
+                    }
+                };
+                tokio::join!(
+                    beacon_store::follow::fetch_ahead(engine.clone(), self.shutdown.clone()),
+                    counting
+                );
                 std::future::pending().await
             };
             tokio::select! {
@@ -411,6 +442,10 @@ pub struct QuerySettings {
     /// Memory for the days kept to answer unfiltered breakdowns by visitors
     /// (per site, dimension and UTC day); 0 keeps none.
     pub breakdown_cache_bytes: usize,
+    /// Count the dashboard's lists ahead in the background (each configured
+    /// site, the last 30 and 7 days and today, in UTC), so their first ask
+    /// after a start or a commit finds its periods kept.
+    pub breakdown_count_ahead: bool,
 }
 
 impl Default for QuerySettings {
@@ -421,6 +456,7 @@ impl Default for QuerySettings {
             sql: beacon_store::SqlLimits::default(),
             tail_max_rows: 2_000_000,
             breakdown_cache_bytes: 256 << 20,
+            breakdown_count_ahead: true,
         }
     }
 }

@@ -13,6 +13,9 @@
 //! sketch's error. Kept periods are bounded in bytes
 //! (`query.breakdown_cache_bytes`), the least recently used going first.
 //!
+//! [`count_ahead`] counts the dashboard's lists before they are asked, in
+//! the background, so a first ask after a start or a commit merges too.
+//!
 //! [`StoreView::marks`]: beacon_store::StoreView::marks
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,10 +60,91 @@ const PERIOD_OVERHEAD: usize = 256;
 /// periods to look up and keep.
 const MAX_DAYS: i64 = 731;
 
+/// The dashboard's lists that an event carries (entry and exit pages are
+/// sessions'), counted ahead by [`count_ahead`].
+const DASHBOARD_DIMS: [Dim; 13] = [
+    Dim::Path,
+    Dim::Channel,
+    Dim::ReferrerSource,
+    Dim::UtmCampaign,
+    Dim::UtmSource,
+    Dim::UtmMedium,
+    Dim::Browser,
+    Dim::Os,
+    Dim::Device,
+    Dim::Country,
+    Dim::Region,
+    Dim::City,
+    Dim::Name,
+];
+
+/// The longest wait between two passes of [`count_ahead`] without a commit:
+/// time alone moves minutes out of the recent two hours into hours.
+const AHEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// The shortest wait between two passes.
+const AHEAD_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The spans the dashboard asks its lists for in UTC at `now`: the last
+/// 30 days, the last 7 and today, each from a midnight to the next whole hour.
+fn dashboard_spans(now: i64) -> [Span; 3] {
+    let today = now.div_euclid(DAY_MS) * DAY_MS;
+    let to = (now.div_euclid(HOUR_MS) + i64::from(now.rem_euclid(HOUR_MS) != 0)) * HOUR_MS;
+    let to = to.max(today + HOUR_MS);
+    [29, 6, 0].map(|days| Span {
+        from: today - days * DAY_MS,
+        to,
+    })
+}
+
+/// Count the dashboard's lists of every site in `sites` ahead, after the
+/// store loads, after each commit (at most once a second) and every
+/// [`AHEAD_EVERY`], until shutdown: the first ask of a list after a start
+/// or a commit then merges kept periods instead of counting them. Counting
+/// ahead waits while kept periods fill half their bound, so it never evicts
+/// what questions asked for.
+pub(crate) async fn count_ahead(
+    lists: Arc<DayLists>,
+    engine: beacon_store::Engine,
+    sites: Vec<String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut moves = engine.view().subscribe();
+    loop {
+        if engine.view().is_loaded() && lists.enabled() {
+            let now = chrono::Utc::now().timestamp_millis();
+            'sites: for site in &sites {
+                for span in dashboard_spans(now) {
+                    if lists.bytes() > lists.max_bytes / 2 {
+                        tracing::debug!("kept periods fill half their bound: counting ahead waits");
+                        break 'sites;
+                    }
+                    match lists.warm(&engine, site, &DASHBOARD_DIMS, span, now).await {
+                        Ok(0) => {}
+                        Ok(periods) => tracing::debug!(site, periods, "periods counted ahead"),
+                        Err(e) => {
+                            tracing::warn!(site, error = %e, "cannot count the lists ahead; asks count what they need")
+                        }
+                    }
+                }
+            }
+            lists.lock().passes += 1;
+        }
+        tokio::select! {
+            moved = moves.changed() => if moved.is_err() { return },
+            _ = tokio::time::sleep(AHEAD_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(AHEAD_GAP) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Whether a breakdown can be answered from days: unfiltered (checked by the
 /// caller), by a dimension an event carries, with figures that add up per
-/// day (events, page views) or union (users), over at least two whole days
-/// and at most [`MAX_DAYS`].
+/// day (events, page views) or union (users), over at least one whole UTC
+/// hour (the dashboard's today) and at most [`MAX_DAYS`] whole days.
 pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) -> bool {
     let summable = |m: &Metric| {
         matches!(
@@ -73,7 +157,8 @@ pub(super) fn answers(by: &Dim, metrics: &[Metric], rank: Metric, span: Span) ->
         && metrics.iter().all(summable)
         && summable(&rank)
         && span.from >= 0
-        && (2..=MAX_DAYS).contains(&(days.end - days.start))
+        && !whole(span, HOUR_MS).is_empty()
+        && days.end - days.start <= MAX_DAYS
 }
 
 /// The `len`-long UTC periods (by number) wholly inside `span`.
@@ -249,6 +334,17 @@ struct DayKey {
     end: i64,
 }
 
+impl DayKey {
+    fn new(site: &str, dim: &Dim, period: &Range<i64>) -> DayKey {
+        DayKey {
+            site: site.to_owned(),
+            dim: dim.clone(),
+            start: period.start,
+            end: period.end,
+        }
+    }
+}
+
 struct Kept {
     /// What the view held of the day when it was counted.
     mark: u64,
@@ -262,6 +358,10 @@ struct State {
     days: HashMap<DayKey, Kept>,
     bytes: usize,
     tick: u64,
+    /// Periods counted (not found kept) since the node started.
+    counted: usize,
+    /// Passes of [`count_ahead`] completed.
+    passes: usize,
 }
 
 /// The kept days of one query node.
@@ -352,26 +452,153 @@ impl DayLists {
         now: i64,
     ) -> Result<BTreeMap<String, Figures>, QueryError> {
         let started = std::time::Instant::now();
+        let (mut lists, _) = self
+            .lists(engine, site, std::slice::from_ref(by), span, now)
+            .await?;
+        let counted = started.elapsed();
+        let parts = lists.pop().unwrap_or_default();
+        let parts: Vec<&DayList> = parts.iter().map(|l| &**l).collect();
+        let answer = figures(&DayList::union(&parts));
+        tracing::debug!(
+            site,
+            dimension = ?by,
+            parts = parts.len(),
+            lists_ms = counted.as_secs_f64() * 1e3,
+            merge_ms = (started.elapsed() - counted).as_secs_f64() * 1e3,
+            "breakdown from kept periods"
+        );
+        Ok(answer)
+    }
+
+    /// Count ahead what a breakdown of `site` by each of `dims` over `span`
+    /// would count, so that it finds its periods (and its run of days)
+    /// kept. Returns how many periods were counted, over all `dims`.
+    pub(crate) async fn warm(
+        &self,
+        engine: &beacon_store::Engine,
+        site: &str,
+        dims: &[Dim],
+        span: Span,
+        now: i64,
+    ) -> Result<usize, QueryError> {
+        let (_, counted) = self.lists(engine, site, dims, span, now).await?;
+        Ok(counted)
+    }
+
+    /// Periods counted since this node started, by asks and ahead.
+    pub(crate) fn counted(&self) -> usize {
+        self.lock().counted
+    }
+
+    /// Passes of [`count_ahead`] completed since this node started.
+    pub(crate) fn passes(&self) -> usize {
+        self.lock().passes
+    }
+
+    /// For each of `dims`, the kept lists that make up `span`: the union of
+    /// its run of whole days (when it has one) and every other period. What
+    /// is not kept is counted, for every dimension that lacks it, in one
+    /// scan; the second figure is how many periods that was.
+    async fn lists(
+        &self,
+        engine: &beacon_store::Engine,
+        site: &str,
+        dims: &[Dim],
+        span: Span,
+        now: i64,
+    ) -> Result<(Vec<Vec<Arc<DayList>>>, usize), QueryError> {
+        let started = std::time::Instant::now();
         let tiles = tiles(span, now);
         let marks = engine.view().marks(site, &tiles);
         let marked = started.elapsed();
-        let key = |t: &Range<i64>| DayKey {
-            site: site.to_owned(),
-            dim: by.clone(),
-            start: t.start,
-            end: t.end,
-        };
         // The whole days are also kept as one union, so an ask whose days
         // are unchanged merges one sketch per value for them, not one a day.
         let days = day_run(&tiles);
         let run = (days.len() >= 2).then(|| {
-            let span = tiles[days.start].start..tiles[days.end - 1].end;
-            (key(&span), joint_mark(&marks[days.clone()]))
+            (
+                tiles[days.start].start..tiles[days.end - 1].end,
+                joint_mark(&marks[days.clone()]),
+            )
         });
-        let mut union = run.as_ref().and_then(|(k, mark)| self.get(k, *mark));
-        let mut lists: Vec<Option<Arc<DayList>>> = Vec::with_capacity(tiles.len());
+        let mut found: Vec<Found> = dims
+            .iter()
+            .map(|dim| self.find(site, dim, &tiles, &marks, &days, run.as_ref()))
+            .collect();
+        let mut missing: Vec<usize> = found.iter().flat_map(|f| f.missing.clone()).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let lacking: Vec<usize> = (0..dims.len())
+            .filter(|d| !found[*d].missing.is_empty())
+            .collect();
+        let counting: Vec<&Dim> = lacking.iter().map(|d| &dims[*d]).collect();
+        let counted = self
+            .count(engine, site, &counting, &tiles, &missing)
+            .await?;
+        let mut counted: HashMap<usize, Tiles> = lacking.into_iter().zip(counted).collect();
+        let scanned = started.elapsed();
+        let mut periods = 0;
+        for (d, f) in found.iter_mut().enumerate() {
+            let key = |t: &Range<i64>| DayKey::new(site, &dims[d], t);
+            let mut rows = counted.remove(&d).unwrap_or_default();
+            for i in std::mem::take(&mut f.missing) {
+                let list = Arc::new(DayList::of(rows.remove(&i).unwrap_or_default()));
+                self.put(key(&tiles[i]), marks[i], list.clone());
+                f.lists[i] = Some(list);
+                periods += 1;
+            }
+            if let (None, Some((run_span, mark))) = (&f.union, &run) {
+                let each: Vec<&DayList> = f.lists[days.clone()]
+                    .iter()
+                    .flatten()
+                    .map(|l| &**l)
+                    .collect();
+                let joined = Arc::new(DayList::union(&each));
+                self.put(key(run_span), *mark, joined.clone());
+                f.union = Some(joined);
+            }
+        }
+        self.lock().counted += periods;
+        tracing::debug!(
+            site,
+            dimensions = dims.len(),
+            tiles = tiles.len(),
+            counted = periods,
+            marks_ms = marked.as_secs_f64() * 1e3,
+            scan_ms = (scanned - marked).as_secs_f64() * 1e3,
+            "kept periods looked up"
+        );
+        let lists = found
+            .into_iter()
+            .map(|f| {
+                let union_kept = f.union.is_some();
+                let mut parts: Vec<Arc<DayList>> = f.union.into_iter().collect();
+                for (i, list) in f.lists.into_iter().enumerate() {
+                    if !union_kept || !days.contains(&i) {
+                        parts.extend(list);
+                    }
+                }
+                parts
+            })
+            .collect();
+        Ok((lists, periods))
+    }
+
+    /// What is kept of `dim`'s `tiles` (and its run of `days`, under `run`'s
+    /// span and joint mark), and which tiles must be counted.
+    fn find(
+        &self,
+        site: &str,
+        dim: &Dim,
+        tiles: &[Range<i64>],
+        marks: &[u64],
+        days: &Range<usize>,
+        run: Option<&(Range<i64>, u64)>,
+    ) -> Found {
+        let key = |t: &Range<i64>| DayKey::new(site, dim, t);
+        let union = run.and_then(|(span, mark)| self.get(&key(span), *mark));
+        let mut lists = Vec::with_capacity(tiles.len());
         let mut missing = Vec::new();
-        for (i, (tile, mark)) in tiles.iter().zip(&marks).enumerate() {
+        for (i, (tile, mark)) in tiles.iter().zip(marks).enumerate() {
             // Looked up even when the union answers, so the days stay in
             // line for the day one of them changes.
             let kept = self.get(&key(tile), *mark);
@@ -384,55 +611,30 @@ impl DayLists {
                 lists.push(kept);
             }
         }
-        let (missing_count, union_kept) = (missing.len(), union.is_some());
         metrics::counter!(PERIODS, "from" => "kept")
             .increment((tiles.len() - missing.len()) as u64);
         metrics::counter!(PERIODS, "from" => "scan").increment(missing.len() as u64);
-        let mut counted = self.count(engine, site, by, &tiles, &missing).await?;
-        let scanned = started.elapsed();
-        for i in missing {
-            let list = Arc::new(DayList::of(counted.remove(&i).unwrap_or_default()));
-            self.put(key(&tiles[i]), marks[i], list.clone());
-            lists[i] = Some(list);
+        Found {
+            union,
+            lists,
+            missing,
         }
-        if let (None, Some((run_key, mark))) = (&union, run) {
-            let each: Vec<&DayList> = lists[days.clone()].iter().flatten().map(|l| &**l).collect();
-            let joined = Arc::new(DayList::union(&each));
-            self.put(run_key, mark, joined.clone());
-            union = Some(joined);
-        }
-        let mut parts: Vec<&DayList> = Vec::with_capacity(lists.len() + 1);
-        parts.extend(union.as_deref());
-        for (i, list) in lists.iter().enumerate() {
-            if union.is_none() || !days.contains(&i) {
-                parts.extend(list.as_deref());
-            }
-        }
-        let answer = figures(&DayList::union(&parts));
-        tracing::debug!(
-            site,
-            dimension = ?by,
-            tiles = tiles.len(),
-            counted = missing_count,
-            union_kept,
-            marks_ms = marked.as_secs_f64() * 1e3,
-            scan_ms = (scanned - marked).as_secs_f64() * 1e3,
-            merge_ms = (started.elapsed() - scanned).as_secs_f64() * 1e3,
-            "breakdown from kept periods"
-        );
-        Ok(answer)
     }
 
-    /// The rows of `tiles[missing]`, per tile and value, scanned in as few
-    /// contiguous ranges as they make.
+    /// The rows of `tiles[missing]`, per dimension of `dims` (in order), tile
+    /// and value, scanned in as few contiguous ranges as they make.
     async fn count(
         &self,
         engine: &beacon_store::Engine,
         site: &str,
-        by: &Dim,
+        dims: &[&Dim],
         tiles: &[Range<i64>],
         missing: &[usize],
-    ) -> Result<HashMap<usize, HashMap<String, Counting>>, QueryError> {
+    ) -> Result<Vec<Tiles>, QueryError> {
+        let mut counted: Vec<Tiles> = dims.iter().map(|_| HashMap::new()).collect();
+        if dims.is_empty() {
+            return Ok(counted);
+        }
         let mut scan: Vec<Range<i64>> = Vec::new();
         for tile in missing.iter().map(|i| &tiles[*i]) {
             match scan.last_mut() {
@@ -440,17 +642,21 @@ impl DayLists {
                 _ => scan.push(tile.clone()),
             }
         }
-        let value = by.event_sql().ok_or_else(|| {
-            QueryError::internal("a breakdown from days needs an event dimension")
-        })?;
-        let mut counted = HashMap::new();
+        let mut values = Vec::with_capacity(dims.len());
+        for (i, dim) in dims.iter().enumerate() {
+            let value = dim.event_sql().ok_or_else(|| {
+                QueryError::internal("a breakdown from days needs an event dimension")
+            })?;
+            values.push(format!("{value} AS k{i}"));
+        }
+        let values = values.join(", ");
         for range in scan {
             // Rows, not groups: grouped by hour, value and user in SQL, a
             // month of a busy site outgrew the query's memory limit; streamed,
             // the engine holds a batch at a time and the sketches stay small.
             let sql = format!(
-                "SELECT CAST(arrow_cast(ts, 'Int64') AS BIGINT) AS t, {value} AS k, \
-                   user_key, name = 'pageview' AS pageview \
+                "SELECT CAST(arrow_cast(ts, 'Int64') AS BIGINT) AS t, user_key, \
+                   name = 'pageview' AS pageview, {values} \
                  FROM events WHERE ts >= to_timestamp_millis({}) AND ts < to_timestamp_millis({}) \
                    AND bot IS NULL AND name <> 'engagement'",
                 range.start, range.end
@@ -472,21 +678,38 @@ impl DayLists {
     }
 }
 
-/// Rows `(t, k, user_key, pageview)` (`t` the event time in Unix ms) into
-/// the tile of `tiles` (sorted, disjoint) holding `t`, by index.
+/// One dimension's values per tile (by index) while rows come in.
+type Tiles = HashMap<usize, HashMap<String, Counting>>;
+
+/// What [`DayLists::find`] found of one dimension.
+struct Found {
+    /// The run of days' union, when kept.
+    union: Option<Arc<DayList>>,
+    /// Each tile's kept list (`None` for the days the union answers).
+    lists: Vec<Option<Arc<DayList>>>,
+    /// The tiles to count.
+    missing: Vec<usize>,
+}
+
+/// Rows `(t, user_key, pageview, k0, k1, …)` (`t` the event time in Unix
+/// ms, `kN` the value of the `N`th dimension) into the tile of `tiles`
+/// (sorted, disjoint) holding `t`, by index, for every dimension.
 fn count_rows(
     batch: &RecordBatch,
     tiles: &[Range<i64>],
-    counted: &mut HashMap<usize, HashMap<String, Counting>>,
+    counted: &mut [Tiles],
 ) -> Result<(), QueryError> {
     let unexpected = || QueryError::internal("a breakdown's rows came in an unexpected shape");
     let t = batch
         .column(0)
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(unexpected)?;
-    let k = Text::of(batch.column(1)).ok_or_else(unexpected)?;
-    let user = Text::of(batch.column(2)).ok_or_else(unexpected)?;
-    let pageview = batch.column(3).as_boolean_opt().ok_or_else(unexpected)?;
+    let user = Text::of(batch.column(1)).ok_or_else(unexpected)?;
+    let pageview = batch.column(2).as_boolean_opt().ok_or_else(unexpected)?;
+    let keys = (0..counted.len())
+        .map(|d| batch.columns().get(3 + d).and_then(Text::of))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(unexpected)?;
     let mut at = 0;
     for row in 0..batch.num_rows() {
         let ts = t.value(row);
@@ -497,15 +720,19 @@ fn count_rows(
                 continue;
             }
         }
-        let values = counted.entry(at).or_default();
-        let value = k.get(row).unwrap_or("");
-        let c = match values.get_mut(value) {
-            Some(c) => c,
-            None => values.entry(value.to_owned()).or_insert_with(Counting::new),
-        };
-        c.events += 1;
-        c.pageviews += i64::from(pageview.value(row));
-        c.users.update(user.get(row).unwrap_or(""));
+        let user = user.get(row).unwrap_or("");
+        let pageview = i64::from(pageview.value(row));
+        for (k, per_tile) in keys.iter().zip(counted.iter_mut()) {
+            let values = per_tile.entry(at).or_default();
+            let value = k.get(row).unwrap_or("");
+            let c = match values.get_mut(value) {
+                Some(c) => c,
+                None => values.entry(value.to_owned()).or_insert_with(Counting::new),
+            };
+            c.events += 1;
+            c.pageviews += pageview;
+            c.users.update(user);
+        }
     }
     Ok(())
 }
@@ -635,10 +862,6 @@ mod tests {
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
             ),
             (
-                "k",
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            ),
-            (
                 "user_key",
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "u"))),
             ),
@@ -646,38 +869,67 @@ mod tests {
                 "pageview",
                 Arc::new(BooleanArray::from(vec![true; rows.len()])),
             ),
+            (
+                "k0",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "k1",
+                Arc::new(StringViewArray::from_iter_values(
+                    rows.iter().map(|r| format!("b{}", r.1)),
+                )),
+            ),
         ])
         .expect("batch");
-        let mut counted = HashMap::new();
+        // Two dimensions counted from one scan.
+        let mut counted = vec![HashMap::new(), HashMap::new()];
         count_rows(&batch, &t, &mut counted).expect("counted");
-        let events = |tile: usize, value: &str| {
-            counted
+        let events = |dim: usize, tile: usize, value: &str| {
+            counted[dim]
                 .get(&tile)
                 .and_then(|v| v.get(value))
                 .map(|c| c.events)
         };
-        assert_eq!(events(0, "/a"), Some(1));
-        assert_eq!(events(1, "/b"), Some(1));
-        assert_eq!(events(3, "/a"), Some(1));
-        assert_eq!(events(4, "/a"), Some(1));
-        assert_eq!(events(6, "/b"), Some(1));
+        for (dim, prefix) in [(0, ""), (1, "b")] {
+            let events = |tile, value: &str| events(dim, tile, &format!("{prefix}{value}"));
+            assert_eq!(events(0, "/a"), Some(1));
+            assert_eq!(events(1, "/b"), Some(1));
+            assert_eq!(events(3, "/a"), Some(1));
+            assert_eq!(events(4, "/a"), Some(1));
+            assert_eq!(events(6, "/b"), Some(1));
+        }
         let all: i64 = counted
-            .values()
+            .iter()
+            .flat_map(|d| d.values())
             .flat_map(|v| v.values())
             .map(|c| c.events)
             .sum();
-        assert_eq!(all, 5, "two rows fall outside the span");
+        assert_eq!(all, 2 * 5, "two rows fall outside the span");
+        // A batch without a dimension's column is refused, not half counted.
+        let mut three = vec![HashMap::new(), HashMap::new(), HashMap::new()];
+        assert!(count_rows(&batch, &t, &mut three).is_err());
     }
 
     #[test]
-    fn only_ranges_of_two_days_to_two_years_are_kept() {
+    fn only_ranges_of_an_hour_to_two_years_are_kept() {
         let span = |days: i64| Span {
             from: 10 * DAY_MS,
             to: (10 + days) * DAY_MS,
         };
         let answers = |span| answers(&Dim::Path, &[Metric::Users], Metric::Users, span);
-        assert!(!answers(span(1)));
+        assert!(answers(span(1)));
         assert!(answers(span(2)));
+        // Today, up to the next hour: one whole hour is enough.
+        let today = Span {
+            from: 10 * DAY_MS,
+            to: 10 * DAY_MS + HOUR_MS,
+        };
+        assert!(answers(today));
+        // The realtime range (the last half hour, to the ms) is scanned.
+        assert!(!answers(Span {
+            from: 10 * DAY_MS + 5,
+            to: 10 * DAY_MS + HOUR_MS + 4,
+        }));
         assert!(answers(span(MAX_DAYS)));
         assert!(!answers(span(MAX_DAYS + 1)));
         // Hostile edges: before 1970, to the year 9999, a filter-only dimension.
@@ -691,6 +943,28 @@ mod tests {
         }));
         assert!(!answers_by(&Dim::Goal));
         assert!(!answers_by(&Dim::EntryPage));
+    }
+
+    #[test]
+    fn counted_ahead_are_the_spans_the_dashboard_asks_in_utc() {
+        let day = 100 * DAY_MS;
+        let spans = dashboard_spans(day + 5 * HOUR_MS + 30 * MINUTE_MS);
+        let to = day + 6 * HOUR_MS;
+        assert_eq!(
+            spans.map(|s| (s.from, s.to)),
+            [(day - 29 * DAY_MS, to), (day - 6 * DAY_MS, to), (day, to)]
+        );
+        assert_eq!(dashboard_spans(day + 5 * HOUR_MS)[2].to, day + 5 * HOUR_MS);
+        // At midnight, today is its first hour.
+        assert_eq!(dashboard_spans(day)[2].to, day + HOUR_MS);
+        for span in spans {
+            assert!(DASHBOARD_DIMS.iter().all(|d| answers(
+                d,
+                &[Metric::Users, Metric::Events, Metric::Pageviews],
+                Metric::Users,
+                span
+            )));
+        }
     }
 
     fn answers_by(dim: &Dim) -> bool {

@@ -737,3 +737,78 @@ async fn lists_by_visitors_from_kept_days_equal_the_stores_sql() {
     let sql = node.ok(&format!("{}&{everything}", list("path"))).await;
     assert_eq!(answer["rows"], sql["rows"]);
 }
+
+/// The dashboard's lists are counted in the background: asked as the
+/// dashboard asks them (the last 7 days and today, in UTC), they merge kept
+/// periods and count none, and still equal the store's SQL.
+#[tokio::test]
+async fn the_dashboards_lists_are_counted_ahead_and_first_asks_count_nothing() {
+    let (_s, node, _all) = ready().await;
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 86_400_000;
+    let everything = format!("filters={}", urlencode("name!=~none~"));
+    // Two whole passes begun after every event was in the store.
+    let two_passes = || async {
+        let start = node.node.count_ahead_passes();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while node.node.count_ahead_passes() < start + 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "counting ahead never passed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    two_passes().await;
+    let mut asked = false;
+    // A pass and an ask in different UTC hours see different periods (the
+    // hour that left the recent two hours): then wait for the next pass.
+    for _ in 0..3 {
+        let now = chrono::Utc::now().timestamp_millis();
+        let today = now - now.rem_euclid(DAY);
+        let next_hour = now - now.rem_euclid(HOUR) + HOUR;
+        let counted = node.node.breakdown_periods_counted();
+        let mut answers = Vec::new();
+        for from in [today - 6 * DAY, today] {
+            for dim in ["path", "browser", "country", "name"] {
+                let list = format!(
+                    "/api/v1/sites/site-0/breakdown?dimension={dim}&metric=users\
+                     &metrics=users,events,pageviews&limit=1000&from={}&to={}",
+                    rfc3339(from),
+                    rfc3339(next_hour)
+                );
+                answers.push((node.ok(&list).await, list));
+            }
+        }
+        if chrono::Utc::now().timestamp_millis() >= next_hour {
+            two_passes().await;
+            continue;
+        }
+        assert_eq!(
+            node.node.breakdown_periods_counted(),
+            counted,
+            "a list the dashboard shows counted periods on its first ask"
+        );
+        for (answer, list) in &answers {
+            let sql = node.ok(&format!("{list}&{everything}")).await;
+            assert!(
+                sql["rows"].as_array().is_some_and(|r| !r.is_empty()),
+                "{list}"
+            );
+            assert_eq!(answer["rows"], sql["rows"], "{list}");
+        }
+        asked = true;
+        break;
+    }
+    assert!(asked, "an hour turned during each of three tries");
+    // A list the dashboard does not show is counted when first asked.
+    let counted = node.node.breakdown_periods_counted();
+    let now = chrono::Utc::now().timestamp_millis();
+    node.ok(&format!(
+        "/api/v1/sites/site-0/breakdown?dimension=utm_term&metric=users&from={}&to={}",
+        rfc3339(now - now.rem_euclid(DAY) - 6 * DAY),
+        rfc3339(now - now.rem_euclid(HOUR) + HOUR)
+    ))
+    .await;
+    assert!(node.node.breakdown_periods_counted() > counted);
+}

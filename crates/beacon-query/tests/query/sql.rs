@@ -448,10 +448,13 @@ async fn until_manifests_loaded(node: &Node) {
     }
 }
 
-/// Query settings with the segment cache as `cache` says.
+/// Query settings with the segment cache as `cache` says, and no counting
+/// of the dashboard's lists ahead: the cache then holds only what questions
+/// and fetching ahead brought into it.
 fn with_cache(cache: beacon_store::CacheSettings) -> QuerySettings {
     QuerySettings {
         segment_cache: cache,
+        breakdown_count_ahead: false,
         ..QuerySettings::default()
     }
 }

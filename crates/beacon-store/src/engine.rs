@@ -274,6 +274,7 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(2);
         config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.collect_statistics = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udf(crate::trunc::date_trunc());
         let pins = Arc::new(Mutex::new(Vec::new()));

@@ -205,6 +205,7 @@ async fn measure(args: &AllArgs, nats: &BenchNats) -> anyhow::Result<Value> {
         seconds: args.seconds,
         quick: args.quick,
         json: false,
+        no_count_ahead: false,
     };
     let (achieved, markers, fresh, misses) = freshness(&http, addr, &api, &q)
         .await

@@ -58,6 +58,10 @@ pub struct QueryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Leave the dashboard's lists uncounted until asked
+    /// (`query.breakdown_count_ahead = false`), to compare with counting ahead.
+    #[arg(long)]
+    pub no_count_ahead: bool,
 }
 
 /// Events per HTTP request of the freshness load, and requests in flight.
@@ -99,6 +103,7 @@ pub async fn run(mut args: QueryArgs, target: &Target) -> anyhow::Result<()> {
     let nats = BenchNats::own(target, "query").await?;
     let mut config = bench_config(nats.urls.clone())?;
     config.streams.partitions = PARTITIONS;
+    config.query.breakdown_count_ahead = !args.no_count_ahead;
     let (stop, shutdown) = watch::channel(false);
     let roles = Roles {
         collector: true,

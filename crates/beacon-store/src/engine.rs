@@ -229,6 +229,11 @@ impl Engine {
         &self.cache
     }
 
+    /// Segment files whose statistics are kept across queries.
+    pub fn kept_file_statistics(&self) -> usize {
+        self.footers.statistics.len()
+    }
+
     pub fn limits(&self) -> &SqlLimits {
         &self.limits
     }
@@ -274,7 +279,6 @@ impl Engine {
             .with_information_schema(false)
             .with_target_partitions(2);
         config.options_mut().execution.parquet.pushdown_filters = true;
-        config.options_mut().execution.collect_statistics = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udf(crate::trunc::date_trunc());
         let pins = Arc::new(Mutex::new(Vec::new()));
@@ -809,7 +813,10 @@ impl TableProvider for SiteRows {
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(read_schema());
-            let files = ListingTable::try_new(config)?;
+            // Each file's statistics are read from its footer once and kept
+            // across queries (`Footers`), beside the footer itself.
+            let files = ListingTable::try_new(config)?
+                .with_cache(state.runtime_env().cache_manager.get_file_statistic_cache());
             inputs.push(files.scan(state, projection, filters, limit).await?);
         }
         let tail = MemTable::try_new(read_schema(), vec![self.snapshot.tail.clone()])?;

@@ -489,6 +489,9 @@ async fn a_question_about_one_day_opens_only_that_days_segments() {
     // Only that day's segments (one per partition holding it) were fetched.
     let that_day = per_day.keys().filter(|(_, d)| *d == day).count();
     assert_eq!(cache.files(), that_day, "{} segments in all", per_day.len());
+    // Their statistics were read once and kept for the next queries.
+    let engine = node.node.store().expect("store");
+    assert_eq!(engine.kept_file_statistics(), that_day);
     // A range before any data opens none.
     let empty = node
         .rows(

@@ -121,9 +121,10 @@ pub(crate) async fn count_ahead(
                         tracing::debug!("kept periods fill half their bound: counting ahead waits");
                         break 'sites;
                     }
-                    match lists.warm(&engine, site, &DASHBOARD_DIMS, span, now).await {
-                        Ok(0) => {}
-                        Ok(periods) => tracing::debug!(site, periods, "periods counted ahead"),
+                    // What a breakdown by each list would count, counted now.
+                    match lists.lists(&engine, site, &DASHBOARD_DIMS, span, now).await {
+                        Ok((_, 0)) => {}
+                        Ok((_, periods)) => tracing::debug!(site, periods, "periods counted ahead"),
                         Err(e) => {
                             tracing::warn!(site, error = %e, "cannot count the lists ahead; asks count what they need")
                         }
@@ -478,21 +479,6 @@ impl DayLists {
             "breakdown from kept periods"
         );
         Ok(answer)
-    }
-
-    /// Count ahead what a breakdown of `site` by each of `dims` over `span`
-    /// would count, so that it finds its periods (and its run of days)
-    /// kept. Returns how many periods were counted, over all `dims`.
-    pub(crate) async fn warm(
-        &self,
-        engine: &beacon_store::Engine,
-        site: &str,
-        dims: &[Dim],
-        span: Span,
-        now: i64,
-    ) -> Result<usize, QueryError> {
-        let (_, counted) = self.lists(engine, site, dims, span, now).await?;
-        Ok(counted)
     }
 
     /// Periods counted since this node started, by asks and ahead.

@@ -185,15 +185,28 @@ fn whole(span: Span, len: i64) -> Range<i64> {
 /// they fall in, so under steady traffic an ask counts a minute again, not
 /// the current hour or day.
 fn tiles(span: Span, now: i64) -> Vec<Range<i64>> {
-    let days = whole(span, DAY_MS);
     let hours = whole(span, HOUR_MS);
+    if hours.is_empty() {
+        // Not one whole hour (its start past its end): the span is one tile.
+        return recent(span.from..span.to, now);
+    }
+    // Without a whole day (its start past its end too), the whole hours
+    // run from edge to edge.
+    let days = Some(whole(span, DAY_MS))
+        .filter(|d| !d.is_empty())
+        .unwrap_or(hours.end.div_euclid(24)..hours.end.div_euclid(24));
+    let (first_hour, last_hour) = if days.is_empty() {
+        (hours.end, hours.end)
+    } else {
+        (days.start * 24, days.end * 24)
+    };
     let hour = |h: i64| h * HOUR_MS..(h + 1) * HOUR_MS;
     let mut tiles = Vec::new();
-    tiles.push(span.from..(hours.start * HOUR_MS).min(span.to));
-    tiles.extend((hours.start..(days.start * 24).max(hours.start)).map(hour));
-    tiles.extend(days.clone().map(|d| d * DAY_MS..(d + 1) * DAY_MS));
-    tiles.extend(((days.end * 24).min(hours.end)..hours.end).map(hour));
-    tiles.push((hours.end * HOUR_MS).max(span.from)..span.to);
+    tiles.push(span.from..hours.start * HOUR_MS);
+    tiles.extend((hours.start..first_hour).map(hour));
+    tiles.extend(days.map(|d| d * DAY_MS..(d + 1) * DAY_MS));
+    tiles.extend((last_hour..hours.end).map(hour));
+    tiles.push(hours.end * HOUR_MS..span.to);
     tiles.retain(|t| !t.is_empty());
     tiles.into_iter().flat_map(|t| recent(t, now)).collect()
 }
@@ -786,6 +799,38 @@ mod tests {
         c.events = events;
         c.pageviews = events / 2;
         c
+    }
+
+    #[test]
+    fn any_span_is_covered_exactly_once() {
+        let day = 20 * DAY_MS;
+        let spans = [
+            // Inside one day, off the hour: the CI failure that counted twice.
+            (day + 10 * HOUR_MS + 5, day + 12 * HOUR_MS + 7),
+            (day + 10 * HOUR_MS, day + 12 * HOUR_MS),
+            (day, day + HOUR_MS),
+            (day + 5, day + 59 * MINUTE_MS),
+            (day - HOUR_MS, day + HOUR_MS + 1),
+            (day - 3, day + DAY_MS + 3),
+            (day, day + 3 * DAY_MS),
+            (day + 17 * MINUTE_MS, day + 9 * DAY_MS - 3),
+        ];
+        for (from, to) in spans {
+            for now in [day - 30 * DAY_MS, day + 11 * HOUR_MS, to, to + 30 * DAY_MS] {
+                let t = tiles(Span { from, to }, now);
+                assert_eq!(
+                    t.first().map(|t| t.start),
+                    Some(from),
+                    "{from}..{to} at {now}"
+                );
+                assert_eq!(t.last().map(|t| t.end), Some(to), "{from}..{to} at {now}");
+                assert!(
+                    t.windows(2).all(|w| w[0].end == w[1].start),
+                    "{from}..{to} at {now}: {t:?}"
+                );
+                assert!(t.iter().all(|t| !t.is_empty()));
+            }
+        }
     }
 
     #[test]

@@ -687,12 +687,30 @@ async fn lists_by_visitors_from_kept_days_equal_the_stores_sql() {
         rfc3339(end - 3 * DAY + 77 * 60_000),
         rfc3339(end - 7 * 60_000)
     );
-    let list = |dim: &str| {
+    // A few hours, off the hour, without a whole day.
+    let hours = format!(
+        "from={}&to={}",
+        rfc3339(end - 5 * 3_600_000 + 13 * 60_000),
+        rfc3339(end - 7 * 60_000)
+    );
+    let list_over = |dim: &str, range: &str| {
         format!(
             "/api/v1/sites/site-0/breakdown?dimension={dim}&metric=users&metrics=users,events,pageviews&limit=1000&{range}"
         )
     };
+    let list = |dim: &str| list_over(dim, &range);
     let everything = format!("filters={}", urlencode("name!=~none~"));
+    for dim in ["path", "name"] {
+        let sql = node
+            .ok(&format!("{}&{everything}", list_over(dim, &hours)))
+            .await;
+        let kept = node.ok(&list_over(dim, &hours)).await;
+        assert!(
+            sql["rows"].as_array().is_some_and(|r| !r.is_empty()),
+            "{dim}"
+        );
+        assert_eq!(kept["rows"], sql["rows"], "{dim} over hours");
+    }
     for dim in ["path", "browser", "country", "props.plan", "name"] {
         let sql = node.ok(&format!("{}&{everything}", list(dim))).await;
         let first = node.ok(&list(dim)).await;

@@ -192,19 +192,19 @@ fn tiles(span: Span, now: i64) -> Vec<Range<i64>> {
     }
     // Without a whole day (its start past its end too), the whole hours
     // run from edge to edge.
-    let days = Some(whole(span, DAY_MS))
-        .filter(|d| !d.is_empty())
-        .unwrap_or(hours.end.div_euclid(24)..hours.end.div_euclid(24));
-    let (first_hour, last_hour) = if days.is_empty() {
-        (hours.end, hours.end)
-    } else {
-        (days.start * 24, days.end * 24)
-    };
+    let days = Some(whole(span, DAY_MS)).filter(|d| !d.is_empty());
+    let (first_hour, last_hour) = days
+        .as_ref()
+        .map_or((hours.end, hours.end), |d| (d.start * 24, d.end * 24));
     let hour = |h: i64| h * HOUR_MS..(h + 1) * HOUR_MS;
     let mut tiles = Vec::new();
     tiles.push(span.from..hours.start * HOUR_MS);
     tiles.extend((hours.start..first_hour).map(hour));
-    tiles.extend(days.map(|d| d * DAY_MS..(d + 1) * DAY_MS));
+    tiles.extend(
+        days.into_iter()
+            .flatten()
+            .map(|d| d * DAY_MS..(d + 1) * DAY_MS),
+    );
     tiles.extend((last_hour..hours.end).map(hour));
     tiles.push(hours.end * HOUR_MS..span.to);
     tiles.retain(|t| !t.is_empty());
@@ -533,7 +533,10 @@ impl DayLists {
             .iter()
             .map(|dim| self.find(site, dim, &tiles, &marks, &days, run.as_ref()))
             .collect();
-        let mut missing: Vec<usize> = found.iter().flat_map(|f| f.missing.clone()).collect();
+        let mut missing: Vec<usize> = found
+            .iter()
+            .flat_map(|f| f.missing.iter().copied())
+            .collect();
         missing.sort_unstable();
         missing.dedup();
         let lacking: Vec<usize> = (0..dims.len())
